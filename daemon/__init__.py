@@ -1,0 +1,1 @@
+"""The amapiano-train supervisor: decides what happens to the run. Never imports torch."""

@@ -1,0 +1,143 @@
+"""amapiano-train: an autopilot for one long, cost-capped MusicGen fine-tuning run.
+
+  amapiano-train demo                      the whole lifecycle on a tiny model, in about a minute
+  amapiano-train config check FILE         validate a config (exit 78 and one line if it is wrong)
+  amapiano-train supervise --config FILE   the daemon systemd runs (amapiano-train.service)
+  amapiano-train status [--json]           where the run stands, from state.json
+  amapiano-train train --config FILE       one training worker, by hand (the daemon starts its own)
+
+Exit statuses: 0 ok, 65 unusable state file, 78 bad config (systemd does not restart on 65/78).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import EX_CONFIG, ConfigError, load_config
+
+DEFAULT_CONFIG = Path("/etc/amapiano-train/config.toml")
+
+
+def _load(path: Path):
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"amapiano-train: {e}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+
+
+def cmd_config_check(args) -> int:
+    cfg = _load(args.file)
+    print(f"{args.file}: ok (model {cfg.model.source}:{cfg.model.pretrained if cfg.model.source == 'pretrained' else 'tiny'}, "
+          f"{cfg.train.epochs} epochs, state in {cfg.run.state_dir})")
+    return 0
+
+
+def cmd_supervise(args) -> int:
+    from . import log as logs
+    from .state import EX_DATAERR, StateError
+    from .supervisor import Supervisor
+
+    cfg = _load(args.config)
+    fmt = logs.configure(args.log_format, args.log_level)
+    log = logs.get("supervisor")
+    try:
+        supervisor = Supervisor(cfg, log, log_format=fmt)
+    except StateError as e:
+        log.error("state.unusable", error=str(e))
+        print(f"amapiano-train: {e}", file=sys.stderr)
+        return EX_DATAERR
+    return supervisor.run()
+
+
+def cmd_train(args) -> int:
+    from trainer.__main__ import main as train_main
+
+    argv = ["--config", str(args.config), "--log-format", args.log_format, "--log-level", args.log_level]
+    if args.failure_file:
+        argv += ["--failure-file", str(args.failure_file)]
+    return train_main(argv)
+
+
+def cmd_status(args) -> int:
+    from .clock import Clock
+    from .state import EX_DATAERR, StateError, load_state
+    from .status import render
+
+    state_file = args.state or _load(args.config).state_file
+    try:
+        state = load_state(state_file)
+    except StateError as e:
+        print(f"amapiano-train: {e}", file=sys.stderr)
+        return EX_DATAERR
+    if state is None:
+        print(f"amapiano-train: {state_file}: no state file yet (has the service started?)", file=sys.stderr)
+        return 1
+    print(json.dumps(state.to_json(), indent=2) if args.json else render(state, Clock().now()))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.workdir, args.log_format)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="amapiano-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def logging_args(sp):
+        sp.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
+                        help="json: `<priority>{...}` lines for journald (default when not a terminal)")
+        sp.add_argument("--log-level", choices=("debug", "info", "warning"), default="info")
+
+    s = sub.add_parser("supervise", help="run the supervisor daemon (what systemd starts)",
+                       description="Start the training worker, restart it from its last checkpoint when it "
+                                   "dies, and report through state.json, the journal and systemd's STATUS. "
+                                   "SIGTERM checkpoints the worker and exits 0.")
+    s.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"config.toml (default {DEFAULT_CONFIG})")
+    logging_args(s)
+    s.set_defaults(func=cmd_supervise)
+
+    t = sub.add_parser("train", help="run one training worker in the foreground",
+                       description="Resume from the newest valid checkpoint and train until done (exit 0), "
+                                   "or until SIGUSR1/SIGTERM (checkpoint, exit 75).")
+    t.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    t.add_argument("--failure-file", type=Path, help="write the exception here if it dies")
+    logging_args(t)
+    t.set_defaults(func=cmd_train)
+
+    st = sub.add_parser("status", help="show where the run stands",
+                        description="Read state.json and print the ten-second screen; --json prints the file.")
+    st.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="find state.json through this config")
+    st.add_argument("--state", type=Path, help="read this state.json instead")
+    st.add_argument("--json", action="store_true", help="print state.json as it is")
+    st.set_defaults(func=cmd_status)
+
+    d = sub.add_parser("demo", help="the whole lifecycle on a tiny model and synthetic data",
+                       description="Run the supervisor in the foreground on the embedded demo.toml in a work "
+                                   "directory: train a tiny random MusicGen on synthetic codes, kill the "
+                                   "worker once on purpose to show the resume, and end with the status screen.")
+    d.add_argument("--workdir", type=Path, help="where to put state, checkpoints and logs (default: a new temp dir)")
+    d.add_argument("--log-format", choices=("auto", "json", "console"), default="console")
+    d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("config", help="config file tools")
+    csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    cc = csub.add_parser("check", help="validate a config file; exit 78 with one line if it is wrong")
+    cc.add_argument("file", type=Path)
+    cc.set_defaults(func=cmd_config_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""config.toml: the schema, its defaults, and validation with one-line errors.
+
+Every section is a frozen dataclass; a field's type says what TOML value it takes and its
+metadata says what makes it impossible. An unknown key, a wrong type or an impossible value
+raises ConfigError, whose text names the file, the section and the key. The CLI turns it
+into exit status 78 (EX_CONFIG), which the unit's RestartPreventExitStatus= will not loop on.
+Stdlib only: the supervisor and the trainer both read it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+EX_CONFIG = 78
+
+
+class ConfigError(Exception):
+    """One line a person can act on: `FILE: [section] key must be ... (got ...)`."""
+
+
+class Duration(float):
+    """Seconds, written in config as a string with a unit: "500ms", "90s", "15m", "2h", "35d"."""
+
+    UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+    @classmethod
+    def parse(cls, text: str) -> "Duration":
+        compact = text.replace(" ", "")
+        parts = cls._PART.findall(compact)
+        if not compact or "".join(n + u for n, u in parts) != compact:
+            raise ValueError(f"must be a duration like \"90s\", \"15m\", \"2h\" or \"35d\" (got {text!r})")
+        return cls(sum(float(n) * cls.UNITS[u] for n, u in parts))
+
+
+def _check(predicate, message: str) -> dict:
+    return {"check": (predicate, message)}
+
+
+POSITIVE = _check(lambda v: v > 0, "must be > 0")
+NON_NEGATIVE = _check(lambda v: v >= 0, "must be >= 0")
+FRACTION = _check(lambda v: 0 <= v <= 1, "must be between 0 and 1")
+PERCENT = _check(lambda v: 0 <= v <= 100, "must be between 0 and 100")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "musicgen-small-amapiano"
+    seed: int = field(default=1337, metadata=NON_NEGATIVE)
+    # Relative paths are relative to the config file's directory.
+    state_dir: Path = Path("/var/lib/amapiano-train")
+    cache_dir: Path = Path("/var/cache/amapiano-train")
+    log_dir: Path = Path("/var/log/amapiano-train")
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """A random MusicGen of the same architecture, for tests and the demo (no download)."""
+
+    hidden_size: int = field(default=64, metadata=POSITIVE)
+    num_layers: int = field(default=2, metadata=POSITIVE)
+    num_heads: int = field(default=4, metadata=POSITIVE)
+    ffn_dim: int = field(default=128, metadata=POSITIVE)
+    num_codebooks: int = field(default=4, metadata=POSITIVE)
+    codebook_size: int = field(default=64, metadata=POSITIVE)
+    text_hidden_size: int = field(default=32, metadata=POSITIVE)
+    dropout: float = field(default=0.1, metadata=FRACTION)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    source: Literal["pretrained", "tiny"] = "pretrained"
+    # A Hugging Face hub id or a local directory, loaded with from_pretrained.
+    pretrained: str = "facebook/musicgen-small"
+    tiny: TinyModelConfig = TinyModelConfig()
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # "synthetic": structured random codes made at start-up; "cache": the token cache
+    # built by `amapiano-train dataset tokenize` (not available yet).
+    source: Literal["synthetic", "cache"] = "cache"
+    frames: int = field(default=1500, metadata=POSITIVE)  # codec frames per example (30 s at 50 Hz)
+    synthetic_train_clips: int = field(default=256, metadata=POSITIVE)
+    synthetic_valid_clips: int = field(default=32, metadata=POSITIVE)
+    text_max_tokens: int = field(default=64, metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = field(default=20, metadata=POSITIVE)
+    batch_size: int = field(default=8, metadata=POSITIVE)
+    grad_accum_steps: int = field(default=4, metadata=POSITIVE)
+    lr: float = field(default=1e-5, metadata=POSITIVE)
+    warmup_steps: int = field(default=500, metadata=NON_NEGATIVE)
+    min_lr_ratio: float = field(default=0.1, metadata=FRACTION)
+    weight_decay: float = field(default=0.01, metadata=NON_NEGATIVE)
+    max_grad_norm: float = field(default=1.0, metadata=POSITIVE)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = field(default=10, metadata=POSITIVE)  # steps between heartbeats
+    val_every: int = field(default=500, metadata=POSITIVE)
+    val_batches: int = field(default=0, metadata=NON_NEGATIVE)  # 0: the whole valid split
+    checkpoint_every: int = field(default=1000, metadata=POSITIVE)
+    keep_checkpoints: int = field(default=3, metadata=POSITIVE)
+    cpu_threads: int = field(default=0, metadata=NON_NEGATIVE)  # 0: torch's default
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    poll_interval: Duration = field(default=Duration(2), metadata=POSITIVE)
+    restart_backoff_initial: Duration = field(default=Duration(10), metadata=POSITIVE)
+    restart_backoff_max: Duration = field(default=Duration(600), metadata=POSITIVE)
+    restart_jitter: float = field(default=0.2, metadata=FRACTION)
+    # Give up (FAILED) after this many worker runs in a row that ended without a new checkpoint...
+    max_restarts_without_progress: int = field(default=3, metadata=POSITIVE)
+    # ...or after this many crashes within crash_window.
+    max_crashes: int = field(default=5, metadata=POSITIVE)
+    crash_window: Duration = field(default=Duration(3600), metadata=POSITIVE)
+    # How long SIGTERM waits for the worker's emergency checkpoint before SIGKILL.
+    stop_timeout: Duration = field(default=Duration(90), metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class IdleConfig:
+    """Idle shutdown (enforced from issue 3 on; validated now)."""
+
+    timeout: Duration = field(default=Duration(7200), metadata=POSITIVE)
+    gpu_util_threshold_pct: float = field(default=10.0, metadata=PERCENT)
+    warn_before: Duration = field(default=Duration(900), metadata=POSITIVE)
+    action: Literal["ec2-stop", "poweroff", "none"] = "ec2-stop"
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Spend caps (enforced from issue 3 on; validated now)."""
+
+    max_usd: float = field(default=600.0, metadata=POSITIVE)
+    hourly_rate_usd: float = field(default=0.0, metadata=NON_NEGATIVE)
+    alert_fractions: list[float] = field(default_factory=lambda: [0.5, 0.8])
+
+
+@dataclass(frozen=True)
+class MilestoneConfig:
+    """The day-35 go/no-go (evaluated from issue 5 on; validated now)."""
+
+    after: Duration = field(default=Duration(35 * 86400), metadata=POSITIVE)
+    min_authenticity_pct: float = field(default=35.0, metadata=PERCENT)
+    max_cost_usd: float = field(default=600.0, metadata=POSITIVE)
+    max_val_loss: float = field(default=3.5, metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class RedFlagsConfig:
+    """Early warnings (raised from issue 5 on; validated now)."""
+
+    val_loss_stall: Duration = field(default=Duration(3 * 86400), metadata=POSITIVE)
+    min_gpu_util_pct: float = field(default=50.0, metadata=PERCENT)
+    max_cost_before_milestone_usd: float = field(default=400.0, metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    idle: IdleConfig = IdleConfig()
+    budget: BudgetConfig = BudgetConfig()
+    milestone: MilestoneConfig = MilestoneConfig()
+    red_flags: RedFlagsConfig = RedFlagsConfig()
+    # Where it was read from (not a TOML key).
+    source: Path | None = field(default=None, metadata={"internal": True})
+
+    @property
+    def state_file(self) -> Path:
+        return self.run.state_dir / "state.json"
+
+    @property
+    def heartbeat_file(self) -> Path:
+        return self.run.state_dir / "heartbeat.json"
+
+    @property
+    def failure_file(self) -> Path:
+        return self.run.state_dir / "worker_failure.json"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run.state_dir / "checkpoints"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.run.log_dir / "tensorboard"
+
+
+def _describe(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is Duration:
+        return "a duration string like \"90s\" or \"2h\""
+    if tp is Path:
+        return "a path string"
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, base_dir: Path) -> Any:
+    """TOML value -> typed value, or ValueError with the reason."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ValueError("must be one of " + ", ".join(repr(c) for c in choices))
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"must be {_type_name(tp)}")
+        return [_convert(typing.get_args(tp)[0], v, base_dir) for v in value]
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp in (str, Path, Duration):
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - schema bug
+        raise TypeError(tp)
+    if not ok:
+        raise ValueError(f"must be {_type_name(tp)}")
+    if tp is Duration:
+        return Duration.parse(value)
+    if tp is Path:
+        if not value:
+            raise ValueError("must not be empty")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (base_dir / path).resolve()
+    return value
+
+
+def _build(cls: type, table: dict, where: str, file: str, base_dir: Path) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in table:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{file}: {where}unknown key '{key}'{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in table:
+            continue
+        value, tp = table[name], hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{file}: [{name}] must be a table")
+            sub = f"[{where.strip('[] ')}.{name}] " if where else f"[{name}] "
+            kwargs[name] = _build(tp, value, sub, file, base_dir)
+            continue
+        try:
+            converted = _convert(tp, value, base_dir)
+        except ValueError as e:
+            raise ConfigError(f"{file}: {where}{name} {e} (got {_describe(value)})") from None
+        check = f.metadata.get("check")
+        if check and not check[0](converted):
+            raise ConfigError(f"{file}: {where}{name} {check[1]} (got {_describe(value)})")
+        kwargs[name] = converted
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: Config, file: str) -> None:
+    def fail(msg: str) -> None:
+        raise ConfigError(f"{file}: {msg}")
+
+    if cfg.idle.warn_before >= cfg.idle.timeout:
+        fail(f"[idle] warn_before must be shorter than timeout ({cfg.idle.warn_before:g}s >= {cfg.idle.timeout:g}s)")
+    fractions = cfg.budget.alert_fractions
+    if any(not 0 < x <= 1 for x in fractions):
+        fail(f"[budget] alert_fractions must each be in (0, 1] (got {fractions})")
+    if cfg.supervisor.restart_backoff_initial > cfg.supervisor.restart_backoff_max:
+        fail("[supervisor] restart_backoff_initial must not exceed restart_backoff_max")
+    tiny = cfg.model.tiny
+    if tiny.hidden_size % tiny.num_heads:
+        fail(f"[model.tiny] hidden_size must be divisible by num_heads ({tiny.hidden_size} % {tiny.num_heads} != 0)")
+    if cfg.model.source == "pretrained" and not cfg.model.pretrained:
+        fail("[model] pretrained must name a hub id or a directory when source = \"pretrained\"")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate config.toml; raises ConfigError with a one-line message."""
+    path = Path(path)
+    name = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot read ({e.strerror})") from None
+    try:
+        table = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{name}: invalid TOML: {e}") from None
+    for section, value in table.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: top-level key '{section}' must be a [section]")
+    cfg = _build(Config, table, "", name, path.resolve().parent)
+    cfg = dataclasses.replace(cfg, source=path.resolve())
+    _cross_checks(cfg, name)
+    return cfg
+
+
+def to_dict(obj: Any) -> Any:
+    """Config -> plain JSON-able data (for checkpoints and reports)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, float):
+        return float(obj)  # a Duration becomes a plain float: checkpoints load with weights_only
+    return obj

@@ -1,0 +1,1 @@
+"""Embedded default configs (symlinks to etc/amapiano-train/)."""

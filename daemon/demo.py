@@ -1,0 +1,79 @@
+"""`amapiano-train demo`: the supervisor in the foreground on the embedded demo.toml.
+
+A tiny random MusicGen trains on synthetic codes; once it has a checkpoint and has moved past
+it, the demo SIGKILLs the worker (as a crash or the kernel's OOM killer would), the supervisor
+restarts it from that checkpoint, and the run finishes. Ends with the status screen.
+"""
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from . import log as logs
+from .clock import Clock
+from .config import load_config
+from .states import Phase
+from .status import render
+from .supervisor import Supervisor
+from .worker import newest_checkpoint, read_json
+
+
+def run_demo(workdir: Path | None, log_format: str = "console") -> int:
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix="amapiano-demo-"))
+    elif workdir.exists() and any(workdir.iterdir()):
+        print(f"amapiano-train demo: {workdir} is not empty; give a new directory (or none for a temp one)",
+              file=sys.stderr)
+        return 2
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "config.toml"
+    with resources.as_file(resources.files("daemon.defaults") / "demo.toml") as embedded:
+        shutil.copyfile(embedded, config)
+
+    fmt = logs.configure(log_format)
+    log = logs.get("demo")
+    cfg = load_config(config)
+    log.info("demo.start", workdir=str(workdir), config=str(config))
+    supervisor = Supervisor(cfg, log, log_format=fmt)
+    killed: list[int] = []
+
+    def kill_once() -> None:
+        """Crash the worker once, after its first checkpoint, part-way to its second."""
+        if killed or not supervisor.worker.running:
+            return
+        newest = newest_checkpoint(cfg.checkpoint_dir)
+        step = (read_json(cfg.heartbeat_file) or {}).get("step") or 0
+        if newest and step >= newest[0] + cfg.train.checkpoint_every // 2:
+            log.warning("demo.kill_worker", pid=supervisor.worker.pid, step=step, checkpoint_step=newest[0],
+                        note="SIGKILL on purpose: watch the supervisor restart it from the checkpoint")
+            killed.append(step)
+            supervisor.worker.signal(signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    supervisor.start()
+    supervisor.add_job(kill_once, cfg.supervisor.poll_interval, "demo-chaos")
+    try:
+        supervisor.wait()
+    finally:
+        supervisor.shutdown()
+
+    print()
+    print(render(supervisor.state, Clock().now()))
+    print()
+    print(f"Files in {workdir}:")
+    print(f"  state.json    {cfg.state_file}   (amapiano-train status --config {config})")
+    print(f"  checkpoints   {cfg.checkpoint_dir}")
+    print(f"  TensorBoard   tensorboard --logdir {cfg.tensorboard_dir}")
+    t = supervisor.state.trainer
+    resumed = bool(killed) and t.resumed_from_step is not None and t.resumed_from_step > 0
+    ok = supervisor.phase is Phase.COMPLETED and resumed
+    if killed:
+        print(f"\nThe worker was killed at step {killed[0]}; the restart resumed from step "
+              f"{t.resumed_from_step if t.resumed_from_step is not None else '- (NOT from a checkpoint)'}.")
+    print(f"Demo {'finished' if ok else 'FAILED'}: phase {supervisor.phase.value}.")
+    return 0 if ok else 1

@@ -1,0 +1,57 @@
+"""Logs as events: one line per event on stdout, for journald.
+
+In JSON mode (the default when stdout is not a terminal, i.e. under systemd) each line is
+`<N>{"event": ..., ...}` where N is the syslog priority; journald strips the prefix into
+PRIORITY=, so `journalctl -u amapiano-train -p warning` filters by level and
+`journalctl -u amapiano-train -o cat | jq` reads the JSON.
+In console mode (a terminal, the demo) lines are human-readable key=value.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+def _journald_json(_logger: Any, method: str, event_dict: dict) -> str:
+    level = event_dict.get("level", method)
+    prio = PRIORITY.get(level, 6)
+    return f"<{prio}>" + json.dumps(event_dict, default=str, separators=(",", ":"))
+
+
+def resolve(fmt: str, stream: Any = None) -> str:
+    """"auto" -> "console" on a terminal, else "json" (journald)."""
+    if fmt == "auto":
+        return "console" if (stream or sys.stdout).isatty() else "json"
+    return fmt
+
+
+def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> str:
+    """Set up structlog; returns the format chosen, so a child process can be told the same."""
+    stream = stream or sys.stdout
+    fmt = resolve(fmt, stream)
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+    ]
+    if fmt == "json":
+        processors = shared + [structlog.processors.format_exc_info, _journald_json]
+    else:
+        processors = shared + [structlog.dev.ConsoleRenderer(colors=stream.isatty(), sort_keys=False)]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    return fmt
+
+
+def get(name: str = "amapiano-train") -> Any:
+    return structlog.get_logger(name)

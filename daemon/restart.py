@@ -1,0 +1,103 @@
+"""What to do when the worker exits: a pure policy over plain data.
+
+    decide(history, exit, checkpoint_step, now, cfg, jitter) -> (Decision, RestartHistory)
+
+Restart with exponential backoff and jitter while training makes progress; give up (FAILED)
+after `max_restarts_without_progress` restarts in which the newest checkpoint did not advance,
+or after `max_crashes` crashes within `crash_window`. A preemption exit (the worker
+checkpointed on request) is not a failure; a config error (78) fails at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from .config import SupervisorConfig
+from .states import EXIT_COMPLETED, EXIT_CONFIG, EXIT_PREEMPTED
+
+
+@dataclass(frozen=True)
+class WorkerExit:
+    """How the worker ended: exit code or signal, plus its failure file if it wrote one."""
+
+    code: int | None            # exit status, or None when killed by a signal
+    signal: str | None = None   # "SIGKILL", ...
+    error_type: str | None = None
+    message: str | None = None
+
+    @property
+    def kind(self) -> Literal["completed", "preempted", "config", "killed", "oom", "crash"]:
+        if self.code == EXIT_COMPLETED:
+            return "completed"
+        if self.code == EXIT_PREEMPTED:
+            return "preempted"
+        if self.code == EXIT_CONFIG:
+            return "config"
+        text = f"{self.error_type or ''} {self.message or ''}".lower()
+        if "out of memory" in text or "outofmemory" in text:
+            return "oom"
+        if self.signal is not None:
+            return "killed"
+        return "crash"
+
+    def describe(self) -> str:
+        how = f"signal={self.signal}" if self.signal else f"exit={self.code}"
+        what = f" {self.error_type}: {self.message}" if self.error_type else ""
+        return f"{self.kind} ({how}){what}"
+
+
+@dataclass(frozen=True)
+class RestartHistory:
+    """The policy's memory. crash_times are monotonic seconds."""
+
+    crash_times: tuple[float, ...] = ()
+    consecutive_failures: int = 0
+    restarts_without_progress: int = 0
+    checkpoint_step: int | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Literal["restart", "fail", "complete"]
+    delay: float = 0.0
+    reason: str = ""
+
+
+def backoff_delay(failures: int, cfg: SupervisorConfig, jitter: float) -> float:
+    """initial * 2^(failures-1), capped, times (1 ± restart_jitter); jitter is in [0, 1)."""
+    base = min(cfg.restart_backoff_max, cfg.restart_backoff_initial * 2 ** max(failures - 1, 0))
+    return base * (1 + cfg.restart_jitter * (2 * jitter - 1))
+
+
+def decide(history: RestartHistory, exit: WorkerExit, checkpoint_step: int | None, now: float,
+           cfg: SupervisorConfig, jitter: float) -> tuple[Decision, RestartHistory]:
+    kind = exit.kind
+    if kind == "completed":
+        return Decision("complete", reason="all epochs done"), history
+    if kind == "config":
+        return Decision("fail", reason=f"worker rejected its config or data: {exit.message or exit.describe()}"), history
+
+    progressed = checkpoint_step is not None and (history.checkpoint_step is None
+                                                  or checkpoint_step > history.checkpoint_step)
+    if kind == "preempted":
+        # It checkpointed on request: come back at once, and it is no failure.
+        return Decision("restart", reason="worker checkpointed on request"), replace(
+            history, checkpoint_step=checkpoint_step if progressed else history.checkpoint_step)
+
+    recent = tuple(t for t in history.crash_times if now - t < cfg.crash_window) + (now,)
+    if progressed:
+        history = replace(history, consecutive_failures=0, restarts_without_progress=0,
+                          checkpoint_step=checkpoint_step)
+    history = replace(history, crash_times=recent,
+                      consecutive_failures=history.consecutive_failures + 1,
+                      restarts_without_progress=history.restarts_without_progress + (0 if progressed else 1))
+
+    if len(recent) >= cfg.max_crashes:
+        return Decision("fail", reason=(f"{len(recent)} crashes within {cfg.crash_window:g}s "
+                                        f"(last: {exit.describe()})")), history
+    if history.restarts_without_progress >= cfg.max_restarts_without_progress:
+        at = "no checkpoint yet" if history.checkpoint_step is None else f"stuck at step {history.checkpoint_step}"
+        return Decision("fail", reason=(f"{history.restarts_without_progress} restarts without checkpoint "
+                                        f"progress ({at}; last: {exit.describe()})")), history
+    delay = backoff_delay(history.consecutive_failures, cfg, jitter)
+    return Decision("restart", delay=delay, reason=exit.describe()), history

@@ -1,0 +1,132 @@
+"""state.json: the one file a person reads (`jq`, `amapiano-train status`).
+
+One schema, read and written here alone, atomically, by the supervisor only. Sections that a
+newer issue adds (cost, gpu, idle, ...) and this version does not know are kept as they are,
+so an older binary never drops them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_json_atomic
+from .clock import iso
+from .states import Phase
+
+SCHEMA_VERSION = 1
+EX_DATAERR = 65
+
+
+class StateError(Exception):
+    """state.json cannot be used; the text names the file and the field."""
+
+
+@dataclass
+class TrainerState:
+    pid: int | None = None
+    restarts: int = 0
+    last_exit_code: int | None = None
+    last_exit_reason: str | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: int | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    best_val_loss: float | None = None
+    lr: float | None = None
+    samples_per_s: float | None = None
+    activity: str | None = None
+    last_checkpoint: str | None = None
+    last_checkpoint_step: int | None = None
+    resumed_from_step: int | None = None
+    heartbeat_at: str | None = None
+
+
+@dataclass
+class Failure:
+    reason: str
+    at: str
+    exit_code: int | None = None
+    message: str | None = None
+
+
+@dataclass
+class State:
+    run_id: str
+    started_at: str
+    phase: str = Phase.STARTING.value
+    phase_since: str | None = None
+    updated_at: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    trainer: TrainerState = field(default_factory=TrainerState)
+    failure: Failure | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # sections from newer code, kept verbatim
+
+    @classmethod
+    def new(cls, now: datetime) -> "State":
+        return cls(run_id=uuid.uuid4().hex[:12], started_at=iso(now), phase_since=iso(now), updated_at=iso(now))
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        extra = data.pop("extra")
+        ordered = {"schema_version": data.pop("schema_version"), "run_id": data.pop("run_id"),
+                   "phase": data.pop("phase")}
+        ordered.update(data)
+        ordered.update({k: v for k, v in extra.items() if k not in ordered})
+        return ordered
+
+
+def _fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _typed(cls: type, data: Any, where: str, path: Path) -> Any:
+    if not isinstance(data, dict):
+        raise StateError(f"{path}: field '{where}' must be an object")
+    known = {k: v for k, v in data.items() if k in _fields(cls)}
+    try:
+        return cls(**known)
+    except TypeError as e:
+        raise StateError(f"{path}: field '{where}' is incomplete ({e})") from None
+
+
+def load_state(path: Path) -> State | None:
+    """The state file, or None when there is none yet. Raises StateError if unusable."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise StateError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); "
+                         "move it aside to start a new run record") from None
+    if not isinstance(data, dict):
+        raise StateError(f"{path}: must hold a JSON object")
+    version = data.get("schema_version")
+    if not isinstance(version, int):
+        raise StateError(f"{path}: field 'schema_version' is missing or not an integer")
+    if version > SCHEMA_VERSION:
+        raise StateError(f"{path}: field 'schema_version' is {version}, newer than this amapiano-train "
+                         f"understands ({SCHEMA_VERSION}); upgrade amapiano-train")
+    for key in ("run_id", "started_at"):
+        if not isinstance(data.get(key), str):
+            raise StateError(f"{path}: field '{key}' is missing or not a string")
+    if data.get("phase") not in {p.value for p in Phase}:
+        raise StateError(f"{path}: field 'phase' is {data.get('phase')!r}, not a known phase")
+    trainer = _typed(TrainerState, data.get("trainer") or {}, "trainer", path)
+    failure = data.get("failure")
+    failure = _typed(Failure, failure, "failure", path) if failure is not None else None
+    top = {k: v for k, v in data.items() if k in _fields(State) and k not in ("trainer", "failure", "extra")}
+    extra = {k: v for k, v in data.items() if k not in _fields(State)}
+    return State(**top, trainer=trainer, failure=failure, extra=extra)
+
+
+def save_state(path: Path, state: State, now: datetime) -> None:
+    state.updated_at = iso(now)
+    write_json_atomic(path, state.to_json())

@@ -1,0 +1,106 @@
+"""MusicGen through Hugging Face transformers, and the part of it that learns.
+
+audiocraft's last release pins torch 2.1, so the model is transformers'
+MusicgenForConditionalGeneration, which loads the same facebook/musicgen-small weights. Only
+the decoder (and the text-to-decoder projection) is fine-tuned; the T5 text encoder and the
+EnCodec codec stay frozen and run once per clip when the token cache is built.
+
+transformers does not apply MusicGen's codebook delay pattern in training, so `delay_pattern`
+builds the delayed inputs and labels here: codebook k is shifted right by k frames, giving
+sequences of T + K - 1 positions whose padding is masked from the loss.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from daemon.config import Config, TinyModelConfig
+
+
+def tiny_musicgen_config(tiny: TinyModelConfig):
+    """A random MusicGen of the real architecture, small enough for a laptop CPU."""
+    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
+
+    v = tiny.codebook_size
+    decoder = MusicgenDecoderConfig(
+        vocab_size=v, pad_token_id=v, bos_token_id=v, decoder_start_token_id=v,
+        hidden_size=tiny.hidden_size, num_hidden_layers=tiny.num_layers,
+        num_attention_heads=tiny.num_heads, ffn_dim=tiny.ffn_dim, num_codebooks=tiny.num_codebooks,
+        max_position_embeddings=4096, dropout=tiny.dropout, activation_dropout=0.0, attention_dropout=0.0,
+    )
+    # ByT5's tokenizer needs no vocabulary file: 256 bytes + 3 specials + 125 extra ids.
+    text = T5Config(vocab_size=384, d_model=tiny.text_hidden_size, d_kv=8,
+                    d_ff=2 * tiny.text_hidden_size, num_layers=1, num_heads=4)
+    audio = EncodecConfig(codebook_size=v, num_filters=4, hidden_size=16, codebook_dim=16,
+                          upsampling_ratios=[8, 5, 4, 2], sampling_rate=32000, audio_channels=1,
+                          num_residual_layers=1, num_lstm_layers=1, target_bandwidths=[2.2])
+    return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
+
+
+def load_base_model(cfg: Config):
+    """(model, tokenizer) as the run starts from: the pretrained weights, or a seeded tiny one."""
+    import transformers
+    from transformers import ByT5Tokenizer, MusicgenForConditionalGeneration
+
+    transformers.logging.set_verbosity_error()  # the tiny config trips vocabulary-range warnings
+    if cfg.model.source == "tiny":
+        torch.manual_seed(cfg.run.seed)
+        model = MusicgenForConditionalGeneration(tiny_musicgen_config(cfg.model.tiny))
+        return model, ByT5Tokenizer()
+    from transformers import AutoTokenizer
+
+    model = MusicgenForConditionalGeneration.from_pretrained(cfg.model.pretrained)
+    return model, AutoTokenizer.from_pretrained(cfg.model.pretrained)
+
+
+def shape_of(model) -> dict:
+    """The config that decides tensor shapes; a checkpoint must match it to be resumed."""
+    d = model.config.decoder
+    return {"hidden_size": d.hidden_size, "num_hidden_layers": d.num_hidden_layers,
+            "num_attention_heads": d.num_attention_heads, "ffn_dim": d.ffn_dim,
+            "num_codebooks": d.num_codebooks, "vocab_size": d.vocab_size,
+            "text_hidden_size": model.config.text_encoder.hidden_size}
+
+
+def delay_pattern(codes: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """codes (B, K, T) -> decoder inputs (B*K, T+K-1) and labels (B, T+K-1, K).
+
+    Labels: codebook k holds codes[:, k, t] at position t + k, `pad` elsewhere (the decoder
+    masks pad labels out of the loss). Inputs: the labels shifted right by one, starting from
+    the BOS token (= pad for MusicGen).
+    """
+    b, k, t = codes.shape
+    length = t + k - 1
+    delayed = codes.new_full((b, k, length), pad)
+    for i in range(k):
+        delayed[:, i, i:i + t] = codes[:, i]
+    inputs = codes.new_full((b, k, length), pad)
+    inputs[:, :, 1:] = delayed[:, :, :-1]
+    return inputs.reshape(b * k, length), delayed.transpose(1, 2)
+
+
+class TrainableMusicgen(nn.Module):
+    """The decoder and the text projection: what fine-tuning updates and checkpoints hold."""
+
+    def __init__(self, full_model):
+        super().__init__()
+        self.decoder = full_model.decoder
+        self.enc_to_dec_proj = getattr(full_model, "enc_to_dec_proj", None)
+        self.pad = full_model.config.decoder.pad_token_id
+
+    def forward(self, codes: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Mean per-codebook cross-entropy of next-code prediction (audiocraft's loss)."""
+        states = self.enc_to_dec_proj(text_states) if self.enc_to_dec_proj is not None else text_states
+        states = states * text_mask[..., None].to(states.dtype)
+        inputs, labels = delay_pattern(codes, self.pad)
+        return self.decoder(input_ids=inputs, encoder_hidden_states=states,
+                            encoder_attention_mask=text_mask, labels=labels).loss
+
+
+@torch.no_grad()
+def encode_text(model, tokenizer, texts: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen text encoder: texts -> (states (N, S, D) float32, mask (N, S) long), S = max_tokens."""
+    batch = tokenizer(texts, return_tensors="pt", padding="max_length", truncation=True, max_length=max_tokens)
+    encoder = model.text_encoder.eval()
+    states = encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    return states.float(), batch.attention_mask.long()
