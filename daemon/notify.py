@@ -16,8 +16,8 @@ NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 class Notifier:
-    def __init__(self, log: Any, environ: dict[str, str] | None = None):
-        env = os.environ if environ is None else environ
+    def __init__(self, log: Any):
+        env = os.environ  # sdnotify reads NOTIFY_SOCKET from os.environ itself
         self._log = log
         self._failed = False
         self._last_status: str | None = None
@@ -27,11 +27,11 @@ class Notifier:
         if self.socket_path:
             try:
                 self._notifier = sdnotify.SystemdNotifier(debug=True)
-            except OSError as e:
+            except (OSError, TypeError) as e:
                 self._fail(e)
 
     @staticmethod
-    def _watchdog_interval(env: dict[str, str]) -> float | None:
+    def _watchdog_interval(env: Any) -> float | None:
         """Seconds between WATCHDOG=1 pings (half the timeout), or None when systemd wants none."""
         usec = env.get("WATCHDOG_USEC")
         pid = env.get("WATCHDOG_PID")

@@ -105,10 +105,6 @@ class Supervisor:
             self._start_worker()
         self._read_heartbeat()
         self.publish()
-        if not self._ready_sent:
-            self._ready_sent = True
-            self.notifier.ready(status_line(self.state))
-            self.log.info("supervisor.ready", watchdog_interval_s=self.notifier.watchdog_interval)
         self._last_tick = now
 
     def watchdog(self) -> None:
@@ -135,11 +131,15 @@ class Supervisor:
             self.log.info("worker.started", pid=pid, from_step=from_step, command=" ".join(self.worker.command()))
         self._set_phase(Phase.RUNNING, pid=pid, from_step=from_step)
 
-    def _on_worker_exit(self, ended: WorkerExit, now: float) -> None:
+    def _record_exit(self, ended: WorkerExit) -> None:
         t = self.state.trainer
         t.pid = None
         t.last_exit_code = ended.code if ended.code is not None else -signal.Signals[ended.signal].value
         t.last_exit_reason = ended.describe()
+
+    def _on_worker_exit(self, ended: WorkerExit, now: float) -> None:
+        t = self.state.trainer
+        self._record_exit(ended)
         step = self._checkpoint_step()
         if self.stop_requested.is_set():
             self.log.info("worker.exited", reason=ended.describe(), checkpoint_step=step, during="shutdown")
@@ -182,7 +182,12 @@ class Supervisor:
                 or now - self._last_written[1] >= STATE_REFRESH_S:
             save_state(self.cfg.state_file, self.state, self.clock.now())
             self._last_written = (body, now)
-        self.notifier.status(status_line(self.state))
+        if not self._ready_sent:  # the first tick has run and state.json exists: we are up
+            self._ready_sent = True
+            self.notifier.ready(status_line(self.state))
+            self.log.info("supervisor.ready", watchdog_interval_s=self.notifier.watchdog_interval)
+        else:
+            self.notifier.status(status_line(self.state))
 
     # -- life ------------------------------------------------------------------------------
     def add_job(self, fn: Callable[[], None], seconds: float, name: str) -> None:
@@ -219,6 +224,7 @@ class Supervisor:
         self.stop_requested.set()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)  # lets a running tick finish; none starts after
+        self._ready_sent = True  # never READY=1 on the way out
         if self.worker.running:
             self.notifier.stopping(f"stopping: worker checkpointing (pid {self.worker.pid})")
             self._set_phase(Phase.STOPPING, pid=self.worker.pid)
@@ -227,8 +233,13 @@ class Supervisor:
         else:
             self.notifier.stopping()
             if (ended := self.worker.poll()) is not None:
-                self.state.trainer.last_exit_reason = ended.describe()
+                self._record_exit(ended)
         self.state.trainer.pid = None
+        self._read_heartbeat()
+        if self.state.trainer.activity == "completed" and not self.phase.is_terminal():
+            # It finished all epochs just as we were stopping it (it may have been killed by
+            # our SIGTERM during interpreter exit): the run is complete, not stopped.
+            self._set_phase(Phase.COMPLETED, checkpoint_step=self._checkpoint_step())
         if not self.phase.is_terminal():
             self._set_phase(Phase.STOPPED, checkpoint_step=self._checkpoint_step())
         self._read_heartbeat()
@@ -246,8 +257,7 @@ class Supervisor:
             self.worker.signal(signal.SIGKILL)
             ended = self.worker.wait(30)
         if ended is not None:
-            self.state.trainer.last_exit_code = ended.code
-            self.state.trainer.last_exit_reason = ended.describe()
+            self._record_exit(ended)
             self.log.info("worker.stopped", reason=ended.describe(), checkpoint_step=self._checkpoint_step())
 
     def run(self) -> int:

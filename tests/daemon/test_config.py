@@ -1,0 +1,99 @@
+"""Config validation: a person's mistake stops the program with one line naming file and key, exit 78."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import DEMO_TOML, PROD_TOML, cli, write_config
+from daemon.config import ConfigError, Duration, load_config
+
+
+def test_shipped_configs_are_valid_and_carry_the_seed_values():
+    prod = load_config(PROD_TOML)
+    assert prod.model.source == "pretrained" and prod.model.pretrained == "facebook/musicgen-small"
+    assert prod.train.epochs == 20 and prod.train.batch_size == 8 and prod.train.grad_accum_steps > 1
+    assert prod.train.val_every == 500 and prod.train.checkpoint_every == 1000
+    assert prod.idle.timeout == 2 * 3600
+    assert prod.milestone.after == 35 * 86400
+    assert prod.milestone.min_authenticity_pct == 35 and prod.milestone.max_cost_usd == 600
+    assert prod.milestone.max_val_loss == 3.5
+    demo = load_config(DEMO_TOML)
+    assert demo.model.source == "tiny" and demo.milestone.after < 600
+
+
+@pytest.mark.parametrize("text, seconds", [("500ms", 0.5), ("90s", 90), ("15m", 900), ("2h", 7200),
+                                           ("35d", 35 * 86400), ("1h30m", 5400), ("1w", 604800)])
+def test_durations(text, seconds):
+    assert Duration.parse(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "2", "2 hours", "h2", "-5s", "2x"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        Duration.parse(text)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ({"train": {"epocs": 3}}, "[train] unknown key 'epocs' (did you mean 'epochs'?)"),
+    ({"trian": {"epochs": 3}}, "unknown key 'trian' (did you mean 'train'?)"),
+    ({"train": {"epochs": "20"}}, "[train] epochs must be an integer (got '20')"),
+    ({"train": {"epochs": 0}}, "[train] epochs must be > 0 (got 0)"),
+    ({"train": {"lr": True}}, "[train] lr must be a number (got true)"),
+    ({"idle": {"timeout": "2 hours"}}, "[idle] timeout must be a duration"),
+    ({"idle": {"timeout": 7200}}, "[idle] timeout must be a duration string"),
+    ({"idle": {"action": "shutdown"}}, "[idle] action must be one of 'ec2-stop', 'poweroff', 'none'"),
+    ({"milestone": {"min_authenticity_pct": 135}}, "[milestone] min_authenticity_pct must be between 0 and 100"),
+    ({"model": {"tiny": {"num_heads": 5}}}, "[model.tiny] hidden_size must be divisible by num_heads"),
+    ({"model": {"tiny": {"layers": 5}}}, "[model.tiny] unknown key 'layers'"),
+    ({"idle": {"timeout": "10m", "warn_before": "1h"}}, "[idle] warn_before must be shorter than timeout"),
+    ({"budget": {"alert_fractions": [0.5, 1.5]}}, "[budget] alert_fractions must each be in (0, 1]"),
+])
+def test_bad_values_name_file_and_key(tmp_path, override, expected):
+    path = write_config(tmp_path, override)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path):
+    cfg = load_config(write_config(tmp_path))
+    assert cfg.run.state_dir == tmp_path / "state"
+    assert cfg.state_file == tmp_path / "state" / "state.json"
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("[train\nepochs = 3\n", "invalid TOML"),
+    ("epochs = 3\n", "top-level key 'epochs' must be a [section]"),
+    ("[train]\nepochs = 1\nepochs = 2\n", "invalid TOML"),
+])
+def test_config_check_cli_exits_78_with_one_line(tmp_path, content, expected):
+    path = tmp_path / "config.toml"
+    path.write_text(content)
+    result = cli("config", "check", str(path))
+    assert result.returncode == 78
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(path) in lines[0] and expected in lines[0]
+
+
+def test_config_check_cli_missing_file(tmp_path):
+    result = cli("config", "check", str(tmp_path / "nope.toml"))
+    assert result.returncode == 78
+    assert "nope.toml: no such file" in result.stderr
+
+
+def test_config_check_cli_ok(tmp_path):
+    result = cli("config", "check", str(PROD_TOML))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_supervise_refuses_a_bad_config_before_doing_anything(tmp_path):
+    path = write_config(tmp_path, {"supervisor": {"max_crashes": -1}})
+    result = cli("supervise", "--config", str(path), timeout=60)
+    assert result.returncode == 78
+    assert "[supervisor] max_crashes must be > 0 (got -1)" in result.stderr
+    assert not (tmp_path / "state").exists()  # nothing created, nothing half-written

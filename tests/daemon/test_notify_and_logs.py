@@ -1,0 +1,88 @@
+"""sd_notify over a real socket, and log lines that journald files under the right priority."""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import structlog
+
+from daemon import log as logs
+from daemon.notify import Notifier, child_environment
+
+
+class Events:
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, level):
+        return lambda event, **kw: self.calls.append((level, event, kw))
+
+
+def notifier(monkeypatch, **env):
+    for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    events = Events()
+    return Notifier(events), events
+
+
+def test_messages_arrive_on_the_socket(monkeypatch, notify_socket):
+    n, events = notifier(monkeypatch, NOTIFY_SOCKET=str(notify_socket.path), WATCHDOG_USEC="4000000")
+    assert n.watchdog_interval == 2.0  # half of WATCHDOG_USEC
+    n.ready("RUNNING step 0")
+    n.status("RUNNING step 0")          # unchanged: not sent again
+    n.status("RUNNING step 10")
+    n.watchdog()
+    n.stopping("stopping")
+    assert notify_socket.drain() == ["READY=1\nSTATUS=RUNNING step 0", "STATUS=RUNNING step 10",
+                                     "WATCHDOG=1", "STOPPING=1\nSTATUS=stopping"]
+    assert events.calls == []
+
+
+def test_no_socket_is_a_quiet_no_op(monkeypatch):
+    n, events = notifier(monkeypatch)
+    n.ready("x"), n.watchdog(), n.stopping()
+    assert n.watchdog_interval is None and events.calls == []
+
+
+def test_a_broken_socket_is_logged_once(monkeypatch, tmp_path):
+    n, events = notifier(monkeypatch, NOTIFY_SOCKET=str(tmp_path / "gone"))
+    for _ in range(5):
+        n.watchdog()
+    assert [(lvl, ev) for lvl, ev, _ in events.calls] == [("warning", "notify.failed")]
+
+
+def test_watchdog_for_another_pid_is_not_ours(monkeypatch):
+    n, _ = notifier(monkeypatch, WATCHDOG_USEC="4000000", WATCHDOG_PID=str(os.getpid() + 1))
+    assert n.watchdog_interval is None
+    n, _ = notifier(monkeypatch, WATCHDOG_USEC="4000000", WATCHDOG_PID=str(os.getpid()))
+    assert n.watchdog_interval == 2
+
+
+def test_worker_environment_has_no_notify_variables():
+    env = child_environment({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1", "WATCHDOG_PID": "2", "HOME": "/h"})
+    assert env == {"HOME": "/h"}
+
+
+def test_json_lines_carry_the_syslog_priority():
+    out = io.StringIO()
+    assert logs.configure("json", "debug", stream=out) == "json"
+    log = structlog.get_logger("t")
+    log.debug("a.debug")
+    log.info("b.info", step=3)
+    log.warning("c.warning")
+    log.error("d.error", reason="x")
+    lines = out.getvalue().splitlines()
+    assert [line[:3] for line in lines] == ["<7>", "<6>", "<4>", "<3>"]
+    body = json.loads(lines[1][3:])
+    assert body["event"] == "b.info" and body["step"] == 3 and body["level"] == "info" and body["ts"].endswith("Z")
+
+
+def test_log_level_filters():
+    out = io.StringIO()
+    logs.configure("json", "warning", stream=out)
+    structlog.get_logger("t").info("hidden")
+    structlog.get_logger("t").warning("shown")
+    assert [json.loads(line[3:])["event"] for line in out.getvalue().splitlines()] == ["shown"]

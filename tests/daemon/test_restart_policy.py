@@ -1,0 +1,93 @@
+"""The restart policy as a table: what the supervisor does after each kind of worker exit."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from daemon.config import Duration, SupervisorConfig
+from daemon.restart import RestartHistory, WorkerExit, backoff_delay, decide
+
+CFG = SupervisorConfig(restart_backoff_initial=Duration(10), restart_backoff_max=Duration(600), restart_jitter=0.2,
+                       max_restarts_without_progress=3, max_crashes=5, crash_window=Duration(3600))
+CRASH = WorkerExit(code=1, error_type="RuntimeError", message="boom")
+KILLED = WorkerExit(code=None, signal="SIGKILL")
+
+
+def run(exits, steps, times=None, cfg=CFG, start_step=None):
+    history = RestartHistory(checkpoint_step=start_step)
+    decisions = []
+    for i, (ex, step) in enumerate(zip(exits, steps)):
+        now = times[i] if times else i * 1000.0
+        d, history = decide(history, ex, step, now, cfg, jitter=0.5)
+        decisions.append(d)
+    return decisions, history
+
+
+@pytest.mark.parametrize("exit, kind", [
+    (WorkerExit(0), "completed"), (WorkerExit(75), "preempted"), (WorkerExit(78), "config"),
+    (KILLED, "killed"), (CRASH, "crash"),
+    (WorkerExit(1, error_type="OutOfMemoryError", message="CUDA out of memory. Tried..."), "oom"),
+    (WorkerExit(None, signal="SIGKILL", message=None, error_type=None), "killed"),
+])
+def test_exit_kinds(exit, kind):
+    assert exit.kind == kind
+
+
+def test_completed_is_complete_and_config_error_fails_at_once():
+    assert decide(RestartHistory(), WorkerExit(0), 100, 0.0, CFG, 0.5)[0].action == "complete"
+    d, _ = decide(RestartHistory(), WorkerExit(78, error_type="ConfigError", message="x.toml: bad"), 100, 0.0, CFG, 0.5)
+    assert d.action == "fail" and "x.toml: bad" in d.reason
+
+
+def test_preemption_restarts_at_once_and_is_not_a_failure():
+    decisions, history = run([WorkerExit(75)] * 10, [100] * 10)
+    assert all(d.action == "restart" and d.delay == 0 for d in decisions)
+    assert history.consecutive_failures == 0 and history.crash_times == ()
+
+
+def test_backoff_doubles_with_jitter_and_is_capped():
+    cfg = dataclasses.replace(CFG, restart_jitter=0.0)
+    assert [backoff_delay(n, cfg, 0.5) for n in (1, 2, 3, 4)] == [10, 20, 40, 80]
+    assert backoff_delay(30, cfg, 0.5) == 600
+    assert backoff_delay(1, CFG, 0.0) == pytest.approx(8) and backoff_delay(1, CFG, 0.999999) == pytest.approx(12)
+
+
+def test_crashes_with_progress_keep_restarting_and_reset_the_backoff():
+    # Each crash comes after a new checkpoint, an hour apart: a flaky but productive run.
+    decisions, history = run([CRASH] * 8, [100 * (i + 1) for i in range(8)], times=[i * 4000.0 for i in range(8)])
+    assert all(d.action == "restart" for d in decisions)
+    assert all(d.delay == pytest.approx(10) for d in decisions)  # never escalates: progress each time
+
+
+def test_gives_up_after_n_restarts_without_checkpoint_progress():
+    decisions, history = run([CRASH] * 3, [500, 500, 500], start_step=500)
+    assert [d.action for d in decisions] == ["restart", "restart", "fail"]
+    assert [round(d.delay) for d in decisions[:2]] == [10, 20]
+    assert "3 restarts without checkpoint progress (stuck at step 500" in decisions[-1].reason
+    assert "RuntimeError: boom" in decisions[-1].reason
+
+
+def test_no_checkpoint_at_all_is_no_progress():
+    decisions, _ = run([KILLED] * 3, [None] * 3)
+    assert decisions[-1].action == "fail" and "no checkpoint yet" in decisions[-1].reason
+
+
+def test_gives_up_after_n_crashes_in_the_window_even_with_progress():
+    cfg = dataclasses.replace(CFG, max_restarts_without_progress=100)
+    decisions, _ = run([CRASH] * 5, [1, 2, 3, 4, 5], times=[0, 60, 120, 180, 240], cfg=cfg)
+    assert [d.action for d in decisions] == ["restart"] * 4 + ["fail"]
+    assert "5 crashes within 3600s" in decisions[-1].reason
+
+
+def test_crashes_outside_the_window_are_forgotten():
+    cfg = dataclasses.replace(CFG, max_restarts_without_progress=100)
+    decisions, history = run([CRASH] * 10, list(range(10)), times=[i * 1000.0 for i in range(10)], cfg=cfg)
+    assert all(d.action == "restart" for d in decisions)
+    assert len(history.crash_times) == 4  # 3600 s window, one crash per 1000 s
+
+
+def test_a_preemption_in_between_does_not_hide_a_stuck_run():
+    exits = [CRASH, WorkerExit(75), CRASH, WorkerExit(75), CRASH]
+    decisions, _ = run(exits, [7] * 5, start_step=7)
+    assert [d.action for d in decisions] == ["restart"] * 4 + ["fail"]

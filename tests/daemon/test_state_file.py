@@ -1,0 +1,78 @@
+"""state.json: written atomically, read back exactly, and refused with one line when unusable."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from conftest import cli, write_config
+from daemon.state import SCHEMA_VERSION, Failure, State, StateError, load_state, save_state
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+
+
+def test_round_trip_keeps_everything_including_unknown_sections(tmp_path):
+    path = tmp_path / "state.json"
+    state = State.new(NOW)
+    state.trainer.step, state.trainer.val_loss = 1200, 2.5
+    state.failure = Failure(reason="3 crashes", at="2026-11-25T12:00:00Z", exit_code=1)
+    state.extra["cost"] = {"total_usd": 12.5}  # a section from a newer issue
+    save_state(path, state, NOW)
+    back = load_state(path)
+    assert back == state
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == SCHEMA_VERSION and data["cost"] == {"total_usd": 12.5}
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+def test_missing_file_is_no_state_yet(tmp_path):
+    assert load_state(tmp_path / "state.json") is None
+
+
+@pytest.mark.parametrize("content, field", [
+    ("{\"run_id\": ", "not valid JSON"),
+    ("[]", "must hold a JSON object"),
+    (json.dumps({"run_id": "x", "started_at": "t", "phase": "RUNNING"}), "field 'schema_version'"),
+    (json.dumps({"schema_version": 1, "started_at": "t", "phase": "RUNNING"}), "field 'run_id'"),
+    (json.dumps({"schema_version": 1, "run_id": "x", "started_at": "t", "phase": "DANCING"}), "field 'phase'"),
+    (json.dumps({"schema_version": 1, "run_id": "x", "started_at": "t", "phase": "RUNNING", "trainer": 3}),
+     "field 'trainer'"),
+    (json.dumps({"schema_version": 99, "run_id": "x", "started_at": "t", "phase": "RUNNING"}),
+     "newer than this amapiano-train understands"),
+])
+def test_unusable_state_names_file_and_field(tmp_path, content, field):
+    path = tmp_path / "state.json"
+    path.write_text(content)
+    with pytest.raises(StateError) as e:
+        load_state(path)
+    assert str(e.value).startswith(str(path)) and field in str(e.value)
+
+
+def test_supervise_exits_65_on_a_newer_state_file_and_leaves_it_alone(tmp_path):
+    config = write_config(tmp_path)
+    state_file = tmp_path / "state" / "state.json"
+    state_file.parent.mkdir()
+    original = json.dumps({"schema_version": SCHEMA_VERSION + 1, "run_id": "abc", "started_at": "t",
+                           "phase": "RUNNING", "cost": {"total_usd": 99}})
+    state_file.write_text(original)
+    result = cli("supervise", "--config", str(config), "--log-format", "json", timeout=60)
+    assert result.returncode == 65
+    assert "field 'schema_version' is 2, newer than" in result.stderr
+    assert state_file.read_text() == original  # nothing lost
+    assert not (tmp_path / "state" / "heartbeat.json").exists()  # no worker was started
+
+
+def test_status_command(tmp_path):
+    config = write_config(tmp_path)
+    result = cli("status", "--config", str(config))
+    assert result.returncode == 1 and "no state file yet" in result.stderr
+    state = State.new(NOW)
+    state.phase = "RUNNING"
+    state.trainer.step, state.trainer.total_steps, state.trainer.val_loss = 50, 200, 1.25
+    save_state(tmp_path / "state" / "state.json", state, NOW)
+    screen = cli("status", "--config", str(config))
+    assert screen.returncode == 0, screen.stderr
+    assert "RUNNING" in screen.stdout and "50 of 200" in screen.stdout and "1.2500" in screen.stdout
+    raw = cli("status", "--state", str(tmp_path / "state" / "state.json"), "--json")
+    assert json.loads(raw.stdout)["trainer"]["step"] == 50
