@@ -11,6 +11,9 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .stop import StopRequest
+
+    stop = StopRequest()  # first: a SIGTERM during the slow imports below must not be lost
     parser = argparse.ArgumentParser(prog="amapiano-train train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, type=Path, help="config.toml")
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from .train import Trainer, write_failure
 
     try:
-        return Trainer(cfg, log).run()
+        return Trainer(cfg, log, stop=stop).run()
     except (ConfigError, DataError, CheckpointError) as e:
         write_failure(args.failure_file, e)
         log.error("train.bad_input", error=str(e))

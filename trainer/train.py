@@ -2,14 +2,14 @@
 
 Read top to bottom: build the model, load the data, resume from the newest valid checkpoint,
 then one optimizer step at a time until every epoch is done (exit 0). SIGUSR1, SIGTERM or
-SIGINT, or the supervisor vanishing, ask for a checkpoint at the next step boundary and exit 75.
+SIGINT, or the supervisor vanishing (trainer/stop.py), ask for a checkpoint at the next step
+boundary and exit 75.
 """
 from __future__ import annotations
 
 import math
 import os
 import random
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -25,24 +25,7 @@ from daemon.states import EXIT_COMPLETED, EXIT_PREEMPTED
 from . import checkpoint
 from .data import epoch_order, load_splits, micro_batches
 from .model import TrainableMusicgen, load_base_model, shape_of
-
-
-class StopRequest:
-    """Set by a signal handler; read at step boundaries."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self._parent = int(os.environ.get("AMAPIANO_SUPERVISOR_PID", "0")) or None
-        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self.reason = signal.Signals(signum).name
-
-    def check(self) -> str | None:
-        if self.reason is None and self._parent and os.getppid() != self._parent:
-            self.reason = "supervisor gone"  # never train on, unwatched
-        return self.reason
+from .stop import StopRequest
 
 
 def pick_device(cfg: Config) -> torch.device:
@@ -97,9 +80,9 @@ def shape_mismatch(saved: dict, current: dict) -> list[str]:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, log: Any, clock: Clock | None = None):
+    def __init__(self, cfg: Config, log: Any, clock: Clock | None = None, stop: StopRequest | None = None):
         self.cfg, self.log, self.clock = cfg, log, clock or Clock()
-        self.stop = StopRequest()
+        self.stop = stop or StopRequest()
         self.beat: dict[str, Any] = {"pid": os.getpid(), "activity": "loading"}
         self.write_heartbeat()
 

@@ -92,3 +92,26 @@ def test_sigusr1_checkpoints_at_once_and_exits_75(tmp_path):
     assert beat["activity"] == "stopped"
     assert beat["last_checkpoint_step"] == beat["step"] >= 9  # nothing after the last step is lost
     assert (tmp_path / "state" / "checkpoints" / f"step_{beat['step']:08d}.json").exists()
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether the process has a handler for sig (SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+@pytest.mark.slow
+def test_sigterm_during_startup_is_a_clean_stop_not_a_kill(tmp_path):
+    cfg = write_config(tmp_path)
+    worker = train(cfg)
+    deadline = time.monotonic() + 30
+    while not catches(worker.pid, signal.SIGTERM):
+        assert worker.poll() is None and time.monotonic() < deadline
+        time.sleep(0.002)
+    assert heartbeat(tmp_path / "state").get("activity") in (None, "loading")  # still importing/loading
+    worker.send_signal(signal.SIGTERM)
+    out, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 75, out
+    assert '"event":"train.preempted"' in out and '"reason":"SIGTERM"' in out

@@ -1,0 +1,27 @@
+"""Asking the worker to stop: SIGUSR1, SIGTERM or SIGINT, or the supervisor vanishing.
+
+Installed first thing in `python -m trainer`, before torch is imported (seconds; minutes for a
+cold model load), so a stop that arrives during start-up is remembered instead of killing the
+process with the default action. The training loop reads it at step boundaries.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+
+class StopRequest:
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._parent = int(os.environ.get("AMAPIANO_SUPERVISOR_PID", "0")) or None
+        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.reason = signal.Signals(signum).name
+
+    def check(self) -> str | None:
+        if self.reason is None and self._parent and os.getppid() != self._parent:
+            self.reason = "supervisor gone"  # never train on, unwatched
+        return self.reason
