@@ -44,7 +44,7 @@ def cmd_supervise(args) -> int:
     fmt = logs.configure(args.log_format, args.log_level)
     log = logs.get("supervisor")
     try:
-        supervisor = Supervisor(cfg, log, log_format=fmt)
+        supervisor = Supervisor(cfg, log, log_format=fmt, log_level=args.log_level)
     except StateError as e:
         log.error("state.unusable", error=str(e))
         print(f"amapiano-train: {e}", file=sys.stderr)

@@ -36,12 +36,13 @@ STATE_REFRESH_S = 30.0  # rewrite state.json at least this often, so updated_at 
 class Supervisor:
     def __init__(self, cfg: Config, log: Any, clock: Clock | None = None,
                  notifier: Notifier | None = None, worker: WorkerProcess | None = None,
-                 rng: random.Random | None = None, log_format: str = "json"):
+                 rng: random.Random | None = None, log_format: str = "json", log_level: str = "info"):
         self.cfg = cfg
         self.log = log
         self.clock = clock or Clock()
         self.notifier = notifier or Notifier(log)
-        self.worker = worker or WorkerProcess(cfg.source, cfg.failure_file, ("--log-format", log_format))
+        self.worker = worker or WorkerProcess(cfg.source, cfg.failure_file,
+                                                ("--log-format", log_format, "--log-level", log_level))
         self.rng = rng or random.Random()
         self.stop_requested = threading.Event()
         self.finished = threading.Event()  # nothing left to supervise (COMPLETED)

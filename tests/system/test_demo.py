@@ -1,0 +1,35 @@
+"""`amapiano-train demo`: the README's promise, run exactly as a person would."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import cli
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_lifecycle(tmp_path):
+    workdir = tmp_path / "demo"
+    result = cli("demo", "--workdir", str(workdir), timeout=280, env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    m = re.search(r"The worker was killed at step (\d+); the restart resumed from step (\d+)\.", result.stdout)
+    assert m, result.stdout[-2000:]
+    killed, resumed = int(m.group(1)), int(m.group(2))
+    assert 0 < resumed < killed
+    assert "Demo finished: phase COMPLETED." in result.stdout
+    state = json.loads((workdir / "state" / "state.json").read_text())
+    assert state["phase"] == "COMPLETED" and state["trainer"]["restarts"] == 1
+    assert state["trainer"]["step"] == state["trainer"]["total_steps"]
+    assert state["trainer"]["best_val_loss"] < 3.0  # it learned (a random model starts near ln(64) = 4.16)
+    assert list((workdir / "logs" / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    status = cli("status", "--config", str(workdir / "config.toml"))
+    assert status.returncode == 0 and "COMPLETED" in status.stdout
+
+
+def test_demo_refuses_a_non_empty_workdir(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    result = cli("demo", "--workdir", str(tmp_path))
+    assert result.returncode == 2 and "is not empty" in result.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep me"

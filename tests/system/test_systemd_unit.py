@@ -1,0 +1,223 @@
+"""systemd/amapiano-train.service: verified by systemd-analyze, and run under a real systemd.
+
+The second test boots systemd as PID 1 in a systemd-nspawn container (Debian's
+systemd-container) on the host's own /usr and Python, starts the real unit, and checks what a
+person would: it reaches active through READY=1, a hung supervisor is killed by the watchdog and
+started again, and journald files each log line under the right PRIORITY. With
+AMAPIANO_REQUIRE_SYSTEMD=1 (set by .ci/run) a missing tool is a failure, not a skip.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conftest import DEMO_TOML, REPO, dump_toml, merge
+
+UNIT = REPO / "systemd" / "amapiano-train.service"
+HARNESS = Path(__file__).with_name("nspawn_harness.sh")
+REQUIRED = os.environ.get("AMAPIANO_REQUIRE_SYSTEMD") == "1"
+pytestmark = pytest.mark.systemd
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        message = f"{tool} not installed (Debian: apt-get install systemd systemd-container)"
+        if REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def unit_exec_start() -> str:
+    return re.search(r"^ExecStart=(.*)$", UNIT.read_text(), re.M).group(1)
+
+
+def verify(tmp_path: Path, unit_text: str) -> subprocess.CompletedProcess:
+    """`systemd-analyze verify` in a root holding the unit, systemd's own units and ExecStart."""
+    root = tmp_path / "root"
+    (root / "usr" / "lib" / "systemd").mkdir(parents=True)
+    shutil.copytree("/usr/lib/systemd/system", root / "usr" / "lib" / "systemd" / "system", symlinks=True)
+    (root / "lib").symlink_to("usr/lib")
+    exe = root / unit_exec_start().split()[0].lstrip("/")
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    unit = root / "etc" / "systemd" / "system" / UNIT.name
+    unit.parent.mkdir(parents=True)
+    unit.write_text(unit_text)
+    return subprocess.run([need("systemd-analyze"), "verify", f"--root={root}", f"etc/systemd/system/{UNIT.name}"],
+                          capture_output=True, text=True, timeout=60, cwd=root)
+
+
+def test_unit_verifies_without_a_word(tmp_path):
+    result = verify(tmp_path, UNIT.read_text())
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stderr
+
+
+def test_verify_would_catch_a_typo(tmp_path):
+    """The check above can fail: verify exits 0 on an unknown key, but it says so."""
+    result = verify(tmp_path, UNIT.read_text().replace("KillMode=mixed", "KilMode=mixed"))
+    assert "KilMode" in result.stderr
+
+
+def test_unit_carries_the_contract():
+    text = UNIT.read_text()
+    for line in ("Type=notify", "Restart=on-failure", "RestartPreventExitStatus=65 78", "KillMode=mixed",
+                 "StateDirectory=amapiano-train", "CacheDirectory=amapiano-train", "LogsDirectory=amapiano-train",
+                 "ConfigurationDirectory=amapiano-train", "User=amapiano", "NoNewPrivileges=yes"):
+        assert re.search(rf"^{re.escape(line)}$", text, re.M), line
+    watchdog = int(re.search(r"^WatchdogSec=(\d+)$", text, re.M).group(1))
+    stop = int(re.search(r"^TimeoutStopSec=(\d+)$", text, re.M).group(1))
+    prod = tomllib.loads((REPO / "etc" / "amapiano-train" / "config.toml").read_text())
+    from daemon.config import Duration
+
+    stop_timeout = Duration.parse(prod.get("supervisor", {}).get("stop_timeout", "90s"))
+    assert stop > stop_timeout, "systemd must wait longer than the supervisor waits for the checkpoint"
+    assert watchdog >= 30
+    assert not re.search(r"^PrivateDevices=yes", text, re.M), "PrivateDevices hides /dev/nvidia*"
+
+
+# ---------------------------------------------------------------------------- under systemd
+
+def ensure_nspawn_runtime_dir() -> None:
+    """nspawn refuses to clean up /run/systemd/nspawn when /run is not a tmpfs (a container host)."""
+    d = Path("/run/systemd/nspawn")
+    d.mkdir(parents=True, exist_ok=True)
+    fstype = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(d)], capture_output=True, text=True)
+    if fstype.stdout.strip() != "tmpfs":
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(d)], check=True)
+
+
+def build_root(root: Path, results: Path) -> None:
+    for d in ("usr", "etc", "var", "tmp", "root", "opt/amapiano-train/venv", "results"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    (root / "root").chmod(0o755)
+    for link in ("bin", "lib", "lib64", "sbin"):
+        (root / link).symlink_to(f"usr/{link}")
+    for name in ("os-release", "passwd", "group", "shadow", "nsswitch.conf"):
+        shutil.copy(f"/etc/{name}", root / "etc" / name)
+    (root / "etc" / "machine-id").touch()
+    with open(root / "etc" / "passwd", "a") as f:
+        f.write("amapiano:x:990:990:amapiano-train:/var/lib/amapiano-train:/usr/sbin/nologin\n")
+    with open(root / "etc" / "group", "a") as f:
+        f.write("amapiano:x:990:\n")
+    with open(root / "etc" / "shadow", "a") as f:
+        f.write("amapiano:!:19000::::::\n")
+
+    units = root / "etc" / "systemd" / "system"
+    units.mkdir(parents=True)
+    shutil.copy(UNIT, units / UNIT.name)
+    dropin = units / f"{UNIT.name}.d"
+    dropin.mkdir()
+    # Only what the test needs to differ: a short watchdog so a hang is caught in seconds,
+    # short stop timeouts, debug logs, and read access to this machine's Python under /root.
+    (dropin / "test.conf").write_text(
+        "[Service]\nWatchdogSec=3\nTimeoutStopSec=20\nRestartSec=1\nProtectHome=read-only\n"
+        f"ExecStart=\nExecStart={unit_exec_start()} --log-level debug\n")
+    (units / "harness.service").write_text(
+        "[Unit]\nDescription=test harness\nAfter=multi-user.target\n"
+        "[Service]\nType=oneshot\nExecStart=/results/harness.sh\nTimeoutStartSec=400\n"
+        "ExecStopPost=/bin/systemctl poweroff --no-block\n"
+        "[Install]\nWantedBy=multi-user.target\n")
+    (units / "multi-user.target.wants").mkdir()
+    (units / "multi-user.target.wants" / "harness.service").symlink_to("../harness.service")
+    shutil.copy(HARNESS, results / "harness.sh")
+    (results / "harness.sh").chmod(0o755)
+
+    table = merge(tomllib.loads(DEMO_TOML.read_text()), {
+        "run": {"state_dir": "/var/lib/amapiano-train", "cache_dir": "/var/cache/amapiano-train",
+                "log_dir": "/var/log/amapiano-train"},
+        "data": {"frames": 24, "synthetic_train_clips": 64, "synthetic_valid_clips": 8},
+        "train": {"epochs": 400, "batch_size": 4, "grad_accum_steps": 2, "log_every": 1, "checkpoint_every": 4},
+        "supervisor": {"poll_interval": "200ms", "restart_backoff_initial": "500ms", "stop_timeout": "10s"},
+    })
+    (root / "etc" / "amapiano-train").mkdir()
+    (root / "etc" / "amapiano-train" / "config.toml").write_text(dump_toml(table) + "\n")
+
+
+def journal_events(path: Path) -> list[tuple[int, dict]]:
+    out = []
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        message = entry.get("MESSAGE")
+        if isinstance(message, str) and message.startswith("{"):
+            out.append((int(entry["PRIORITY"]), json.loads(message)))
+    return out
+
+
+def props(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+@pytest.mark.slow
+def test_unit_under_a_real_systemd(tmp_path):
+    nspawn = need("systemd-nspawn")
+    if os.geteuid() != 0:
+        (pytest.fail if REQUIRED else pytest.skip)("systemd-nspawn needs root")
+    if not Path("/usr/lib/systemd/systemd").exists():
+        (pytest.fail if REQUIRED else pytest.skip)("no /usr/lib/systemd/systemd (apt-get install systemd)")
+    venv = Path(sys.prefix)
+    if venv == Path(sys.base_prefix):
+        pytest.skip("needs the project's virtualenv (scripts/setup.sh)")
+    ensure_nspawn_runtime_dir()
+    root, results = tmp_path / "root", tmp_path / "results"
+    results.mkdir(parents=True)
+    build_root(root, results)
+    results.chmod(0o777)
+
+    python_home = Path(os.path.realpath(sys.base_prefix))
+    binds = [f"--bind-ro=/usr", f"--bind-ro={python_home}", f"--bind-ro={REPO}",
+             f"--bind-ro={venv}:/opt/amapiano-train/venv", f"--bind={results}:/results"]
+    try:
+        boot = subprocess.run([nspawn, "-D", str(root), *binds, "--private-network", "--register=no",
+                               "--keep-unit", "--console=pipe", "-b"],
+                              capture_output=True, text=True, timeout=420)
+    except subprocess.TimeoutExpired:
+        pytest.fail("container did not power off in 420 s:\n" + (results / "harness.log").read_text()[-4000:])
+    log = (results / "harness.log").read_text() if (results / "harness.log").exists() else boot.stderr
+    assert (results / "finished").exists(), f"harness did not finish:\n{log[-4000:]}"
+    assert "TIMEOUT" not in log, log[-4000:]
+
+    # Reached active through READY=1 (Type=notify: `systemctl start` returned 0 only then).
+    assert (results / "start_rc").read_text().strip() == "0"
+    started = props(results / "show_started")
+    assert started["ActiveState"] == "active" and started["SubState"] == "running"
+    assert re.match(r"(STARTING|RUNNING) step", props(results / "show_training")["StatusText"])
+
+    # The killed worker came back from its checkpoint.
+    assert int((results / "resumed_from_step").read_text()) > 0
+
+    # The hung (SIGSTOPped) supervisor was killed by the watchdog and started again.
+    after = props(results / "show_after_watchdog")
+    assert after["ActiveState"] == "active" and int(after["NRestarts"]) >= 1
+    assert after["MainPID"] != (results / "hung_pid").read_text().strip()
+    raw = (results / "journal.json").read_text()
+    assert "Watchdog timeout" in raw
+
+    # FAILED is visible in systemctl's STATUS and the unit stays up (no restart loop).
+    failed = props(results / "show_failed")
+    assert failed["ActiveState"] == "active" and failed["StatusText"].startswith("FAILED")
+    stopped = props(results / "show_stopped")
+    assert stopped["ActiveState"] == "inactive" and stopped["Result"] == "success"
+    assert json.loads((results / "state.json").read_text())["phase"] == "FAILED"
+
+    # journald filed every level under its syslog priority.
+    events = journal_events(results / "journal.json")
+    by_level = {}
+    for prio, e in events:
+        by_level.setdefault(e["level"], set()).add(prio)
+    assert by_level.get("debug") == {7} and by_level.get("info") == {6}
+    assert by_level.get("warning") == {4} and by_level.get("error") == {3}, by_level
+    warned = (results / "journal_warning.txt").read_text()
+    assert '"worker.gave_up"' in warned and '"worker.exited"' in warned
+    assert '"level":"info"' not in warned  # -p warning shows no info lines
