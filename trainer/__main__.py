@@ -36,9 +36,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .lock import acquire
     from .train import Trainer, write_failure
 
     try:
+        _lock = acquire(cfg.run.state_dir, log)  # noqa: F841 - held until the process exits
         return Trainer(cfg, log, stop=stop).run()
     except (ConfigError, DataError, CheckpointError) as e:
         write_failure(args.failure_file, e)

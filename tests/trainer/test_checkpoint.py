@@ -65,7 +65,7 @@ def test_intact_but_unloadable_is_an_error_not_a_silent_fallback(tmp_path):
     import json
     import pickle
 
-    blob = pickle.dumps(object())
+    blob = pickle.dumps(object(), protocol=2)
     m.path.write_bytes(blob)
     meta = json.loads(m.path.with_suffix(".json").read_text())
     meta.update(bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest())

@@ -115,3 +115,27 @@ def test_sigterm_during_startup_is_a_clean_stop_not_a_kill(tmp_path):
     out, _ = worker.communicate(timeout=60)
     assert worker.returncode == 75, out
     assert '"event":"train.preempted"' in out and '"reason":"SIGTERM"' in out
+
+
+@pytest.mark.slow
+def test_a_second_worker_waits_for_the_first(tmp_path):
+    """Never two workers on one run: the second waits until the first has checkpointed and left."""
+    cfg = write_config(tmp_path, {"train": {"epochs": 400}})  # ~1 minute: still going when stopped
+    first = train(cfg)
+    deadline = time.monotonic() + 120
+    while (heartbeat(tmp_path / "state").get("step") or 0) < 3:
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    second = train(cfg)
+    time.sleep(3)  # long enough for it to reach the lock (imports take ~2-4 s)
+    assert second.poll() is None
+    first.send_signal(signal.SIGUSR1)
+    out1, _ = first.communicate(timeout=60)
+    preempted = [json.loads(line[3:]) for line in out1.splitlines() if "train.preempted" in line]
+    assert preempted, out1[-3000:]
+    stopped_at = preempted[0]["step"]
+    second.send_signal(signal.SIGUSR1)  # remembered; it acts once it holds the lock and resumes
+    out2, _ = second.communicate(timeout=60)
+    assert first.returncode == 75 and second.returncode == 75, out2
+    assert '"event":"worker.waiting_for_lock"' in out2
+    assert f'"event":"train.resumed"' in out2 and f'"step":{stopped_at}' in out2
