@@ -25,6 +25,11 @@ FAST = {
 }
 
 
+# The console script a person types, when the package is installed (scripts/setup.sh).
+_SCRIPT = Path(sys.executable).with_name("amapiano-train")
+AMAPIANO_TRAIN = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "daemon.cli"]
+
+
 def _toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -71,7 +76,7 @@ def cli(*args: str, env: dict | None = None, timeout: float = 120, **kw) -> subp
     for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         if env is None or key not in env:
             full_env.pop(key, None)
-    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True,
+    return subprocess.run([*AMAPIANO_TRAIN, *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, **kw)
 
 
@@ -140,7 +145,7 @@ class Daemon:
         full_env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         full_env.update({"HF_HUB_OFFLINE": "1", **(env or {})})
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "supervise", "--config", str(config),
+        self.proc = subprocess.Popen([*AMAPIANO_TRAIN, "supervise", "--config", str(config),
                                       "--log-format", "json"], stdout=self._log, stderr=subprocess.STDOUT,
                                      env=full_env, start_new_session=True)
 

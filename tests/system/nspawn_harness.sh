@@ -15,44 +15,50 @@ state() {  # state() FIELD-EXPRESSION: print a value from state.json (or nothing
 wait_for() {  # wait_for SECONDS CONDITION...
     local deadline=$((SECONDS + $1)); shift
     until eval "$@"; do
-        [ $SECONDS -ge $deadline ] && { echo "TIMEOUT waiting for: $*"; return 1; }
+        if [ $SECONDS -ge $deadline ]; then echo "TIMEOUT waiting for: $*"; return 1; fi
         sleep 0.2
     done
 }
 show() { systemctl show "$UNIT" -p ActiveState,SubState,MainPID,StatusText,NRestarts,Result,ExecMainStatus > "/results/$1"; }
 
-# 1. Start: Type=notify, so this returns only after READY=1 (or fails).
-systemctl start "$UNIT"; echo "$?" > /results/start_rc
-show show_started
-wait_for 90 '[ "$(state "s[\"trainer\"][\"step\"] or 0")" -ge 3 ]'
-show show_training
+# steps(): the first failed check ends them (|| return 1); the results are collected anyway.
+steps() {
+    # 1. Start: Type=notify, so this returns only after READY=1 (or fails).
+    systemctl start "$UNIT"; echo "$?" > /results/start_rc
+    [ "$(cat /results/start_rc)" = 0 ] || return 1
+    show show_started
+    wait_for 90 '[ "$(state "s[\"trainer\"][\"step\"] or 0")" -ge 3 ]' || return 1
+    show show_training
 
-# 2. Kill the worker: the supervisor restarts it from its checkpoint (warning-level lines).
-WORKER=$(state 's["trainer"]["pid"]')
-kill -KILL "$WORKER"
-wait_for 90 '[ "$(state "s[\"trainer\"][\"restarts\"]")" = 1 ] && [ "$(state "s[\"trainer\"][\"resumed_from_step\"] or 0")" -gt 0 ]'
-state 's["trainer"]["resumed_from_step"]' > /results/resumed_from_step
+    # 2. Kill the worker: the supervisor restarts it from its checkpoint (warning-level lines).
+    WORKER=$(state 's["trainer"]["pid"]')
+    kill -KILL "$WORKER"
+    wait_for 90 '[ "$(state "s[\"trainer\"][\"restarts\"]")" = 1 ] && [ "$(state "s[\"trainer\"][\"resumed_from_step\"] or 0")" -gt 0 ]' || return 1
+    state 's["trainer"]["resumed_from_step"]' > /results/resumed_from_step
 
-# 3. Hang the supervisor: no more WATCHDOG=1, so systemd kills it and starts it again.
-OLD=$(systemctl show -p MainPID --value "$UNIT")
-echo "$OLD" > /results/hung_pid
-kill -STOP "$OLD"
-wait_for 60 '[ "$(systemctl show -p NRestarts --value "$UNIT")" -ge 1 ] &&
-             [ "$(systemctl show -p ActiveState --value "$UNIT")" = active ] &&
-             [ "$(systemctl show -p MainPID --value "$UNIT")" != "$OLD" ] &&
-             [ "$(systemctl show -p MainPID --value "$UNIT")" != 0 ]'
-show show_after_watchdog
-wait_for 90 '[ "$(state "s[\"phase\"]")" = RUNNING ]'
+    # 3. Hang the supervisor: no more WATCHDOG=1, so systemd kills it and starts it again.
+    OLD=$(systemctl show -p MainPID --value "$UNIT")
+    echo "$OLD" > /results/hung_pid
+    kill -STOP "$OLD"
+    wait_for 60 '[ "$(systemctl show -p NRestarts --value "$UNIT")" -ge 1 ] &&
+                 [ "$(systemctl show -p ActiveState --value "$UNIT")" = active ] &&
+                 [ "$(systemctl show -p MainPID --value "$UNIT")" != "$OLD" ] &&
+                 [ "$(systemctl show -p MainPID --value "$UNIT")" != 0 ]' || return 1
+    show show_after_watchdog
+    wait_for 90 '[ "$(state "s[\"phase\"]")" = RUNNING ]' || return 1
 
-# 4. A worker that cannot start (bad data config): FAILED, at error level, unit stays up.
-sed -i 's/^source = "synthetic"/source = "cache"/' /etc/amapiano-train/config.toml
-systemctl restart "$UNIT"
-wait_for 90 '[ "$(state "s[\"phase\"]")" = FAILED ]'
-show show_failed
+    # 4. A worker that cannot start (bad data config): FAILED, at error level, unit stays up.
+    sed -i 's/^source = "synthetic"/source = "cache"/' /etc/amapiano-train/config.toml
+    systemctl restart "$UNIT"
+    wait_for 90 '[ "$(state "s[\"phase\"]")" = FAILED ]' || return 1
+    show show_failed
 
-# 5. Stop: the supervisor exits 0 and the unit is inactive, not failed.
-systemctl stop "$UNIT"
-show show_stopped
+    # 5. Stop: the supervisor exits 0 and the unit is inactive, not failed.
+    systemctl stop "$UNIT"
+    show show_stopped
+}
+
+if steps; then echo ok > /results/steps; else echo "STEPS FAILED"; fi
 cp "$STATE" /results/state.json
 journalctl -u "$UNIT" -o json --no-pager > /results/journal.json
 journalctl -u "$UNIT" -p warning -o cat --no-pager > /results/journal_warning.txt
