@@ -1,8 +1,13 @@
-"""The one clock: UTC-aware wall time for deadlines and reports, monotonic time for durations."""
+"""The one clock: UTC-aware wall time for deadlines and reports, monotonic time for durations,
+and the boot's own clock (CLOCK_BOOTTIME and the kernel's boot id) for what must survive a
+daemon restart but not a reboot: the cost ledger and the idle timer."""
 from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from pathlib import Path
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 class Clock:
@@ -11,6 +16,14 @@ class Clock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    def boottime(self) -> float:
+        """Seconds since this boot, counting suspend: how long the instance has been billed."""
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+    def boot_id(self) -> str:
+        """Changes at every boot (including an EC2 stop/start), never within one."""
+        return BOOT_ID.read_text().strip()
 
 
 def iso(dt: datetime | None) -> str | None:

@@ -127,23 +127,67 @@ class SupervisorConfig:
     stop_timeout: Duration = field(default=Duration(90), metadata=POSITIVE)
 
 
+ShutdownAction = Literal["ec2-stop", "poweroff", "none"]
+
+
 @dataclass(frozen=True)
 class IdleConfig:
-    """Idle shutdown (enforced from issue 3 on; validated now)."""
+    """Idle shutdown: no training progress (and, with NVML, GPU under the threshold) for `timeout`."""
 
     timeout: Duration = field(default=Duration(7200), metadata=POSITIVE)
     gpu_util_threshold_pct: float = field(default=10.0, metadata=PERCENT)
     warn_before: Duration = field(default=Duration(900), metadata=POSITIVE)
-    action: Literal["ec2-stop", "poweroff", "none"] = "ec2-stop"
+    action: ShutdownAction = "ec2-stop"
+    check_every: Duration = field(default=Duration(30), metadata=POSITIVE)
 
 
 @dataclass(frozen=True)
 class BudgetConfig:
-    """Spend caps (enforced from issue 3 on; validated now)."""
+    """Spend caps: alerts at fractions, a warning when the forecast passes the cap, a stop at it."""
 
     max_usd: float = field(default=600.0, metadata=POSITIVE)
+    # 0: the live Spot price for this instance's type and zone (EC2 DescribeSpotPriceHistory).
     hourly_rate_usd: float = field(default=0.0, metadata=NON_NEGATIVE)
     alert_fractions: list[float] = field(default_factory=lambda: [0.5, 0.8])
+    ebs_gb: float = field(default=0.0, metadata=NON_NEGATIVE)
+    ebs_usd_per_gb_month: float = field(default=0.08, metadata=NON_NEGATIVE)
+    action: ShutdownAction = "ec2-stop"  # at the cap, after the checkpoint and the email
+    check_every: Duration = field(default=Duration(10), metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    sample_every: Duration = field(default=Duration(10), metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    region: str = ""            # empty: the instance's own, from IMDS
+    endpoint_url: str = ""      # empty: AWS itself (tests point this at a local moto server)
+    imds_url: str = "http://169.254.169.254"
+    imds_timeout: Duration = field(default=Duration(1), metadata=POSITIVE)
+    spot_poll: Duration = field(default=Duration(5), metadata=POSITIVE)
+    price_refresh: Duration = field(default=Duration(3600), metadata=POSITIVE)
+    s3_bucket: str = ""         # empty: no S3 mirror of checkpoints
+    s3_prefix: str = "amapiano-train"
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    """Alerts. The SMTP password is never here: see daemon/mail.py."""
+
+    transport: Literal["smtp", "ses", "none"] = "none"
+    to: list[str] = field(default_factory=list)
+    sender: str = "amapiano-train@localhost"
+    smtp_host: str = "localhost"
+    smtp_port: int = field(default=587, metadata=POSITIVE)
+    smtp_starttls: bool = True
+    smtp_user: str = ""
+    password_credential: str = "smtp-password"
+    timeout: Duration = field(default=Duration(20), metadata=POSITIVE)
+    retry_every: Duration = field(default=Duration(60), metadata=POSITIVE)
+    give_up_after: Duration = field(default=Duration(86400), metadata=POSITIVE)
+    shutdown_wait: Duration = field(default=Duration(120), metadata=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -174,6 +218,9 @@ class Config:
     supervisor: SupervisorConfig = SupervisorConfig()
     idle: IdleConfig = IdleConfig()
     budget: BudgetConfig = BudgetConfig()
+    gpu: GpuConfig = GpuConfig()
+    aws: AwsConfig = AwsConfig()
+    email: EmailConfig = EmailConfig()
     milestone: MilestoneConfig = MilestoneConfig()
     red_flags: RedFlagsConfig = RedFlagsConfig()
     # Where it was read from (not a TOML key).
@@ -190,6 +237,10 @@ class Config:
     @property
     def failure_file(self) -> Path:
         return self.run.state_dir / "worker_failure.json"
+
+    @property
+    def hold_file(self) -> Path:
+        return self.run.state_dir / "hold.json"
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -288,6 +339,12 @@ def _cross_checks(cfg: Config, file: str) -> None:
     fractions = cfg.budget.alert_fractions
     if any(not 0 < x <= 1 for x in fractions):
         fail(f"[budget] alert_fractions must each be in (0, 1] (got {fractions})")
+    if cfg.email.transport != "none" and not cfg.email.to:
+        fail(f"[email] to must list at least one address when transport = \"{cfg.email.transport}\"")
+    if any("@" not in a for a in cfg.email.to):
+        fail(f"[email] to must hold email addresses (got {cfg.email.to})")
+    if cfg.aws.s3_prefix.startswith("/") or cfg.aws.s3_prefix.endswith("/"):
+        fail(f"[aws] s3_prefix must not start or end with '/' (got {cfg.aws.s3_prefix!r})")
     if cfg.supervisor.restart_backoff_initial > cfg.supervisor.restart_backoff_max:
         fail("[supervisor] restart_backoff_initial must not exceed restart_backoff_max")
     tiny = cfg.model.tiny

@@ -220,3 +220,82 @@ def daemons():
     yield start
     for d in started:
         d.kill()
+
+
+# ---------------------------------------------------------------- real servers on 127.0.0.1
+
+class SmtpSink:
+    """aiosmtpd on 127.0.0.1: what arrived, and a switch to have it down."""
+
+    def __init__(self):
+        from aiosmtpd.controller import Controller
+
+        self.messages: list = []
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                from email import message_from_bytes
+
+                sink.messages.append(message_from_bytes(envelope.content))
+                return "250 OK"
+
+        self._controller_cls, self._handler = Controller, Handler()
+        self.port = _free_port()
+        self.controller = None
+
+    def up(self) -> None:
+        self.controller = self._controller_cls(self._handler, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def down(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def smtp_sink():
+    sink = SmtpSink()
+    yield sink
+    sink.down()
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's HTTP server on 127.0.0.1 for EC2, S3 and SES; tests reset it through its API."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_server, monkeypatch):
+    """Credentials and region for boto3, and a clean moto backend."""
+    import urllib.request
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10)
+    return moto_server
+
+
+@pytest.fixture
+def imds():
+    from imds_server import ImdsServer
+
+    server = ImdsServer()
+    yield server
+    server.close()

@@ -1,0 +1,95 @@
+"""The idle rule: no training progress and no busy GPU for `[idle] timeout` stops the instance.
+
+    decide(timer, snapshot, cfg) -> (timer, actions)
+
+Idle means no step progress AND (with GPU metrics) no reading at or over the threshold, for
+the whole window; a worker that says it is loading, validating or checkpointing is busy. An
+unknown GPU reading proves nothing either way. The warning email goes out `warn_before` the
+deadline, and the shutdown never comes sooner than `warn_before` after the warning (a daemon
+that was down past the deadline warns first, then waits). `amapiano-train hold` pushes the
+deadline out; any activity cancels a warned shutdown.
+
+The timer is plain data in CLOCK_BOOTTIME seconds with the boot id: after a reboot its
+readings mean nothing, so it starts afresh.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .actions import Action, SendAlert, Shutdown
+
+BUSY_ACTIVITIES = frozenset({"loading", "validating", "checkpointing"})
+
+
+@dataclass(frozen=True)
+class IdleTimer:
+    boot_id: str
+    last_active_s: float             # boottime of the last sign of activity
+    last_step: int | None = None
+    warned_at_s: float | None = None
+    warned_deadline_s: float | None = None
+
+
+@dataclass(frozen=True)
+class IdleSnapshot:
+    boot_id: str
+    now_s: float                     # CLOCK_BOOTTIME
+    step: int | None                 # the worker's last reported step
+    activity: str | None
+    worker_running: bool
+    gpu_busy: bool | None            # since the last check; None: no known reading
+    hold_until_s: float | None       # from `amapiano-train hold`, in boottime seconds
+
+
+@dataclass(frozen=True)
+class IdleRule:
+    timeout_s: float
+    warn_before_s: float
+    action: str
+
+
+def deadline(timer: IdleTimer, snap: IdleSnapshot, rule: IdleRule) -> float:
+    return max(timer.last_active_s + rule.timeout_s, snap.hold_until_s or 0.0)
+
+
+def shutdown_at(timer: IdleTimer, snap: IdleSnapshot, rule: IdleRule) -> float:
+    """The deadline, but never sooner than warn_before after the warning went out."""
+    due = deadline(timer, snap, rule)
+    if timer.warned_at_s is not None:
+        due = max(due, timer.warned_at_s + rule.warn_before_s)
+    return due
+
+
+def _minutes(seconds: float) -> str:
+    m = max(0, round(seconds / 60))
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
+
+
+def decide(timer: IdleTimer | None, snap: IdleSnapshot, rule: IdleRule) -> tuple[IdleTimer, list[Action]]:
+    if timer is None or timer.boot_id != snap.boot_id:
+        return IdleTimer(snap.boot_id, snap.now_s, snap.step), []
+    progressed = snap.step is not None and (timer.last_step is None or snap.step > timer.last_step)
+    busy = snap.worker_running and snap.activity in BUSY_ACTIVITIES
+    if progressed or busy or snap.gpu_busy is True:
+        actions: list[Action] = []
+        if timer.warned_at_s is not None:
+            why = "training progressed" if progressed else "the worker is busy" if busy else "the GPU is busy"
+            actions.append(SendAlert("idle", "idle shutdown cancelled", f"Activity came back ({why}); "
+                                     "the idle shutdown is off until the next idle period."))
+        return IdleTimer(snap.boot_id, snap.now_s, snap.step), actions
+
+    timer = replace(timer, last_step=snap.step if snap.step is not None else timer.last_step)
+    due = deadline(timer, snap, rule)
+    if snap.now_s >= due - rule.warn_before_s and timer.warned_deadline_s != due:
+        idle_for = snap.now_s - timer.last_active_s
+        timer = replace(timer, warned_at_s=snap.now_s, warned_deadline_s=due)
+        stop_in = shutdown_at(timer, snap, rule) - snap.now_s
+        return timer, [SendAlert(
+            "idle", f"idle shutdown in {_minutes(stop_in)}",
+            f"Nothing has trained for {_minutes(idle_for)} (no step progress"
+            f"{'' if snap.gpu_busy is None else ', GPU under the threshold'}). In {_minutes(stop_in)} the "
+            f"instance will be stopped (action '{rule.action}').\n"
+            "To postpone it: amapiano-train hold 2h   (any training activity also cancels it)")]
+    if timer.warned_at_s is not None and snap.now_s >= shutdown_at(timer, snap, rule):
+        return timer, [Shutdown(rule.action, f"idle for {_minutes(snap.now_s - timer.last_active_s)}")]
+    return timer, []

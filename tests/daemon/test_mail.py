@@ -1,0 +1,116 @@
+"""Alerts reach a real SMTP server (aiosmtpd) or SES (moto), are retried, and never block for long."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import urllib.request
+
+import pytest
+
+from daemon.config import Duration, EmailConfig
+from daemon.mail import Outbox, SmtpTransport, make_transport, smtp_password
+
+
+class Log:
+    def __init__(self):
+        self.events = []
+
+    def __getattr__(self, level):
+        return lambda event, **kw: self.events.append((level, event, kw))
+
+
+def smtp_cfg(port: int, **kw) -> EmailConfig:
+    return dataclasses.replace(EmailConfig(transport="smtp", to=["person@example.com"], sender="bot@example.com",
+                                           smtp_host="127.0.0.1", smtp_port=port, smtp_starttls=False,
+                                           timeout=Duration(2), retry_every=Duration(0.2)), **kw)
+
+
+def test_alert_arrives_with_a_sortable_subject(smtp_sink):
+    smtp_sink.up()
+    log = Log()
+    cfg = smtp_cfg(smtp_sink.port)
+    outbox = Outbox(cfg, SmtpTransport(cfg, None), log, run_name="abc123")
+    alert = outbox.send("idle", "idle shutdown in 15 min", "Nothing has trained for 1h45m.")
+    assert outbox.wait(alert, timeout=10)
+    outbox.close()
+    [msg] = smtp_sink.messages
+    assert msg["Subject"] == "[amapiano-train] idle shutdown in 15 min"
+    assert msg["To"] == "person@example.com" and msg["From"] == "bot@example.com"
+    assert "Nothing has trained" in msg.get_payload() and "abc123" in msg.get_payload()
+    assert ("warning", "alert") in [(lvl, ev) for lvl, ev, _ in log.events]  # logged whatever the mail does
+    assert outbox.to_json()[0]["status"] == "sent"
+
+
+def test_a_server_down_at_first_gets_the_alert_once_it_is_up(smtp_sink):
+    log = Log()
+    cfg = smtp_cfg(smtp_sink.port)
+    outbox = Outbox(cfg, SmtpTransport(cfg, None), log)
+    alert = outbox.send("budget", "50 % of the budget spent", "...")
+    started = time.monotonic()
+    assert not outbox.wait(alert, timeout=0.5)  # bounded: a dead server does not hold anyone
+    assert time.monotonic() - started < 2
+    assert alert.status == "pending" and alert.attempts >= 1 and "Connection refused" in alert.error
+    smtp_sink.up()
+    assert outbox.wait(alert, timeout=10)
+    outbox.close()
+    assert len(smtp_sink.messages) == 1
+    assert [ev for lvl, ev, _ in log.events].count("alert.retrying") == 1  # said once, not every retry
+
+
+def test_gives_up_at_error_level(smtp_sink):
+    log = Log()
+    cfg = smtp_cfg(smtp_sink.port, give_up_after=Duration(0.5))
+    outbox = Outbox(cfg, SmtpTransport(cfg, None), log)
+    alert = outbox.send("idle", "x", "y")
+    assert not outbox.wait(alert, timeout=10)
+    outbox.close()
+    assert alert.status == "failed"
+    assert ("error", "alert.undelivered") in [(lvl, ev) for lvl, ev, _ in log.events]
+
+
+def test_no_transport_means_logged_only():
+    log = Log()
+    outbox = Outbox(EmailConfig(), None, log)
+    alert = outbox.send("budget", "80 %", "...")
+    assert alert.status == "logged" and not outbox.wait(alert, 0.1)
+    outbox.close()
+
+
+def test_pending_alerts_survive_a_restart(smtp_sink):
+    cfg = smtp_cfg(smtp_sink.port)
+    first = Outbox(cfg, SmtpTransport(cfg, None), Log())
+    first.send("spot", "interruption notice", "checkpointing")
+    saved = json.loads(json.dumps(first.to_json()))  # as state.json holds it
+    first.close()
+    smtp_sink.up()
+    second = Outbox(cfg, SmtpTransport(cfg, None), Log(), previous=saved)
+    deadline = time.monotonic() + 10
+    while not smtp_sink.messages and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second.close()
+    assert [m["Subject"] for m in smtp_sink.messages] == ["[amapiano-train] interruption notice"]
+
+
+def test_password_from_a_systemd_credential_or_the_environment(tmp_path):
+    cfg = EmailConfig()
+    (tmp_path / "smtp-password").write_text("s3cret\n")
+    assert smtp_password(cfg, {"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "s3cret"
+    assert smtp_password(cfg, {"AMAPIANO_SMTP_PASSWORD": "env-pw"}) == "env-pw"
+    assert smtp_password(cfg, {}) is None
+
+
+def test_ses_through_moto(aws):
+    import boto3
+
+    client = boto3.client("ses", endpoint_url=aws, region_name="us-east-1")
+    client.verify_email_identity(EmailAddress="bot@example.com")
+    cfg = EmailConfig(transport="ses", to=["person@example.com"], sender="bot@example.com")
+    outbox = Outbox(cfg, make_transport(cfg, lambda: client), Log())
+    alert = outbox.send("budget", "80 % of the budget spent", "$480 of $600")
+    assert outbox.wait(alert, timeout=10), alert.error
+    outbox.close()
+    data = json.load(urllib.request.urlopen(f"{aws}/moto-api/data.json", timeout=10))
+    [sent] = data["ses"]["Message"]  # what SES really recorded
+    assert sent["subject"] == "[amapiano-train] 80 % of the budget spent"
+    assert sent["destinations"] == {"ToAddresses": ["person@example.com"]} and "$480 of $600" in sent["body"]
