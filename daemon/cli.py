@@ -4,6 +4,8 @@
   amapiano-train config check FILE         validate a config (exit 78 and one line if it is wrong)
   amapiano-train supervise --config FILE   the daemon systemd runs (amapiano-train.service)
   amapiano-train status [--json]           where the run stands, from state.json
+  amapiano-train hold 2h                   postpone an idle shutdown (hold 0: cancel the hold)
+  amapiano-train alert test                send a test email now, to know mail works before it matters
   amapiano-train train --config FILE       one training worker, by hand (the daemon starts its own)
 
 Exit statuses: 0 ok, 65 unusable state file, 78 bad config (systemd does not restart on 65/78).
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -79,6 +82,61 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_hold(args) -> int:
+    from datetime import timedelta
+
+    from .atomic import write_json_atomic
+    from .clock import Clock, iso
+    from .config import Duration
+
+    cfg = _load(args.config)
+    try:
+        seconds = 0.0 if args.duration in ("0", "off") else Duration.parse(args.duration)
+    except ValueError as e:
+        print(f"amapiano-train hold: DURATION {e}", file=sys.stderr)
+        return 2
+    if seconds == 0:
+        cfg.hold_file.unlink(missing_ok=True)
+        print("idle hold cancelled: the idle rule applies again")
+        return 0
+    now = Clock().now()
+    until = now + timedelta(seconds=seconds)
+    try:
+        write_json_atomic(cfg.hold_file, {"until": iso(until), "at": iso(now),
+                                          "by": os.environ.get("SUDO_USER") or os.environ.get("USER")})
+    except OSError as e:
+        print(f"amapiano-train hold: cannot write {cfg.hold_file} ({e.strerror}); try with sudo", file=sys.stderr)
+        return 1
+    print(f"idle shutdown postponed until {iso(until)} (UTC); `amapiano-train hold 0` cancels the hold")
+    return 0
+
+
+def cmd_alert_test(args) -> int:
+    from . import log as logs
+    from .aws import Aws
+    from .mail import Outbox, make_transport
+
+    cfg = _load(args.config)
+    logs.configure("console" if sys.stdout.isatty() else "json", "warning")
+    if cfg.email.transport == "none" or not cfg.email.to:
+        print(f"{cfg.source}: [email] transport is \"none\": alerts are only logged and listed in state.json",
+              file=sys.stderr)
+        return 1
+    region = cfg.aws.region or "us-east-1"
+    transport = make_transport(cfg.email, lambda: Aws(cfg.aws, region).client("ses"))
+    outbox = Outbox(cfg.email, transport, logs.get("alert-test"))
+    alert = outbox.send("test", "test message: mail works",
+                        "This is amapiano-train's test message. Budget, idle, Spot and milestone alerts "
+                        "will come to this address.")
+    ok = outbox.wait(alert, timeout=cfg.email.timeout + 5)
+    outbox.close()
+    if ok:
+        print(f"sent to {', '.join(cfg.email.to)} via {cfg.email.transport}")
+        return 0
+    print(f"amapiano-train alert test: not delivered via {cfg.email.transport}: {alert.error}", file=sys.stderr)
+    return 1
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -117,6 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--state", type=Path, help="read this state.json instead")
     st.add_argument("--json", action="store_true", help="print state.json as it is")
     st.set_defaults(func=cmd_status)
+
+    h = sub.add_parser("hold", help="postpone an idle shutdown",
+                       description="Keep the instance up for DURATION whatever the idle rule says (\"2h\", "
+                                   "\"90m\", \"1d\"); `hold 0` cancels. The supervisor reads it within "
+                                   "[idle] check_every.")
+    h.add_argument("duration", metavar="DURATION")
+    h.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    h.set_defaults(func=cmd_hold)
+
+    a = sub.add_parser("alert", help="email tools")
+    asub = a.add_subparsers(dest="alert_command", required=True, metavar="ACTION")
+    at = asub.add_parser("test", help="send a test email now (exit 0 once delivered)")
+    at.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    at.set_defaults(func=cmd_alert_test)
 
     d = sub.add_parser("demo", help="the whole lifecycle on a tiny model and synthetic data",
                        description="Run the supervisor in the foreground on the embedded demo.toml in a work "

@@ -2,7 +2,10 @@
 
 A tiny random MusicGen trains on synthetic codes; once it has a checkpoint and has moved past
 it, the demo SIGKILLs the worker (as a crash or the kernel's OOM killer would), the supervisor
-restarts it from that checkpoint, and the run finishes. Ends with the status screen.
+restarts it from that checkpoint, and the run finishes. Meanwhile the cost ledger ticks on a
+sped-up rate and sends its budget alerts; once training is done nothing is busy, so the idle
+rule warns and then "stops the instance" (action none: logged only), which ends the demo.
+Ends with the status screen.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from .states import Phase
 from .status import render
 from .supervisor import Supervisor
 from .worker import newest_checkpoint, read_json
+
+DEMO_LIMIT_S = 300  # the demo ends by itself in well under a minute; this only bounds a bug
 
 
 def run_demo(workdir: Path | None, log_format: str = "console") -> int:
@@ -58,6 +63,8 @@ def run_demo(workdir: Path | None, log_format: str = "console") -> int:
     supervisor.start()
     supervisor.add_job(kill_once, cfg.supervisor.poll_interval, "demo-chaos")
     try:
+        if not supervisor.finished.wait(DEMO_LIMIT_S) and not supervisor.stop_requested.is_set():
+            log.error("demo.too_slow", limit_s=DEMO_LIMIT_S)
         supervisor.wait()
     finally:
         supervisor.shutdown()
@@ -69,11 +76,21 @@ def run_demo(workdir: Path | None, log_format: str = "console") -> int:
     print(f"  state.json    {cfg.state_file}   (amapiano-train status --config {config})")
     print(f"  checkpoints   {cfg.checkpoint_dir}")
     print(f"  TensorBoard   tensorboard --logdir {cfg.tensorboard_dir}")
-    t = supervisor.state.trainer
+    state = supervisor.state
+    t = state.trainer
     resumed = bool(killed) and t.resumed_from_step is not None and t.resumed_from_step > 0
-    ok = supervisor.phase is Phase.COMPLETED and resumed
+    subjects = [a["subject"] for a in state.alerts]
+    budget_alerts = [s for s in subjects if "of the budget spent" in s]
+    idle_alerts = [s for s in subjects if "idle shutdown in" in s]
+    shut = state.shutdown or {}
+    ok = (supervisor.phase is Phase.COMPLETED and resumed and bool(budget_alerts) and bool(idle_alerts)
+          and str(shut.get("reason", "")).startswith("idle"))
     if killed:
         print(f"\nThe worker was killed at step {killed[0]}; the restart resumed from step "
               f"{t.resumed_from_step if t.resumed_from_step is not None else '- (NOT from a checkpoint)'}.")
+    cost = state.cost or {}
+    print(f"Spend on the demo's sped-up meter: ${cost.get('total_usd', 0):.2f} "
+          f"(alerts: {'; '.join(budget_alerts) or 'none'}).")
+    print(f"Idle: {'; '.join(idle_alerts) or 'no warning'}; then: {shut.get('result') or 'no shutdown'}.")
     print(f"Demo {'finished' if ok else 'FAILED'}: phase {supervisor.phase.value}.")
     return 0 if ok else 1

@@ -61,7 +61,10 @@ def shutdown_at(timer: IdleTimer, snap: IdleSnapshot, rule: IdleRule) -> float:
 
 
 def _minutes(seconds: float) -> str:
-    m = max(0, round(seconds / 60))
+    """A duration for an email subject: "15 min", "1 h 45 min"; seconds below two minutes."""
+    if seconds < 120:
+        return f"{max(0, round(seconds))} s"
+    m = round(seconds / 60)
     return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
 
 

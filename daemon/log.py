@@ -31,6 +31,27 @@ def resolve(fmt: str, stream: Any = None) -> str:
     return fmt
 
 
+class _StdlibBridge(logging.Handler):
+    """Libraries that log through `logging` (APScheduler, botocore) come out as our events.
+
+    APScheduler's notes that a job run was skipped or late (the one scheduler thread was busy)
+    are routine here and go to debug; anything else keeps its level.
+    """
+
+    ROUTINE = ("maximum number of running instances reached", "was missed by")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            level = record.levelname.lower()
+            if any(r in message for r in self.ROUTINE):
+                level = "debug"
+            getattr(structlog.get_logger(record.name), level if level in PRIORITY else "info")(
+                "library.log", logger=record.name, message=message)
+        except Exception:  # a log line must never take the daemon down
+            pass
+
+
 def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> str:
     """Set up structlog; returns the format chosen, so a child process can be told the same."""
     stream = stream or sys.stdout
@@ -50,6 +71,9 @@ def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> str
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _StdlibBridge)] + [_StdlibBridge()]
+    root.setLevel(logging.WARNING)
     return fmt
 
 

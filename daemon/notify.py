@@ -13,6 +13,7 @@ from typing import Any
 import sdnotify
 
 NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+SECRET_ENV = ("AMAPIANO_SMTP_PASSWORD", "CREDENTIALS_DIRECTORY")  # the worker needs no mail secrets
 
 
 class Notifier:
@@ -75,8 +76,9 @@ class Notifier:
 
 
 def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The worker's environment: ours minus the notify variables (only we talk to systemd)."""
+    """The worker's environment: ours minus the notify variables (only we talk to systemd) and
+    the mail secrets."""
     env = dict(os.environ if environ is None else environ)
-    for key in NOTIFY_ENV:
+    for key in NOTIFY_ENV + SECRET_ENV:
         env.pop(key, None)
     return env

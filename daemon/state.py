@@ -65,6 +65,14 @@ class State:
     schema_version: int = SCHEMA_VERSION
     trainer: TrainerState = field(default_factory=TrainerState)
     failure: Failure | None = None
+    # Money and machine (issue 3); plain data owned by daemon/cost.py, gpu.py, idle.py, budget.py.
+    cost: dict[str, Any] | None = None       # the ledger (daemon/cost.py) plus rate and forecast
+    budget: dict[str, Any] | None = None     # cap, left, alerts fired
+    gpu: dict[str, Any] | None = None        # NVML readings and rolling averages
+    idle: dict[str, Any] | None = None       # the idle timer, deadline, hold
+    spot: dict[str, Any] | None = None       # interruption / rebalance notices and the S3 upload
+    shutdown: dict[str, Any] | None = None   # a shutdown the daemon carried out, and why
+    alerts: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # sections from newer code, kept verbatim
 
     @classmethod
@@ -120,6 +128,18 @@ def load_state(path: Path) -> State | None:
     if data.get("phase") not in {p.value for p in Phase}:
         raise StateError(f"{path}: field 'phase' is {data.get('phase')!r}, not a known phase")
     trainer = _typed(TrainerState, data.get("trainer") or {}, "trainer", path)
+    for name in ("cost", "budget", "gpu", "idle", "spot", "shutdown"):
+        if data.get(name) is not None and not isinstance(data[name], dict):
+            raise StateError(f"{path}: field '{name}' must be an object")
+    if data.get("cost") is not None:
+        from .cost import Ledger
+
+        try:
+            Ledger.from_json(data["cost"])
+        except ValueError as e:
+            raise StateError(f"{path}: field {e}") from None
+    if not isinstance(data.get("alerts", []), list):
+        raise StateError(f"{path}: field 'alerts' must be a list")
     failure = data.get("failure")
     failure = _typed(Failure, failure, "failure", path) if failure is not None else None
     top = {k: v for k, v in data.items() if k in _fields(State) and k not in ("trainer", "failure", "extra")}

@@ -14,10 +14,11 @@ class Phase(str, enum.Enum):
     STOPPING = "STOPPING"    # asked to stop; worker is checkpointing
     STOPPED = "STOPPED"      # stopped on request; resumes on the next start
     FAILED = "FAILED"        # gave up restarting; a person must look (state.json says why)
+    HALTED = "HALTED"        # stopped by a rule (budget cap, idle, Spot interruption); `shutdown` says why
     COMPLETED = "COMPLETED"  # all epochs done
 
     def is_terminal(self) -> bool:
-        return self in (Phase.STOPPED, Phase.FAILED, Phase.COMPLETED)
+        return self in (Phase.STOPPED, Phase.FAILED, Phase.HALTED, Phase.COMPLETED)
 
 
 # The worker's exit statuses. 75 is EX_TEMPFAIL ("try again later"), 78 EX_CONFIG.
@@ -30,7 +31,7 @@ def log_transition(log: Any, old: Phase, new: Phase, **why: Any) -> None:
     """One line per transition: `worker RUNNING -> BACKOFF exit=137 ...`."""
     if old is new:
         return
-    level = "error" if new is Phase.FAILED else "warning" if new is Phase.BACKOFF else "info"
+    level = "error" if new is Phase.FAILED else "warning" if new in (Phase.BACKOFF, Phase.HALTED) else "info"
     detail = " ".join(f"{k}={v}" for k, v in why.items() if v is not None)
     getattr(log, level)("phase.changed", old=old.value, new=new.value,
                         summary=f"worker {old.value} -> {new.value} {detail}".strip(), **why)

@@ -24,12 +24,71 @@ def _age(then: str | None, now: datetime) -> str:
     return f"{seconds // 86400}d {seconds % 86400 // 3600}h ago"
 
 
+def _span(seconds: float) -> str:
+    seconds = int(seconds or 0)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _usd(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.2f}"
+
+
 def status_line(state: State) -> str:
-    """systemd's STATUS=: phase, step, loss (spend joins once the cost ledger exists)."""
+    """systemd's STATUS=: phase, step, loss, spend."""
     t = state.trainer
     step = "-" if t.step is None else f"{t.step}/{t.total_steps or '?'}"
+    cost = state.cost or {}
+    spend = f" spent {_usd(cost.get('total_usd'))}" + (f" of {_usd((state.budget or {}).get('max_usd'))}"
+                                                        if state.budget else "")
     return f"{state.phase} step {step} epoch {t.epoch if t.epoch is not None else '-'} " \
-           f"loss {_num(t.train_loss, '.3f')} val {_num(t.val_loss, '.3f')}"
+           f"loss {_num(t.train_loss, '.3f')} val {_num(t.val_loss, '.3f')}{spend if cost else ''}"
+
+
+def _money_rows(state: State, now: datetime) -> list[tuple[str, str]]:
+    rows = []
+    cost, budget = state.cost or {}, state.budget or {}
+    if cost:
+        rate = cost.get("rate_usd_per_h")
+        rows.append(("spend", f"{_usd(cost.get('total_usd'))}  (compute {_usd(cost.get('compute_usd'))}, "
+                              f"storage {_usd(cost.get('storage_usd'))})  rate "
+                              f"{_usd(rate) + '/h' if rate is not None else 'UNKNOWN'} ({cost.get('rate_source')})"))
+        f = cost.get("forecast") or {}
+        rows.append(("forecast", f"at completion {_usd(f.get('at_completion_usd'))}"
+                                 + (f" (in {f['hours_to_completion']:.1f} h)" if f.get("hours_to_completion") else "")
+                                 + f"  at milestone {_usd(f.get('at_milestone_usd'))}"))
+    if budget:
+        rows.append(("budget", f"{_usd(budget.get('left_usd'))} left of {_usd(budget.get('max_usd'))}"
+                               + (f"  alerts sent: {', '.join(budget['fired'])}" if budget.get("fired") else "")))
+    gpu = state.gpu or {}
+    if gpu:
+        if gpu.get("available"):
+            devs = "  ".join(f"#{d['index']} {_num(d.get('util_pct'), '.0f')} % {_num(d.get('power_w'), '.0f')} W"
+                             for d in gpu.get("devices", []))
+            rows.append(("gpu", f"util 1 min {_num(gpu.get('util_avg_1m_pct'), '.0f')} %, 1 h "
+                                f"{_num(gpu.get('util_avg_1h_pct'), '.0f')} %  {devs}"))
+        else:
+            rows.append(("gpu", f"no metrics ({gpu.get('error')})"))
+    idle = state.idle or {}
+    if idle:
+        line = f"idle for {_span(idle.get('idle_for_s', 0))} of {_span(idle.get('timeout_s', 0))}"
+        if idle.get("warned_at"):
+            line += f"  SHUTDOWN DUE {idle.get('shutdown_due_at')} ({idle.get('action')})"
+        if idle.get("hold_until"):
+            line += f"  held until {idle['hold_until']}"
+        rows.append(("idle", line))
+    if state.shutdown:
+        sd = state.shutdown
+        rows.append(("shutdown", f"{sd.get('reason')}: {sd.get('result') or sd.get('action')} at {sd.get('at')}"))
+    pending = [a for a in state.alerts if a.get("status") in ("pending", "failed")]
+    if state.alerts:
+        last = state.alerts[-1]
+        rows.append(("alerts", f"{len(state.alerts)} (last: {last.get('subject')}, {last.get('status')})"
+                               + (f"  {len(pending)} NOT DELIVERED" if pending else "")))
+    return rows
 
 
 def render(state: State, now: datetime) -> str:
@@ -48,6 +107,7 @@ def render(state: State, now: datetime) -> str:
         ("checkpoint", f"{t.last_checkpoint or 'none yet'}"
                        + (f" (step {t.last_checkpoint_step})" if t.last_checkpoint_step is not None else "")),
         ("heartbeat", _age(t.heartbeat_at, now)),
+        *_money_rows(state, now),
         ("state file", f"updated {_age(state.updated_at, now)}"),
     ]
     if state.failure:

@@ -21,6 +21,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from .clock import Clock, iso
 from .config import Config
+from .guards import Guards
 from .notify import Notifier
 from .restart import RestartHistory, WorkerExit, decide
 from .state import Failure, State, load_state, save_state
@@ -36,7 +37,8 @@ STATE_REFRESH_S = 30.0  # rewrite state.json at least this often, so updated_at 
 class Supervisor:
     def __init__(self, cfg: Config, log: Any, clock: Clock | None = None,
                  notifier: Notifier | None = None, worker: WorkerProcess | None = None,
-                 rng: random.Random | None = None, log_format: str = "json", log_level: str = "info"):
+                 rng: random.Random | None = None, log_format: str = "json", log_level: str = "info",
+                 nvml: Any = None):
         self.cfg = cfg
         self.log = log
         self.clock = clock or Clock()
@@ -45,7 +47,7 @@ class Supervisor:
                                                 ("--log-format", log_format, "--log-level", log_level))
         self.rng = rng or random.Random()
         self.stop_requested = threading.Event()
-        self.finished = threading.Event()  # nothing left to supervise (COMPLETED)
+        self.finished = threading.Event()  # nothing left to supervise (HALTED by a rule)
         self.job_failures: dict[str, int] = {}
         self._scheduler: BackgroundScheduler | None = None
         self._ready_sent = False
@@ -53,8 +55,11 @@ class Supervisor:
         self._last_written: tuple[str, float] | None = None
         self._next_start: float | None = None
         self._launches = 0
+        self._hold_reason: str | None = None  # set: the worker is not to be (re)started
+        self.stop_requested_of_worker = False
         self.state = self._load_or_create_state()
         self.history = RestartHistory(checkpoint_step=self._checkpoint_step())
+        self.guards = Guards(self, nvml=nvml)
 
     # -- world ---------------------------------------------------------------------------
     def _load_or_create_state(self) -> State:
@@ -69,6 +74,7 @@ class Supervisor:
                           previous_phase=state.phase)
         state.phase, state.phase_since, state.failure = Phase.STARTING.value, iso(now), None
         state.trainer.pid = None
+        state.shutdown = None  # a restart re-checks everything (the budget before the worker starts)
         return state
 
     def _checkpoint_step(self) -> int | None:
@@ -101,8 +107,9 @@ class Supervisor:
         ended = self.worker.poll()
         if ended is not None:
             self._on_worker_exit(ended, now)
-        if (self._next_start is not None and now >= self._next_start
-                and not self.stop_requested.is_set() and not self.phase.is_terminal()):
+        if (self._next_start is not None and now >= self._next_start and self._hold_reason is None
+                and not self.stop_requested.is_set() and not self.phase.is_terminal()
+                and self.guards.may_start_worker()):
             self._start_worker()
         self._read_heartbeat()
         self.publish()
@@ -119,8 +126,30 @@ class Supervisor:
             self.log.error("watchdog.withheld", last_tick_age_s=round(self.clock.monotonic() - self._last_tick, 1))
 
     # -- decisions and actions -------------------------------------------------------------
+    def hold_worker(self, reason: str) -> None:
+        """From now on the worker is not started again (budget cap, idle, Spot interruption)."""
+        if self._hold_reason is None:
+            self._hold_reason = reason
+            self._next_start = None
+            self.log.info("worker.held", reason=reason)
+
+    def request_worker_checkpoint_and_exit(self) -> None:
+        self.stop_requested_of_worker = True
+        self.worker.signal(signal.SIGUSR1)
+
+    def halted(self, reason: str, done: bool = True) -> None:
+        """A rule stopped the run: HALTED (unless it had already ended); done: the daemon exits."""
+        if self.state.shutdown is None:
+            self.state.shutdown = {"reason": reason, "action": None, "at": iso(self.clock.now()), "result": None}
+        if not self.phase.is_terminal():
+            self._set_phase(Phase.HALTED, reason=reason)
+        self.publish(force=True)
+        if done:
+            self.finished.set()
+
     def _start_worker(self) -> None:
         self._next_start = None
+        self.stop_requested_of_worker = False
         from_step = self._checkpoint_step()
         pid = self.worker.start()
         self._launches += 1
@@ -145,13 +174,24 @@ class Supervisor:
         if self.stop_requested.is_set():
             self.log.info("worker.exited", reason=ended.describe(), checkpoint_step=step, during="shutdown")
             return
+        if self._hold_reason is not None:
+            self.log.info("worker.exited", reason=ended.describe(), checkpoint_step=step, held=self._hold_reason)
+            if ended.kind == "completed":
+                self._set_phase(Phase.COMPLETED, exit=ended.code)
+            elif self.guards.halt is None:  # nothing more to do (a Spot interruption: AWS acts)
+                self.halted(self._hold_reason)
+            else:
+                self._set_phase(Phase.STOPPING, reason=self._hold_reason)
+            return
         decision, self.history = decide(self.history, ended, step, now, self.cfg.supervisor, self.rng.random())
         level = "info" if ended.kind in ("completed", "preempted") else "warning"
         getattr(self.log, level)("worker.exited", reason=ended.describe(), kind=ended.kind,
                                  checkpoint_step=step, decision=decision.action)
         if decision.action == "complete":
             self._set_phase(Phase.COMPLETED, exit=ended.code)
-            self.finished.set()
+            self.guards.outbox.send("completed", "training completed",
+                                    f"All {t.total_steps} steps done; best validation loss {t.best_val_loss}. "
+                                    "The idle rule stops the instance if nothing else happens.")
         elif decision.action == "fail":
             self.state.failure = Failure(reason=decision.reason, at=iso(self.clock.now()),
                                          exit_code=t.last_exit_code, message=ended.message)
@@ -177,6 +217,7 @@ class Supervisor:
 
     def publish(self, force: bool = False) -> None:
         """state.json when it changed (or every STATE_REFRESH_S), and systemd's STATUS line."""
+        self.guards.publish_into(self.state)
         body = json.dumps({k: v for k, v in self.state.to_json().items() if k != "updated_at"}, sort_keys=True)
         now = self.clock.monotonic()
         if force or self._last_written is None or self._last_written[0] != body \
@@ -199,6 +240,7 @@ class Supervisor:
 
     def start(self) -> None:
         """Start the jobs (non-blocking); the worker starts on the first tick."""
+        self.guards.start()
         self._next_start = self.clock.monotonic()
         self._scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(1)}, timezone=timezone.utc)
         self._scheduler.start()
@@ -208,6 +250,8 @@ class Supervisor:
                                 misfire_grace_time=max(1, int(poll * 4)))
         if self.notifier.watchdog_interval:
             self.add_job(self.watchdog, self.notifier.watchdog_interval, "watchdog")
+        for fn, seconds, name in self.guards.jobs():
+            self.add_job(fn, seconds, name)
         self.log.info("supervisor.started", config=str(self.cfg.source), run_id=self.state.run_id,
                       checkpoint_step=self.history.checkpoint_step, poll_interval_s=poll)
 
@@ -244,7 +288,9 @@ class Supervisor:
         if not self.phase.is_terminal():
             self._set_phase(Phase.STOPPED, checkpoint_step=self._checkpoint_step())
         self._read_heartbeat()
+        self.guards.accrue()
         self.publish(force=True)
+        self.guards.close()
         self.log.info("supervisor.stopped", phase=self.phase.value, checkpoint_step=self._checkpoint_step())
 
     def _stop_worker(self) -> None:

@@ -22,6 +22,10 @@ FAST = {
               "checkpoint_every": 4, "keep_checkpoints": 3},
     "supervisor": {"poll_interval": "100ms", "restart_backoff_initial": "200ms", "restart_backoff_max": "1s",
                    "stop_timeout": "20s"},
+    # Money and machine stay out of the way unless a test asks for them.
+    "idle": {"timeout": "1h", "warn_before": "10m", "action": "none"},
+    "budget": {"max_usd": 1000.0, "hourly_rate_usd": 1.0, "action": "none"},
+    "aws": {"imds_url": ""},
 }
 
 
@@ -141,7 +145,8 @@ class Daemon:
     def __init__(self, config: Path, env: dict | None = None):
         self.config = config
         self.state_dir = config.parent / "state"
-        self.log_path = config.parent / "supervisor.log"
+        n = len(list(config.parent.glob("supervisor*.log")))
+        self.log_path = config.parent / ("supervisor.log" if n == 0 else f"supervisor-{n + 1}.log")
         full_env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         full_env.update({"HF_HUB_OFFLINE": "1", **(env or {})})
         self._log = open(self.log_path, "w")

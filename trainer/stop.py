@@ -1,4 +1,5 @@
-"""Asking the worker to stop: SIGUSR1, SIGTERM or SIGINT, or the supervisor vanishing.
+"""Asking the worker to stop (SIGUSR1, SIGTERM, SIGINT, or the supervisor vanishing), or only
+to checkpoint now and go on (SIGUSR2: a Spot rebalance recommendation).
 
 Installed first thing in `python -m trainer`, before torch is imported (seconds; minutes for a
 cold model load), so a stop that arrives during start-up is remembered instead of killing the
@@ -14,12 +15,21 @@ from typing import Any
 class StopRequest:
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.checkpoint_requested = False
         self._parent = int(os.environ.get("AMAPIANO_SUPERVISOR_PID", "0")) or None
         for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGUSR2, self._on_checkpoint)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.reason = signal.Signals(signum).name
+
+    def _on_checkpoint(self, _signum: int, _frame: Any) -> None:
+        self.checkpoint_requested = True
+
+    def take_checkpoint_request(self) -> bool:
+        requested, self.checkpoint_requested = self.checkpoint_requested, False
+        return requested
 
     def check(self) -> str | None:
         if self.reason is None and self._parent and os.getppid() != self._parent:

@@ -245,7 +245,8 @@ class Trainer:
                 tb.add_scalar("val/loss", last_val, step)
                 log.info("train.validated", step=step, val_loss=round(last_val, 5), best_val_loss=round(best_val, 5))
                 self.write_heartbeat(activity="training", val_loss=last_val, best_val_loss=best_val)
-            if step % t.checkpoint_every == 0 or step == total:
+            asked = self.stop.take_checkpoint_request()  # SIGUSR2: a checkpoint now, then go on
+            if asked or step % t.checkpoint_every == 0 or step == total:
                 last_ckpt = save_checkpoint(loss)
                 self.write_heartbeat(activity="training", last_checkpoint=str(last_ckpt.path),
                                      last_checkpoint_step=step)

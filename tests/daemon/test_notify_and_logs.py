@@ -62,7 +62,8 @@ def test_watchdog_for_another_pid_is_not_ours(monkeypatch):
 
 
 def test_worker_environment_has_no_notify_variables():
-    env = child_environment({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1", "WATCHDOG_PID": "2", "HOME": "/h"})
+    env = child_environment({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1", "WATCHDOG_PID": "2", "HOME": "/h",
+                             "AMAPIANO_SMTP_PASSWORD": "secret", "CREDENTIALS_DIRECTORY": "/run/credentials/x"})
     assert env == {"HOME": "/h"}
 
 

@@ -17,12 +17,12 @@ def test_round_trip_keeps_everything_including_unknown_sections(tmp_path):
     state = State.new(NOW)
     state.trainer.step, state.trainer.val_loss = 1200, 2.5
     state.failure = Failure(reason="3 crashes", at="2026-11-25T12:00:00Z", exit_code=1)
-    state.extra["cost"] = {"total_usd": 12.5}  # a section from a newer issue
+    state.extra["milestone"] = {"status": "scheduled"}  # a section from a newer version
     save_state(path, state, NOW)
     back = load_state(path)
     assert back == state
     data = json.loads(path.read_text())
-    assert data["schema_version"] == SCHEMA_VERSION and data["cost"] == {"total_usd": 12.5}
+    assert data["schema_version"] == SCHEMA_VERSION and data["milestone"] == {"status": "scheduled"}
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
 
 
@@ -40,6 +40,11 @@ def test_missing_file_is_no_state_yet(tmp_path):
      "field 'trainer'"),
     (json.dumps({"schema_version": 99, "run_id": "x", "started_at": "t", "phase": "RUNNING"}),
      "newer than this amapiano-train understands"),
+    (json.dumps({"schema_version": 1, "run_id": "x", "started_at": "t", "phase": "RUNNING",
+                 "cost": {"boot_id": "b", "storage_accounted_at": "2026-11-25T00:00:00Z", "compute_usd": -3}}),
+     "field cost.compute_usd: must be a number >= 0"),
+    (json.dumps({"schema_version": 1, "run_id": "x", "started_at": "t", "phase": "RUNNING", "alerts": {}}),
+     "field 'alerts' must be a list"),
 ])
 def test_unusable_state_names_file_and_field(tmp_path, content, field):
     path = tmp_path / "state.json"

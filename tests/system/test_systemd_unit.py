@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO_TOML, REPO, dump_toml, merge
+from conftest import DEMO_TOML, FAST, REPO, dump_toml, merge
 
 UNIT = REPO / "systemd" / "amapiano-train.service"
 HARNESS = Path(__file__).with_name("nspawn_harness.sh")
@@ -150,7 +150,8 @@ def build_root(root: Path, results: Path) -> None:
     shutil.copy(HARNESS, results / "harness.sh")
     (results / "harness.sh").chmod(0o755)
 
-    table = merge(tomllib.loads(DEMO_TOML.read_text()), {
+    quiet = {k: FAST[k] for k in ("idle", "budget", "aws")}
+    table = merge(merge(tomllib.loads(DEMO_TOML.read_text()), quiet), {
         "run": {"state_dir": "/var/lib/amapiano-train", "cache_dir": "/var/cache/amapiano-train",
                 "log_dir": "/var/log/amapiano-train"},
         "data": {"frames": 24, "synthetic_train_clips": 64, "synthetic_valid_clips": 8},

@@ -1,0 +1,127 @@
+"""NVML behind a small port: a fake NVML (no GPU here), with the failure modes of the real one."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from daemon.gpu import GpuMonitor
+
+
+class NVMLError(Exception):
+    def __init__(self, value):
+        super().__init__(f"NVML error {value}")
+        self.value = value
+
+
+class FakeNvml:
+    """pynvml's surface as the monitor uses it. util: per-GPU % (None: field unsupported)."""
+
+    NVML_TEMPERATURE_GPU = 0
+    NVML_ERROR_GPU_IS_LOST = 15
+    NVML_ERROR_NOT_SUPPORTED = 3
+    NVMLError = NVMLError
+
+    def __init__(self, util=(50.0,), init_error=None):
+        self.util = list(util)
+        self.init_error = init_error
+        self.lost: set[int] = set()
+
+    def nvmlInit(self):
+        if self.init_error:
+            raise self.init_error
+
+    def nvmlDeviceGetCount(self):
+        return len(self.util)
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def _check(self, h):
+        if h in self.lost:
+            raise NVMLError(self.NVML_ERROR_GPU_IS_LOST)
+
+    def nvmlDeviceGetName(self, h):
+        self._check(h)
+        return b"NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        self._check(h)
+        if self.util[h] is None:
+            raise NVMLError(self.NVML_ERROR_NOT_SUPPORTED)
+        return SimpleNamespace(gpu=self.util[h], memory=10)
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        self._check(h)
+        return SimpleNamespace(used=40 * 2**30, total=80 * 2**30, free=40 * 2**30)
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        self._check(h)
+        return 350_000  # mW
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        self._check(h)
+        return 61
+
+
+class Log:
+    def __init__(self):
+        self.events = []
+
+    def __getattr__(self, level):
+        return lambda event, **kw: self.events.append((level, event, kw))
+
+
+def test_readings_are_normalised():
+    mon = GpuMonitor(Log(), FakeNvml(util=(87.0, 13.0)))
+    assert mon.start() and mon.count == 2
+    assert mon.sample(0.0) == []
+    r = mon.readings[0]
+    assert (r.name, r.util_pct, r.mem_used_mb, r.mem_total_mb, r.power_w, r.temp_c) == \
+           ("NVIDIA H100 80GB HBM3", 87.0, 40960.0, 81920.0, 350.0, 61.0)
+    assert mon.average(60, 0.0) == pytest.approx(50.0)
+
+
+def test_no_driver_is_one_warning_and_unavailable():
+    log = Log()
+    mon = GpuMonitor(log, FakeNvml(init_error=NVMLError(9)))
+    assert not mon.start() and not mon.available
+    assert [(lvl, ev) for lvl, ev, _ in log.events] == [("warning", "gpu.unavailable")]
+    assert mon.sample(0.0) == [] and mon.to_json(0.0)["available"] is False
+
+
+def test_unsupported_field_is_unknown_not_zero():
+    mon = GpuMonitor(Log(), FakeNvml(util=(None,)))
+    mon.start()
+    mon.sample(0.0)
+    assert mon.readings[0].util_pct is None and mon.readings[0].power_w == 350.0
+    assert mon.average(60, 0.0) is None
+    assert mon.busy_since(-1, 10.0) is None  # no known reading: proves nothing
+
+
+def test_a_lost_gpu_is_reported_not_raised_and_sampling_goes_on():
+    nvml = FakeNvml(util=(90.0, 90.0))
+    log = Log()
+    mon = GpuMonitor(log, nvml)
+    mon.start()
+    nvml.lost.add(1)
+    problems = mon.sample(1.0)
+    assert problems and "GPU 1 is lost" in problems[0]
+    assert mon.readings[1].lost and mon.readings[0].util_pct == 90.0
+    assert ("error", "gpu.read_failed") in [(lvl, ev) for lvl, ev, _ in log.events]
+    mon.sample(2.0)
+    assert [ev for _, ev, _ in log.events].count("gpu.read_failed") == 1  # logged once, not every sample
+
+
+def test_busy_since_and_rolling_windows():
+    nvml = FakeNvml(util=(5.0,))
+    mon = GpuMonitor(Log(), nvml)
+    mon.start()
+    for t in range(0, 100, 10):
+        mon.sample(float(t))
+    assert mon.busy_since(0.0, 10.0) is False
+    nvml.util[0] = 60.0
+    mon.sample(100.0)
+    assert mon.busy_since(95.0, 10.0) is True
+    assert mon.average(15, 100.0) == pytest.approx((5 + 60) / 2)
+    assert mon.average(3600, 100.0) == pytest.approx((10 * 5 + 60) / 11)
