@@ -182,6 +182,7 @@ class EmailConfig:
     smtp_host: str = "localhost"
     smtp_port: int = field(default=587, metadata=POSITIVE)
     smtp_starttls: bool = True
+    smtp_ca_file: str = ""      # a CA bundle for a relay with a private CA; empty: the system's
     smtp_user: str = ""
     password_credential: str = "smtp-password"
     timeout: Duration = field(default=Duration(20), metadata=POSITIVE)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import smtplib
+import ssl
 import threading
 import uuid
 from dataclasses import dataclass
@@ -64,8 +65,8 @@ class SmtpTransport:
         cfg = self.cfg
         with smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=cfg.timeout) as smtp:
             smtp.ehlo()
-            if cfg.smtp_starttls:
-                smtp.starttls()
+            if cfg.smtp_starttls:  # verified against the system's CAs (or smtp_ca_file)
+                smtp.starttls(context=ssl.create_default_context(cafile=cfg.smtp_ca_file or None))
                 smtp.ehlo()
             if cfg.smtp_user:
                 smtp.login(cfg.smtp_user, self._password or "")

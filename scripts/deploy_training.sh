@@ -94,7 +94,20 @@ else
 fi
 run "$PREFIX/venv/bin/amapiano-train" config check "$ETC/config.toml"
 
-# 4. the unit
+# 4. the unit, and leave to power off for the `poweroff` shutdown action (the service's own user
+#    may not otherwise; `ec2-stop` needs instead an instance role allowing ec2:StopInstances)
+if [ -d "${POLKIT_DIR:-/etc/polkit-1/rules.d}" ] || [ "$DRY_RUN" = 1 ]; then
+    say "allowing $SERVICE_USER to power off (polkit rule)"
+    rule="polkit.addRule(function(action, subject) {
+    if (subject.user == \"$SERVICE_USER\" &&
+        action.id.indexOf(\"org.freedesktop.login1.power-off\") == 0) { return polkit.Result.YES; }
+});"
+    if [ "$DRY_RUN" = 1 ]; then
+        echo "+ write ${POLKIT_DIR:-/etc/polkit-1/rules.d}/50-amapiano-train.rules"
+    else
+        printf '%s\n' "$rule" > "${POLKIT_DIR:-/etc/polkit-1/rules.d}/50-amapiano-train.rules"
+    fi
+fi
 say "installing $UNIT_DIR/amapiano-train.service"
 run install -m 0644 "$SRC/systemd/amapiano-train.service" "$UNIT_DIR/amapiano-train.service"
 run systemctl daemon-reload

@@ -125,3 +125,44 @@ def test_busy_since_and_rolling_windows():
     assert mon.busy_since(95.0, 10.0) is True
     assert mon.average(15, 100.0) == pytest.approx((5 + 60) / 2)
     assert mon.average(3600, 100.0) == pytest.approx((10 * 5 + 60) / 11)
+
+
+@pytest.mark.slow
+def test_supervisor_reports_gpu_metrics_and_alerts_on_a_lost_gpu(tmp_path, monkeypatch):
+    """In-process supervisor with the fake NVML: state.json `gpu`, TensorBoard, and the alert."""
+    import json
+    import time
+
+    from conftest import write_config
+    from daemon import log as logs
+    from daemon.config import load_config
+    from daemon.supervisor import Supervisor
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    logs.configure("json", "warning")
+    nvml = FakeNvml(util=(97.0,))
+    cfg = load_config(write_config(tmp_path, {"gpu": {"sample_every": "200ms"}, "train": {"epochs": 400},
+                                                     "budget": {"check_every": "200ms"}}))
+    sup = Supervisor(cfg, logs.get("test"), nvml=nvml)
+    sup.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (json.loads(cfg.state_file.read_text()).get("gpu") or {}).get("devices") if cfg.state_file.exists() \
+                else True:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        nvml.lost.add(0)
+        while not any("GPU 0 is lost" in a["subject"] for a in json.loads(cfg.state_file.read_text())["alerts"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        sup.shutdown()
+    state = json.loads(cfg.state_file.read_text())
+    assert state["gpu"]["available"] and state["gpu"]["util_avg_1h_pct"] == pytest.approx(97.0)
+    assert state["gpu"]["devices"][0]["lost"] is True
+    assert sum("GPU 0 is lost" in a["subject"] for a in state["alerts"]) == 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(cfg.tensorboard_dir / "supervisor"))
+    acc.Reload()
+    assert "gpu/util_pct" in acc.Tags()["scalars"] and "cost/total_usd" in acc.Tags()["scalars"]

@@ -114,3 +114,72 @@ def test_ses_through_moto(aws):
     [sent] = data["ses"]["Message"]  # what SES really recorded
     assert sent["subject"] == "[amapiano-train] 80 % of the budget spent"
     assert sent["destinations"] == {"ToAddresses": ["person@example.com"]} and "$480 of $600" in sent["body"]
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1, made here: the CA the client is told to trust."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_starttls_with_login_and_a_verified_certificate(tmp_path):
+    import ssl
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    from conftest import _free_port
+
+    cert, key = _self_signed(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    got, logins = [], []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            got.append(envelope.content)
+            return "250 OK"
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        logins.append((auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"s3cret")
+
+    port = _free_port()
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port, tls_context=ctx, require_starttls=True,
+                            authenticator=authenticator, auth_require_tls=True)
+    controller.start()
+    try:
+        cfg = smtp_cfg(port, smtp_starttls=True, smtp_ca_file=str(cert), smtp_user="bot")
+        outbox = Outbox(cfg, SmtpTransport(cfg, "s3cret"), Log())
+        alert = outbox.send("test", "over TLS", "hello")
+        assert outbox.wait(alert, timeout=10), alert.error
+        outbox.close()
+        untrusted = smtp_cfg(port, smtp_starttls=True, smtp_user="bot", give_up_after=Duration(0.3))
+        outbox = Outbox(untrusted, SmtpTransport(untrusted, "s3cret"), Log())
+        refused = outbox.send("test", "not trusted", "x")
+        assert not outbox.wait(refused, timeout=10)
+        outbox.close()
+    finally:
+        controller.stop()
+    assert len(got) == 1 and logins == [(b"bot", b"s3cret")]
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.error
