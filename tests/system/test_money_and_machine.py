@@ -182,3 +182,21 @@ def test_sigkill_and_restart_neither_lose_nor_double_count_cost(tmp_path, daemon
     assert end["accounted_boottime_s"] == pytest.approx(time.clock_gettime(time.CLOCK_BOOTTIME), abs=3)
     assert sum(end["hourly"].values()) == pytest.approx(end["compute_usd"], rel=1e-9)
     assert end["boots"] == 1
+
+
+def test_a_dead_mail_server_delays_the_shutdown_a_bounded_time_and_says_so(tmp_path, daemons, smtp_sink):
+    # The SMTP server never comes up. The shutdown still happens, shutdown_wait after it began.
+    config = write_config(tmp_path, {"train": {"epochs": 1}}, {
+        "idle": {"timeout": "4s", "warn_before": "2s", "check_every": "200ms", "action": "none"},
+        "email": {"transport": "smtp", "to": ["person@example.com"], "smtp_host": "127.0.0.1",
+                  "smtp_port": smtp_sink.port, "smtp_starttls": False, "retry_every": "300ms",
+                  "shutdown_wait": "2s"}})
+    d = daemons(config)
+    assert d.proc.wait(90) == 0
+    state = d.state()
+    assert state["shutdown"]["reason"].startswith("idle")
+    undelivered = state["shutdown"]["warning_undelivered"]
+    assert any("idle shutdown in" in s for s in undelivered)
+    errors = [e for p, e in d.events() if p == 3]
+    assert [e["event"] for e in errors] == ["shutdown.warning_undelivered"]
+    assert all(a["status"] == "pending" and "refused" in (a["error"] or "").lower() for a in state["alerts"])
