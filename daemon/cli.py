@@ -137,6 +137,38 @@ def cmd_alert_test(args) -> int:
     return 1
 
 
+def cmd_dataset_select(args) -> int:
+    from trainer.dataset import DatasetError, select, write_manifest
+
+    ds = _load(args.config).dataset if args.config else None
+    if ds is None:
+        from .config import DatasetConfig
+
+        ds = DatasetConfig()
+    tags = [t for t in args.tags.split(",")] if args.tags else ds.proxy_tags
+    try:
+        sel = select(args.annotations, tags, min_tags=args.min_tags or ds.min_tags, top_n=args.top or ds.top_n,
+                     split=args.split or ds.split, train_size=args.train_size or ds.train_size,
+                     valid_size=args.valid_size or ds.valid_size, seed=args.seed, skip_bad_rows=args.skip_bad_rows)
+    except DatasetError as e:
+        print(f"amapiano-train dataset select: {e}", file=sys.stderr)
+        return 65
+    for note in sel.skipped_rows:
+        print(f"skipped {args.annotations}: {note}", file=sys.stderr)
+    rule = f"the top {args.top or ds.top_n}" if (args.top or ds.top_n) else f">= {args.min_tags or ds.min_tags} proxy tags"
+    print(f"{args.annotations}: {sel.total_rows} clips; {len(tags)} proxy tags")
+    print("clips with >= 1, 2, 3, 4 proxy tags: " + ", ".join(f"{sel.at_least[k]:,}" for k in range(1, 5)))
+    train = sum(c["split"] == "train" for c in sel.clips)
+    print(f"selected ({rule}): {sel.candidates:,}; in the manifest: {len(sel.clips):,} "
+          f"(train {train:,}, valid {len(sel.clips) - train:,})")
+    if sel.candidates < 0.5 * (ds.train_size + ds.valid_size) and not (args.top or ds.top_n):
+        print(f"note: fewer than the {ds.train_size + ds.valid_size:,} clips the plan assumed. Choose with the "
+              "counts above: --min-tags 2, or --top N (most proxy tags first); nothing is padded.")
+    write_manifest(args.out, sel.clips)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -197,6 +229,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", type=Path, help="where to put state, checkpoints and logs (default: a new temp dir)")
     d.add_argument("--log-format", choices=("auto", "json", "console"), default="console")
     d.set_defaults(func=cmd_demo)
+
+    ds = sub.add_parser("dataset", help="MagnaTagATune -> the Amapiano-proxy subset -> the token cache")
+    dsub = ds.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
+    sel = dsub.add_parser("select", help="pick the clips with enough proxy tags and write the manifest",
+                          description="Read annotations_final.csv (the real MTAT format), count the clips "
+                                      "with >= 1..4 proxy tags, select by --min-tags or --top, split, and "
+                                      "write a manifest JSONL. Works on the file alone; --config supplies "
+                                      "[dataset] defaults.")
+    sel.add_argument("--annotations", type=Path, required=True, help="annotations_final.csv")
+    sel.add_argument("--out", type=Path, required=True, help="manifest.jsonl to write (atomically)")
+    sel.add_argument("--config", type=Path, default=None, help="take [dataset] defaults from this config")
+    sel.add_argument("--tags", help="comma-separated proxy tags (default: [dataset] proxy_tags)")
+    how = sel.add_mutually_exclusive_group()
+    how.add_argument("--min-tags", type=int, help="at least this many proxy tags (default 3)")
+    how.add_argument("--top", type=int, help="instead: the N clips with the most proxy tags")
+    sel.add_argument("--split", choices=("random", "mtat"), help="seeded random (default), or MTAT's by path")
+    sel.add_argument("--train-size", type=int)
+    sel.add_argument("--valid-size", type=int)
+    sel.add_argument("--seed", type=int, default=1337)
+    sel.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (listed) instead of stopping")
+    sel.set_defaults(func=cmd_dataset_select)
 
     c = sub.add_parser("config", help="config file tools")
     csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")

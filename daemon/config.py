@@ -93,6 +93,28 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class DatasetConfig:
+    """MagnaTagATune -> the Amapiano-proxy subset -> the token cache (`amapiano-train dataset`)."""
+
+    annotations_url: str = "https://mirg.city.ac.uk/datasets/magnatagatune/annotations_final.csv"
+    clip_info_url: str = "https://mirg.city.ac.uk/datasets/magnatagatune/clip_info_final.csv"
+    # The audio parts the person downloads by hand (the site's terms), into <cache_dir>/mtat/.
+    parts: list[str] = field(default_factory=lambda: ["mp3.zip.001", "mp3.zip.002", "mp3.zip.003"])
+    part_md5: list[str] = field(default_factory=list)   # optional, same order as parts
+    # MTAT has no "amapiano", "log drum" or "soulful" tag: these are its nearest traits.
+    proxy_tags: list[str] = field(default_factory=lambda: [
+        "house", "deep", "dance", "electronic", "electro", "techno", "beat", "beats", "drums", "drum",
+        "percussion", "bass", "piano", "jazzy", "jazz", "synth", "funky", "tribal"])
+    min_tags: int = field(default=3, metadata=POSITIVE)
+    top_n: int = field(default=0, metadata=NON_NEGATIVE)   # >0: the N clips with the most proxy tags
+    split: Literal["random", "mtat"] = "random"
+    train_size: int = field(default=8000, metadata=POSITIVE)
+    valid_size: int = field(default=2000, metadata=POSITIVE)
+    codec: str = "facebook/encodec_32khz"                # hub id or local directory
+    tokenize_batch: int = field(default=8, metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = field(default=20, metadata=POSITIVE)
     batch_size: int = field(default=8, metadata=POSITIVE)
@@ -215,6 +237,7 @@ class Config:
     run: RunConfig = RunConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
+    dataset: DatasetConfig = DatasetConfig()
     train: TrainConfig = TrainConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     idle: IdleConfig = IdleConfig()
@@ -242,6 +265,22 @@ class Config:
     @property
     def hold_file(self) -> Path:
         return self.run.state_dir / "hold.json"
+
+    @property
+    def mtat_dir(self) -> Path:
+        return self.run.cache_dir / "mtat"
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.run.cache_dir / "manifest.jsonl"
+
+    @property
+    def clips_dir(self) -> Path:
+        return self.run.cache_dir / "clips"
+
+    @property
+    def tokens_dir(self) -> Path:
+        return self.run.cache_dir / "tokens"
 
     @property
     def checkpoint_dir(self) -> Path:
