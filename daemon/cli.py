@@ -169,6 +169,26 @@ def cmd_dataset_select(args) -> int:
     return 0
 
 
+def cmd_dataset_tokenize(args) -> int:
+    from . import log as logs
+
+    cfg = _load(args.config)
+    logs.configure(args.log_format, "info")
+    from trainer.dataset import DatasetError, read_manifest
+    from trainer.tokenize import CacheError, Tokenizer
+
+    try:
+        manifest = read_manifest(args.manifest or cfg.manifest_file)
+        result = Tokenizer(cfg, logs.get("tokenize"), progress=not args.no_progress).run(
+            manifest, args.audio_dir or cfg.clips_dir, args.out or cfg.tokens_dir)
+    except (DatasetError, CacheError) as e:
+        print(f"amapiano-train dataset tokenize: {e}", file=sys.stderr)
+        return 65
+    print(f"token cache {args.out or cfg.tokens_dir}: {result['done']} of {result['clips']} clips done, "
+          f"{result['failed']} failed" + (" (see failures.jsonl)" if result["failed"] else ""))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -250,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--seed", type=int, default=1337)
     sel.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (listed) instead of stopping")
     sel.set_defaults(func=cmd_dataset_select)
+
+    tok = dsub.add_parser("tokenize", help="encode the selected clips into the token cache (resumable)",
+                          description="Decode each clip, resample to the codec's rate, encode with the model's "
+                                      "EnCodec and encode each description with its frozen text encoder, into "
+                                      "a memory-mapped cache the trainer reads. Resumes where it stopped.")
+    tok.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    tok.add_argument("--manifest", type=Path, help="default: <cache_dir>/manifest.jsonl")
+    tok.add_argument("--audio-dir", type=Path, help="where mp3_path is found (default: <cache_dir>/clips)")
+    tok.add_argument("--out", type=Path, help="default: <cache_dir>/tokens")
+    tok.add_argument("--no-progress", action="store_true")
+    tok.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    tok.set_defaults(func=cmd_dataset_tokenize)
 
     c = sub.add_parser("config", help="config file tools")
     csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -28,15 +28,20 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class Split:
-    codes: torch.Tensor        # (N, K, T) long
-    text_states: torch.Tensor  # (N, S, D) float32
-    text_mask: torch.Tensor    # (N, S) long
+    codes: torch.Tensor        # (N, K, T) integer codes; negative = past the end of the clip
+    text_states: torch.Tensor  # (N, S, D) float32 or float16 (the cache's)
+    text_mask: torch.Tensor    # (N, S) integer
+    pad: int = -1              # the decoder's pad id, for codes past the end (masked from the loss)
 
     def __len__(self) -> int:
         return self.codes.shape[0]
 
     def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
-        return tuple(x[index].to(device, non_blocking=True) for x in (self.codes, self.text_states, self.text_mask))
+        codes = self.codes[index].long()
+        if self.pad >= 0:
+            codes = codes.masked_fill(codes < 0, self.pad)
+        return (codes.to(device, non_blocking=True), self.text_states[index].float().to(device, non_blocking=True),
+                self.text_mask[index].long().to(device, non_blocking=True))
 
 
 def synthetic_codes(n: int, num_codebooks: int, frames: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,9 +60,7 @@ def synthetic_codes(n: int, num_codebooks: int, frames: int, vocab: int, seed: i
 def load_splits(cfg: Config, model, tokenizer) -> tuple[Split, Split]:
     """(train, valid) for the configured data source."""
     if cfg.data.source == "cache":
-        raise DataError(f"{cfg.source}: [data] source = \"cache\" needs the token cache in "
-                        f"{cfg.run.cache_dir}/tokens, which `amapiano-train dataset tokenize` builds "
-                        "(not available in this version); use source = \"synthetic\" to try the pipeline")
+        return load_cache(cfg, model)
     from .model import encode_text
 
     dec = model.config.decoder
@@ -67,6 +70,30 @@ def load_splits(cfg: Config, model, tokenizer) -> tuple[Split, Split]:
     states, mask = style_states[styles], style_mask[styles]
     return (Split(codes[:n_train], states[:n_train], mask[:n_train]),
             Split(codes[n_train:], states[n_train:], mask[n_train:]))
+
+
+def load_cache(cfg: Config, model) -> tuple[Split, Split]:
+    """The token cache built by `amapiano-train dataset tokenize`: its finished rows, by split."""
+    import numpy as np
+
+    from .tokenize import DONE, CacheError, open_cache
+
+    try:
+        index, arrays = open_cache(cfg.tokens_dir, cfg, model)
+    except CacheError as e:
+        raise DataError(f"{cfg.source}: [data] source = \"cache\": {e}") from None
+    status = np.asarray(arrays["status.u8"])
+    pad = model.config.decoder.pad_token_id
+    splits = []
+    for name in ("train", "valid"):
+        rows = np.array([i for i, c in enumerate(index["clips"]) if c["split"] == name and status[i] == DONE])
+        if rows.size == 0:
+            raise DataError(f"{cfg.tokens_dir}: no finished {name} clips in the token cache "
+                            "(run `amapiano-train dataset tokenize`)")
+        splits.append(Split(torch.from_numpy(np.asarray(arrays["codes.i16"][rows])),
+                            torch.from_numpy(np.asarray(arrays["text.f16"][rows])),
+                            torch.from_numpy(np.asarray(arrays["mask.u8"][rows])), pad=pad))
+    return splits[0], splits[1]
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

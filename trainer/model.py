@@ -11,6 +11,8 @@ sequences of T + K - 1 positions whose padding is masked from the loss.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -31,9 +33,14 @@ def tiny_musicgen_config(tiny: TinyModelConfig):
     # ByT5's tokenizer needs no vocabulary file: 256 bytes + 3 specials + 125 extra ids.
     text = T5Config(vocab_size=384, d_model=tiny.text_hidden_size, d_kv=8,
                     d_ff=2 * tiny.text_hidden_size, num_layers=1, num_heads=4)
+    # EnCodec gives bandwidth / (frame rate x log2(codebook size)) codebooks: ask for exactly
+    # the decoder's number (32 kHz / hop 320 = 100 frames/s).
+    ratios, rate = [8, 5, 4, 2], 32000
+    frame_rate = math.ceil(rate / math.prod(ratios))
+    kbps = tiny.num_codebooks * math.log2(v) * frame_rate / 1000 + 1e-6
     audio = EncodecConfig(codebook_size=v, num_filters=4, hidden_size=16, codebook_dim=16,
-                          upsampling_ratios=[8, 5, 4, 2], sampling_rate=32000, audio_channels=1,
-                          num_residual_layers=1, num_lstm_layers=1, target_bandwidths=[2.2])
+                          upsampling_ratios=ratios, sampling_rate=rate, audio_channels=1,
+                          num_residual_layers=1, num_lstm_layers=1, target_bandwidths=[kbps])
     return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
 
 
