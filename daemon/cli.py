@@ -169,23 +169,71 @@ def cmd_dataset_select(args) -> int:
     return 0
 
 
-def cmd_dataset_tokenize(args) -> int:
+def _dataset_setup(args, name: str):
+    """The config and a logger for a dataset step (they log JSON lines under systemd-run too)."""
     from . import log as logs
 
     cfg = _load(args.config)
     logs.configure(args.log_format, "info")
+    return cfg, logs.get(name)
+
+
+def cmd_dataset_tokenize(args) -> int:
+    cfg, log = _dataset_setup(args, "tokenize")
     from trainer.dataset import DatasetError, read_manifest
     from trainer.tokenize import CacheError, Tokenizer
 
     try:
         manifest = read_manifest(args.manifest or cfg.manifest_file)
-        result = Tokenizer(cfg, logs.get("tokenize"), progress=not args.no_progress).run(
+        result = Tokenizer(cfg, log, progress=not args.no_progress).run(
             manifest, args.audio_dir or cfg.clips_dir, args.out or cfg.tokens_dir)
     except (DatasetError, CacheError) as e:
         print(f"amapiano-train dataset tokenize: {e}", file=sys.stderr)
         return 65
     print(f"token cache {args.out or cfg.tokens_dir}: {result['done']} of {result['clips']} clips done, "
           f"{result['failed']} failed" + (" (see failures.jsonl)" if result["failed"] else ""))
+    return 0
+
+
+def cmd_dataset_fetch(args) -> int:
+    cfg, log = _dataset_setup(args, "fetch")
+    from trainer.fetch import FetchError, check_parts, download, extract, join_parts
+
+    ds, where = cfg.dataset, cfg.mtat_dir
+    progress = not args.no_progress
+    try:
+        for url, md5 in ((ds.annotations_url, ds.annotations_md5), (ds.clip_info_url, ds.clip_info_md5)):
+            path = download(url, where / url.rsplit("/", 1)[-1], md5, progress=progress, log=log)
+            print(f"{path}: ok")
+        if args.metadata_only:
+            return 0
+        parts = check_parts(where, ds.parts, ds.part_md5, progress)
+        print(f"parts ok: {', '.join(p.name for p in parts)}")
+        archive = join_parts(parts, where / "mp3.zip", progress)
+        n = extract(archive, where / "audio", progress)
+        print(f"extracted {n} new files into {where / 'audio'}")
+    except FetchError as e:
+        print(f"amapiano-train dataset fetch: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_dataset_copy(args) -> int:
+    cfg, log = _dataset_setup(args, "copy")
+    from trainer.clips import copy_clips
+    from trainer.dataset import DatasetError, read_manifest
+
+    try:
+        manifest = read_manifest(args.manifest or cfg.manifest_file)
+    except DatasetError as e:
+        print(f"amapiano-train dataset copy: {e}", file=sys.stderr)
+        return 65
+    report = copy_clips(manifest, args.source or cfg.mtat_dir / "audio", args.dest or cfg.clips_dir,
+                        log, progress=not args.no_progress)
+    print(f"{report['present']} of {report['clips']} clips in place ({report['copied_now']} copied now), "
+          f"{len(report['skipped'])} skipped; {report['audio_hours']:.2f} h of audio")
+    if report["skipped"]:
+        print(f"skipped clips are listed in {(args.dest or cfg.clips_dir) / 'copy_report.json'}")
     return 0
 
 
@@ -250,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--log-format", choices=("auto", "json", "console"), default="console")
     d.set_defaults(func=cmd_demo)
 
+    def dataset_args(sp):
+        sp.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+        sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+        sp.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+
     ds = sub.add_parser("dataset", help="MagnaTagATune -> the Amapiano-proxy subset -> the token cache")
     dsub = ds.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
     sel = dsub.add_parser("select", help="pick the clips with enough proxy tags and write the manifest",
@@ -271,16 +324,29 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (listed) instead of stopping")
     sel.set_defaults(func=cmd_dataset_select)
 
+    fe = dsub.add_parser("fetch", help="download the metadata; check, join and extract your mp3.zip parts",
+                         description="Download annotations_final.csv and clip_info_final.csv (resumed, MD5-checked) "
+                                     "into <cache_dir>/mtat, then check the mp3.zip.001..003 parts you put there, "
+                                     "join them and extract the MP3s (resumable).")
+    dataset_args(fe)
+    fe.add_argument("--metadata-only", action="store_true", help="only the two CSV files")
+    fe.set_defaults(func=cmd_dataset_fetch)
+
+    cp = dsub.add_parser("copy", help="copy the selected MP3s into the dataset directory (MD5-verified, resumable)")
+    dataset_args(cp)
+    cp.add_argument("--manifest", type=Path, help="default: <cache_dir>/manifest.jsonl")
+    cp.add_argument("--source", type=Path, help="the extracted MTAT audio (default: <cache_dir>/mtat/audio)")
+    cp.add_argument("--dest", type=Path, help="default: <cache_dir>/clips")
+    cp.set_defaults(func=cmd_dataset_copy)
+
     tok = dsub.add_parser("tokenize", help="encode the selected clips into the token cache (resumable)",
                           description="Decode each clip, resample to the codec's rate, encode with the model's "
                                       "EnCodec and encode each description with its frozen text encoder, into "
                                       "a memory-mapped cache the trainer reads. Resumes where it stopped.")
-    tok.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    dataset_args(tok)
     tok.add_argument("--manifest", type=Path, help="default: <cache_dir>/manifest.jsonl")
     tok.add_argument("--audio-dir", type=Path, help="where mp3_path is found (default: <cache_dir>/clips)")
     tok.add_argument("--out", type=Path, help="default: <cache_dir>/tokens")
-    tok.add_argument("--no-progress", action="store_true")
-    tok.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     tok.set_defaults(func=cmd_dataset_tokenize)
 
     c = sub.add_parser("config", help="config file tools")

@@ -98,6 +98,8 @@ class DatasetConfig:
 
     annotations_url: str = "https://mirg.city.ac.uk/datasets/magnatagatune/annotations_final.csv"
     clip_info_url: str = "https://mirg.city.ac.uk/datasets/magnatagatune/clip_info_final.csv"
+    annotations_md5: str = "f04fa01752a8cc64f6e1ca142a0fef1d"   # the published files
+    clip_info_md5: str = "03ef3cb8ddcfe53fdcdb8e0cda005be2"
     # The audio parts the person downloads by hand (the site's terms), into <cache_dir>/mtat/.
     parts: list[str] = field(default_factory=lambda: ["mp3.zip.001", "mp3.zip.002", "mp3.zip.003"])
     part_md5: list[str] = field(default_factory=list)   # optional, same order as parts

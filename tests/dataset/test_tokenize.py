@@ -12,30 +12,11 @@ import numpy as np
 import pytest
 
 from conftest import AMAPIANO_TRAIN, write_config
+from tests_dataset_helpers import make_clips
 from trainer.dataset import write_manifest
 
 pytestmark = pytest.mark.slow
 CACHE = {"data": {"source": "cache", "frames": 24}, "dataset": {"tokenize_batch": 4}}
-
-
-def make_clips(root: Path, n: int, seconds: float = 0.4, broken: tuple[int, ...] = ()) -> list[dict]:
-    """Synthetic MTAT-like clips: 16 kHz mono MP3 files under root/<hex>/..., and their manifest rows."""
-    import soundfile as sf
-
-    rng = np.random.default_rng(0)
-    clips = []
-    for i in range(n):
-        path = f"{i % 16:x}/artist-album-{i:02d}-title-0-29.mp3"
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        if i in broken:
-            (root / path).write_bytes(b"ID3 this is not an mp3")
-        else:
-            t = np.arange(int(16000 * seconds)) / 16000
-            tone = 0.3 * np.sin(2 * np.pi * (110 + 40 * i) * t) + 0.05 * rng.standard_normal(t.size)
-            sf.write(root / path, tone.astype(np.float32), 16000, format="MP3")
-        clips.append({"clip_id": 100 + i, "mp3_path": path, "tags": ["piano"], "proxy_tags": ["piano"],
-                      "split": "valid" if i % 5 == 0 else "train", "description": f"amapiano, piano, take {i}"})
-    return clips
 
 
 def tokenize(config: Path, **kw) -> subprocess.Popen:
@@ -113,3 +94,13 @@ def test_a_cache_for_another_model_is_refused(tmp_path):
     r = subprocess.run([*AMAPIANO_TRAIN, "train", "--config", str(other)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 78
     assert "text_dim: cache 32 != model/config 48" in (r.stdout + r.stderr)
+
+
+def test_the_cache_benchmark_runs(tmp_path):
+    """Not a timed test: it only checks that scripts/bench/cache_vs_onthefly.py still works."""
+    from conftest import REPO
+
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "bench" / "cache_vs_onthefly.py"), "--clips", "8",
+                        "--seconds", "1", "--steps", "2"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "speed-up from the cache:" in r.stdout
