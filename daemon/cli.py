@@ -7,6 +7,8 @@
   amapiano-train hold 2h                   postpone an idle shutdown (hold 0: cancel the hold)
   amapiano-train alert test                send a test email now, to know mail works before it matters
   amapiano-train train --config FILE       one training worker, by hand (the daemon starts its own)
+  amapiano-train evaluate --config FILE    the milestone figures for a checkpoint and the baseline
+  amapiano-train dataset ...               MagnaTagATune -> manifest -> token cache (fetch, select, copy, tokenize)
 
 Exit statuses: 0 ok, 65 unusable state file, 78 bad config (systemd does not restart on 65/78).
 """
@@ -303,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
         sp.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
 
+    ev = sub.add_parser("evaluate", help="the milestone figures for a checkpoint and the baseline",
+                        description="Validation loss, generated samples (model and baseline), latency and "
+                                    "authenticity, as one metrics JSON. See `amapiano-train evaluate -h`.",
+                        add_help=False)
+
     ds = sub.add_parser("dataset", help="MagnaTagATune -> the Amapiano-proxy subset -> the token cache")
     dsub = ds.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
     sel = dsub.add_parser("select", help="pick the clips with enough proxy tags and write the manifest",
@@ -358,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["evaluate"]:  # its own parser (trainer/evaluate.py), so -h shows its options
+        from trainer.evaluate import main as evaluate_main
+
+        return evaluate_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

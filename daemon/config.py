@@ -217,12 +217,21 @@ class EmailConfig:
 
 @dataclass(frozen=True)
 class MilestoneConfig:
-    """The day-35 go/no-go (evaluated from issue 5 on; validated now)."""
+    """The day-35 go/no-go: `amapiano-train evaluate`, then GO / CONDITIONAL GO / NO-GO."""
 
     after: Duration = field(default=Duration(35 * 86400), metadata=POSITIVE)
     min_authenticity_pct: float = field(default=35.0, metadata=PERCENT)
     max_cost_usd: float = field(default=600.0, metadata=POSITIVE)
     max_val_loss: float = field(default=3.5, metadata=POSITIVE)
+    margin_pct: float = field(default=5.0, metadata=PERCENT)   # "close to a threshold"
+    samples: int = field(default=8, metadata=POSITIVE)         # generated per model (and baseline)
+    sample_seconds: float = field(default=10.0, metadata=POSITIVE)
+    prompts: list[str] = field(default_factory=lambda: [
+        "amapiano, house, piano, drums, deep log drum bass, shakers",
+        "amapiano, deep house, jazzy piano chords, percussion",
+        "amapiano, electronic, dance, beat, bass, synth"])
+    conditional_every: Duration = field(default=Duration(3 * 86400), metadata=POSITIVE)
+    dry_run: bool = False      # log each decision and its evidence without acting on it
 
 
 @dataclass(frozen=True)
@@ -267,6 +276,10 @@ class Config:
     @property
     def hold_file(self) -> Path:
         return self.run.state_dir / "hold.json"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.run.state_dir / "reports"
 
     @property
     def mtat_dir(self) -> Path:

@@ -1,0 +1,73 @@
+"""Synthetic clips for the authenticity tests: Amapiano-like and not."""
+from __future__ import annotations
+
+import numpy as np
+
+SR = 22050
+
+
+def _env(n: int, decay: float) -> np.ndarray:
+    return np.exp(-np.arange(n) / (decay * SR))
+
+
+def amapiano_like(seed: int, seconds: float = 8.0) -> np.ndarray:
+    """~112 BPM, log-drum sub-bass hits, 16th-note shakers, sustained chords."""
+    rng = np.random.default_rng(seed)
+    bpm = rng.uniform(109, 117)
+    n = int(seconds * SR)
+    y = np.zeros(n)
+    beat = 60 / bpm
+    t = np.arange(n) / SR
+    # sub-bass "log drum" hits on a syncopated pattern (8ths)
+    for k in np.arange(0, seconds, beat / 2):
+        if rng.random() < 0.7:
+            i = int(k * SR)
+            m = min(n - i, int(0.35 * SR))
+            f = rng.uniform(50, 80)
+            y[i:i + m] += 0.8 * np.sin(2 * np.pi * f * np.arange(m) / SR) * _env(m, 0.12)
+    # 16th-note shakers: short high-passed noise bursts
+    for k in np.arange(0, seconds, beat / 4):
+        i = int(k * SR)
+        m = min(n - i, int(0.03 * SR))
+        burst = rng.standard_normal(m)
+        burst = np.diff(burst, prepend=0)  # crude high-pass
+        y[i:i + m] += 0.08 * burst * _env(m, 0.01)
+    # sustained chords (a minor-7th voicing), changing every bar
+    roots = rng.choice([220.0, 246.9, 196.0, 174.6], size=int(seconds / (4 * beat)) + 1)
+    for b, root in enumerate(roots):
+        i, m = int(b * 4 * beat * SR), int(4 * beat * SR)
+        m = min(m, n - i)
+        if m <= 0:
+            break
+        tt = np.arange(m) / SR
+        chord = sum(np.sin(2 * np.pi * root * r * tt) for r in (1.0, 1.189, 1.498, 1.782))
+        y[i:i + m] += 0.05 * chord
+    return (y / (np.max(np.abs(y)) + 1e-9) * 0.8).astype(np.float32)
+
+
+def not_amapiano(seed: int, seconds: float = 8.0) -> np.ndarray:
+    """Other tempi, no sub-bass, no grid: irregular mid-range plucks, or a drone, or fast hats."""
+    rng = np.random.default_rng(1000 + seed)
+    n = int(seconds * SR)
+    y = np.zeros(n)
+    kind = seed % 3
+    if kind == 0:  # free-time plucks, no pulse
+        for k in np.sort(rng.uniform(0, seconds, size=int(seconds * 3))):
+            i = int(k * SR)
+            m = min(n - i, int(0.4 * SR))
+            f = rng.uniform(300, 900)
+            y[i:i + m] += 0.5 * np.sin(2 * np.pi * f * np.arange(m) / SR) * _env(m, 0.1)
+    elif kind == 1:  # a fast 170 BPM breakbeat of mid/high noise, no low end
+        beat = 60 / rng.uniform(160, 180)
+        for k in np.arange(0, seconds, beat / 2):
+            i = int(k * SR)
+            m = min(n - i, int(0.05 * SR))
+            y[i:i + m] += 0.3 * np.diff(rng.standard_normal(m), prepend=0) * _env(m, 0.02)
+    else:  # a slow 75 BPM ballad: soft mid-range notes, no percussion
+        beat = 60 / rng.uniform(70, 80)
+        for k in np.arange(0, seconds, beat):
+            i = int(k * SR)
+            m = min(n - i, int(beat * SR))
+            f = rng.choice([392.0, 440.0, 523.3])
+            y[i:i + m] += 0.3 * np.sin(2 * np.pi * f * np.arange(m) / SR) * _env(m, 0.5)
+    return (y / (np.max(np.abs(y)) + 1e-9) * 0.8).astype(np.float32)

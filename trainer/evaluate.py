@@ -1,0 +1,134 @@
+"""`amapiano-train evaluate`: the figures the milestone decides on, for a checkpoint and the baseline.
+
+Validation loss over the valid split; `[milestone] samples` clips generated from the Amapiano
+prompts by the checkpoint AND by the pre-trained model the run started from, decoded to audio
+and saved as WAV; the generation latency per sample; the authenticity score per sample
+(trainer/authenticity.py) with its mean and bootstrap 95 % interval. Written as one JSON file,
+atomically. It runs as its own process so the supervisor can schedule it and a person can run
+it by hand on any checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def evaluate(cfg, log: Any, checkpoint_path: Path | None, out: Path, progress: bool = True) -> dict:
+    import numpy as np
+    import soundfile as sf
+    import torch
+    from tqdm import tqdm
+
+    from daemon.atomic import write_json_atomic
+    from daemon.clock import Clock, iso
+
+    from . import authenticity, checkpoint
+    from .data import load_splits
+    from .model import TrainableMusicgen, load_base_model
+
+    torch.manual_seed(cfg.run.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+    m = cfg.milestone
+    results: dict[str, Any] = {"time": iso(Clock().now()), "prompts": m.prompts, "device": str(device)}
+
+    def figures(name: str, model, tokenizer, val) -> dict:
+        model.eval().to(device)
+        trainable = TrainableMusicgen(model)
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(val), cfg.train.batch_size):
+                idx = torch.arange(start, min(start + cfg.train.batch_size, len(val)))
+                total += trainable(*val.batch(idx, device)).item() * len(idx)
+                count += len(idx)
+        rate = model.config.audio_encoder.sampling_rate
+        hop = int(np.prod(model.config.audio_encoder.upsampling_ratios))
+        tokens = max(8, int(m.sample_seconds * rate / hop))
+        sample_dir = out.parent / f"{out.stem}_samples" / name
+        sample_dir.mkdir(parents=True, exist_ok=True)
+        scores, latencies, per_sample = [], [], []
+        for i in tqdm(range(m.samples), desc=f"generate ({name})", unit="clip", disable=not progress):
+            prompt = m.prompts[i % len(m.prompts)]
+            inputs = tokenizer([prompt], return_tensors="pt", padding=True).to(device)
+            torch.manual_seed(cfg.run.seed + i)  # the same noise for model and baseline
+            started = time.perf_counter()
+            with torch.no_grad():
+                audio = model.generate(**inputs, do_sample=True, max_new_tokens=tokens)
+            latency = time.perf_counter() - started
+            wave = audio[0, 0].float().cpu().numpy()
+            path = sample_dir / f"{i:02d}.wav"
+            sf.write(path, wave, rate)
+            f = authenticity.features(wave, rate)
+            scores.append(f.score)
+            latencies.append(latency)
+            per_sample.append({"prompt": prompt, "file": str(path), "latency_s": latency, **f.to_json()})
+        return {"val_loss": total / count if count else None, "authenticity": authenticity.summary(scores, seed=cfg.run.seed),
+                "latency_s": {"mean": float(np.mean(latencies)), "max": float(np.max(latencies))},
+                "samples": per_sample}
+
+    baseline, tokenizer = load_base_model(cfg)
+    _, valid = load_splits(cfg, baseline, tokenizer)
+    results["baseline"] = figures("baseline", baseline, tokenizer, valid)
+
+    model, tokenizer = load_base_model(cfg)
+    markers = checkpoint.list_checkpoints(cfg.checkpoint_dir)
+    if checkpoint_path is not None:
+        marker = next((mk for mk in markers if mk.path == checkpoint_path.resolve()), None)
+        if marker is None:
+            raise checkpoint.CheckpointError(f"{checkpoint_path}: not a committed checkpoint in {cfg.checkpoint_dir}")
+        payload = checkpoint.load(marker)
+    else:
+        found = checkpoint.load_latest(cfg.checkpoint_dir, log)
+        if found is None:
+            raise checkpoint.CheckpointError(f"{cfg.checkpoint_dir}: no checkpoint to evaluate")
+        marker, payload = found
+    TrainableMusicgen(model).load_state_dict(payload["model"])
+    results["checkpoint"] = {"path": str(marker.path), "step": marker.step}
+    results["model"] = figures("model", model, tokenizer, valid)
+    write_json_atomic(out, results)
+    log.info("evaluate.done", out=str(out), step=marker.step, val_loss=results["model"]["val_loss"],
+             authenticity=results["model"]["authenticity"]["mean_pct"],
+             baseline_authenticity=results["baseline"]["authenticity"]["mean_pct"])
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="amapiano-train evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=Path("/etc/amapiano-train/config.toml"))
+    p.add_argument("--checkpoint", type=Path, help="a committed checkpoint (default: the newest)")
+    p.add_argument("--out", type=Path, help="metrics JSON (default: <state_dir>/reports/eval_<time>.json)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    args = p.parse_args(argv)
+
+    from daemon import log as logs
+    from daemon.config import EX_CONFIG, ConfigError, load_config
+
+    logs.configure(args.log_format, "info")
+    log = logs.get("evaluate")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"amapiano-train evaluate: {e}", file=sys.stderr)
+        return EX_CONFIG
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    out = args.out or cfg.reports_dir / f"eval_{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    try:
+        results = evaluate(cfg, log, args.checkpoint, out, progress=not args.no_progress)
+    except (CheckpointError, DataError) as e:
+        print(f"amapiano-train evaluate: {e}", file=sys.stderr)
+        return 65
+    a, b = results["model"]["authenticity"], results["baseline"]["authenticity"]
+    print(f"{out}: step {results['checkpoint']['step']}  val loss {results['model']['val_loss']:.4f} "
+          f"(baseline {results['baseline']['val_loss']:.4f})  authenticity {a['mean_pct']:.1f} % "
+          f"[{a['ci95_pct'][0]:.1f}, {a['ci95_pct'][1]:.1f}] (baseline {b['mean_pct']:.1f} %)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
