@@ -84,7 +84,7 @@ def run_demo(workdir: Path | None, log_format: str = "console") -> int:
     idle_alerts = [s for s in subjects if "idle shutdown in" in s]
     shut = state.shutdown or {}
     ok = (supervisor.phase is Phase.COMPLETED and resumed and bool(budget_alerts) and bool(idle_alerts)
-          and str(shut.get("reason", "")).startswith("idle"))
+          and str(shut.get("reason", "")).startswith("idle") and (state.milestone or {}).get("status") == "done")
     if killed:
         print(f"\nThe worker was killed at step {killed[0]}; the restart resumed from step "
               f"{t.resumed_from_step if t.resumed_from_step is not None else '- (NOT from a checkpoint)'}.")
@@ -92,5 +92,10 @@ def run_demo(workdir: Path | None, log_format: str = "console") -> int:
     print(f"Spend on the demo's sped-up meter: ${cost.get('total_usd', 0):.2f} "
           f"(alerts: {'; '.join(budget_alerts) or 'none'}).")
     print(f"Idle: {'; '.join(idle_alerts) or 'no warning'}; then: {shut.get('result') or 'no shutdown'}.")
+    ms = state.milestone or {}
+    print(f"Milestone: {ms.get('decision') or ms.get('status') or 'not run'}"
+          + (f" (dry run; report {ms.get('report')})" if ms.get("report") else "") + ".")
+    for reason in ms.get("reasons", []):
+        print(f"  - {reason}")
     print(f"Demo {'finished' if ok else 'FAILED'}: phase {supervisor.phase.value}.")
     return 0 if ok else 1

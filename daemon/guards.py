@@ -261,9 +261,11 @@ class Guards:
     def idle_job(self) -> None:
         now_mono, now_s = self.clock.monotonic(), self.clock.boottime()
         t = self.sup.state.trainer
+        evaluating = self.sup.evaluation.run is not None  # the milestone evaluation is work too
         snap = idle_rule.IdleSnapshot(
-            boot_id=self.clock.boot_id(), now_s=now_s, step=t.step, activity=t.activity,
-            worker_running=self.sup.worker.running,
+            boot_id=self.clock.boot_id(), now_s=now_s, step=t.step,
+            activity="evaluating" if evaluating else t.activity,
+            worker_running=self.sup.worker.running or evaluating,
             gpu_busy=self.gpu.busy_since(self._last_idle_check, self.cfg.idle.gpu_util_threshold_pct)
             if self.gpu.available else None,
             hold_until_s=self._hold_until_s(now_s))
@@ -287,6 +289,11 @@ class Guards:
                "gpu_busy": snap.gpu_busy, "hold_until": wall(snap.hold_until_s),
                "shutdown_due_at": wall(idle_rule.shutdown_at(timer, snap, rule))}
         return out
+
+    def tb_scalar(self, tag: str, value: float | None) -> None:
+        self._tb_step += 1
+        self._tb.add(tag, value, self._tb_step)
+        self._tb.flush()
 
     # -- GPU -------------------------------------------------------------------------------
     def gpu_job(self) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from .actions import Action, SendAlert, Shutdown
 
-BUSY_ACTIVITIES = frozenset({"loading", "validating", "checkpointing"})
+BUSY_ACTIVITIES = frozenset({"loading", "validating", "checkpointing", "evaluating"})
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,12 @@ def _money_rows(state: State, now: datetime) -> list[tuple[str, str]]:
         if idle.get("hold_until"):
             line += f"  held until {idle['hold_until']}"
         rows.append(("idle", line))
+    ms = state.milestone or {}
+    if ms:
+        line = f"{ms.get('status')}  due {ms.get('due_at')}"
+        if ms.get("decision"):
+            line += f"  decision {ms['decision']} ({ms.get('report')})"
+        rows.append(("milestone", line))
     if state.shutdown:
         sd = state.shutdown
         rows.append(("shutdown", f"{sd.get('reason')}: {sd.get('result') or sd.get('action')} at {sd.get('at')}"))

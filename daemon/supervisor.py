@@ -21,6 +21,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from .clock import Clock, iso
 from .config import Config
+from .evaluation import Evaluation
 from .guards import Guards
 from .notify import Notifier
 from .restart import RestartHistory, WorkerExit, decide
@@ -59,7 +60,9 @@ class Supervisor:
         self.stop_requested_of_worker = False
         self.state = self._load_or_create_state()
         self.history = RestartHistory(checkpoint_step=self._checkpoint_step())
+        self._paused = False  # held for the milestone evaluation, to be released
         self.guards = Guards(self, nvml=nvml)
+        self.evaluation = Evaluation(self)
 
     # -- world ---------------------------------------------------------------------------
     def _load_or_create_state(self) -> State:
@@ -112,6 +115,7 @@ class Supervisor:
                 and self.guards.may_start_worker()):
             self._start_worker()
         self._read_heartbeat()
+        self.evaluation.step()
         self.publish()
         self._last_tick = now
 
@@ -126,12 +130,19 @@ class Supervisor:
             self.log.error("watchdog.withheld", last_tick_age_s=round(self.clock.monotonic() - self._last_tick, 1))
 
     # -- decisions and actions -------------------------------------------------------------
-    def hold_worker(self, reason: str) -> None:
-        """From now on the worker is not started again (budget cap, idle, Spot interruption)."""
-        if self._hold_reason is None:
-            self._hold_reason = reason
+    def hold_worker(self, reason: str, pause: bool = False) -> None:
+        """From now on the worker is not started again (budget cap, idle, Spot interruption), or,
+        with pause, not until release_worker (the milestone evaluation needs the GPU)."""
+        if self._hold_reason is None or (self._paused and not pause):
+            self._hold_reason, self._paused = reason, pause
             self._next_start = None
-            self.log.info("worker.held", reason=reason)
+            self.log.info("worker.held", reason=reason, pause=pause)
+
+    def release_worker(self) -> None:
+        if self._paused:
+            self._hold_reason, self._paused = None, False
+            self._next_start = self.clock.monotonic()
+            self.log.info("worker.released")
 
     def request_worker_checkpoint_and_exit(self) -> None:
         self.stop_requested_of_worker = True
@@ -178,6 +189,8 @@ class Supervisor:
             self.log.info("worker.exited", reason=ended.describe(), checkpoint_step=step, held=self._hold_reason)
             if ended.kind == "completed":
                 self._set_phase(Phase.COMPLETED, exit=ended.code)
+            elif self._paused:
+                self._set_phase(Phase.STARTING, paused=self._hold_reason)
             elif self.guards.halt is None:  # nothing more to do (a Spot interruption: AWS acts)
                 self.halted(self._hold_reason)
             else:
@@ -218,6 +231,7 @@ class Supervisor:
     def publish(self, force: bool = False) -> None:
         """state.json when it changed (or every STATE_REFRESH_S), and systemd's STATUS line."""
         self.guards.publish_into(self.state)
+        self.state.milestone = self.evaluation.to_json()
         body = json.dumps({k: v for k, v in self.state.to_json().items() if k != "updated_at"}, sort_keys=True)
         now = self.clock.monotonic()
         if force or self._last_written is None or self._last_written[0] != body \
@@ -242,7 +256,11 @@ class Supervisor:
         """Start the jobs (non-blocking); the worker starts on the first tick."""
         self.guards.start()
         self._next_start = self.clock.monotonic()
-        self._scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(1)}, timezone=timezone.utc)
+        from apscheduler.jobstores.memory import MemoryJobStore
+
+        self._scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(1)}, timezone=timezone.utc,
+                                              jobstores={"default": MemoryJobStore(),
+                                                         "persistent": self.evaluation.jobstore()})
         self._scheduler.start()
         poll = self.cfg.supervisor.poll_interval
         self._scheduler.add_job(self._guard("tick", self.tick), "interval", seconds=poll, id="tick",
@@ -252,6 +270,7 @@ class Supervisor:
             self.add_job(self.watchdog, self.notifier.watchdog_interval, "watchdog")
         for fn, seconds, name in self.guards.jobs():
             self.add_job(fn, seconds, name)
+        self.evaluation.schedule(self._scheduler)
         self.log.info("supervisor.started", config=str(self.cfg.source), run_id=self.state.run_id,
                       checkpoint_step=self.history.checkpoint_step, poll_interval_s=poll)
 
@@ -269,6 +288,9 @@ class Supervisor:
         self.stop_requested.set()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)  # lets a running tick finish; none starts after
+        if self.evaluation.run is not None and self.evaluation.run.proc is not None:
+            self.evaluation.run.proc.terminate()  # it runs again at the next start (status "running")
+            self.evaluation.run.proc.wait(30)
         self._ready_sent = True  # never READY=1 on the way out
         if self.worker.running:
             self.notifier.stopping(f"stopping: worker checkpointing (pid {self.worker.pid})")

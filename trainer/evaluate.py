@@ -80,10 +80,16 @@ def evaluate(cfg, log: Any, checkpoint_path: Path | None, out: Path, progress: b
             raise checkpoint.CheckpointError(f"{checkpoint_path}: not a committed checkpoint in {cfg.checkpoint_dir}")
         payload = checkpoint.load(marker)
     else:
-        found = checkpoint.load_latest(cfg.checkpoint_dir, log)
-        if found is None:
+        # The newest that loads. The worker may be training beside us and pruning old files,
+        # so a checkpoint that vanishes is skipped, never quarantined: the directory is not ours.
+        for marker in reversed(markers):
+            try:
+                payload = checkpoint.load(marker)
+                break
+            except checkpoint.CorruptCheckpoint as e:
+                log.warning("evaluate.checkpoint_skipped", step=marker.step, error=str(e))
+        else:
             raise checkpoint.CheckpointError(f"{cfg.checkpoint_dir}: no checkpoint to evaluate")
-        marker, payload = found
     TrainableMusicgen(model).load_state_dict(payload["model"])
     results["checkpoint"] = {"path": str(marker.path), "step": marker.step}
     results["model"] = figures("model", model, tokenizer, valid)

@@ -150,7 +150,7 @@ def build_root(root: Path, results: Path) -> None:
     shutil.copy(HARNESS, results / "harness.sh")
     (results / "harness.sh").chmod(0o755)
 
-    quiet = {k: FAST[k] for k in ("idle", "budget", "aws")}
+    quiet = {k: FAST[k] for k in ("idle", "budget", "aws", "milestone")}
     table = merge(merge(tomllib.loads(DEMO_TOML.read_text()), quiet), {
         "run": {"state_dir": "/var/lib/amapiano-train", "cache_dir": "/var/cache/amapiano-train",
                 "log_dir": "/var/log/amapiano-train"},

@@ -1,0 +1,105 @@
+"""The milestone under the real daemon: persistent schedule across a SIGKILL, and each decision's actions."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conftest import write_config
+
+pytestmark = pytest.mark.slow
+
+
+def milestone_config(tmp_path, smtp_sink, **milestone):
+    return write_config(tmp_path, {"train": {"epochs": 400}}, {
+        "milestone": {"samples": 2, "sample_seconds": 0.3, **milestone},
+        "email": {"transport": "smtp", "to": ["person@example.com"], "smtp_host": "127.0.0.1",
+                  "smtp_port": smtp_sink.port, "smtp_starttls": False, "retry_every": "300ms"}})
+
+
+def wait_mail(sink, prefix: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for m in sink.messages:
+            if m["Subject"].startswith(prefix):
+                return m.get_payload()
+        time.sleep(0.05)
+    raise AssertionError(f"no mail {prefix!r}; got {[m['Subject'] for m in sink.messages]}")
+
+
+def test_killed_before_due_started_after_it_runs_once_and_go_goes_on(tmp_path, daemons, smtp_sink):
+    smtp_sink.up()
+    config = milestone_config(tmp_path, smtp_sink, after="8s", min_authenticity_pct=0.0, max_val_loss=100.0,
+                              max_cost_usd=1000.0, margin_pct=1.0)
+    d = daemons(config)
+    state = d.wait_state(lambda s: (s.get("milestone") or {}).get("status") == "scheduled", timeout=60)
+    due = state["milestone"]["due_at"]
+    d.kill()  # SIGKILL, well before the milestone
+    assert (tmp_path / "state" / "jobs.sqlite").exists()
+    time.sleep(9)  # the due time passes while the daemon is down
+    d2 = daemons(config)
+    done = d2.wait_state(lambda s: (s.get("milestone") or {}).get("status") == "done", timeout=120)
+    assert done["milestone"]["decision"] == "GO" and done["milestone"]["due_at"] == due
+    report = json.loads((tmp_path / "state" / "reports" / "week_5_metrics.json").read_text())
+    assert report["decision"] == "GO" and report["thresholds"]["max_val_loss"] == 100.0
+    assert report["model"]["authenticity"]["n"] == 2 and "baseline" in report
+    assert not (tmp_path / "state" / "reports" / "abort_report.json").exists()
+    assert "Decision: GO" in wait_mail(smtp_sink, "[amapiano-train] milestone: GO")
+    d2.wait_state(lambda s: s["phase"] == "RUNNING" and s["trainer"]["pid"] is not None, timeout=30)  # goes on
+    assert d2.stop() == 0
+    d3 = daemons(config)  # a third start: already done, not run again
+    d3.wait_state(lambda s: s["phase"] == "RUNNING", timeout=60)
+    time.sleep(2)
+    assert d3.stop() == 0
+    runs = sum(log.count('"event":"milestone.evaluating"') for log in (d.log_text(), d2.log_text(), d3.log_text()))
+    assert runs == 1
+
+
+def test_no_go_writes_the_abort_report_stops_the_worker_and_mails(tmp_path, daemons, smtp_sink):
+    smtp_sink.up()
+    config = milestone_config(tmp_path, smtp_sink, after="3s", max_val_loss=0.001)
+    d = daemons(config)
+    assert d.proc.wait(180) == 0  # NO-GO: checkpoint, stop, shutdown action (none here), done
+    state = d.state()
+    assert state["milestone"]["decision"] == "NO-GO" and state["phase"] == "HALTED"
+    assert state["shutdown"]["reason"] == "milestone NO-GO"
+    t = state["trainer"]
+    assert t["pid"] is None and t["last_exit_code"] == 75 and t["last_checkpoint_step"] == t["step"]
+    abort = json.loads((tmp_path / "state" / "reports" / "abort_report.json").read_text())
+    assert any("validation loss" in r and "over the limit" in r for r in abort["reasons"])
+    assert abort["recommended_next_step"] and abort["timeline"]["milestone_due_at"]
+    assert abort["best_checkpoint"] is None or abort["best_checkpoint"]["path"].endswith(".pt")
+    assert "Abort report:" in wait_mail(smtp_sink, "[amapiano-train] milestone: NO-GO")
+
+
+def test_conditional_go_goes_on_and_schedules_the_next_evaluation(tmp_path, daemons, smtp_sink):
+    smtp_sink.up()
+    # Every figure passes, but a 100 % margin makes each one "close": CONDITIONAL GO.
+    config = milestone_config(tmp_path, smtp_sink, after="3s", min_authenticity_pct=0.0, max_val_loss=100.0,
+                              max_cost_usd=1000.0, margin_pct=100.0, conditional_every="1h")
+    d = daemons(config)
+    first = d.wait_state(lambda s: (s.get("milestone") or {}).get("due_at"), timeout=60)["milestone"]["due_at"]
+    done = d.wait_state(lambda s: (s.get("milestone") or {}).get("status") == "done", timeout=120)
+    assert done["milestone"]["decision"] == "CONDITIONAL GO"
+    assert "new evaluation every" in wait_mail(smtp_sink, "[amapiano-train] milestone: CONDITIONAL GO")
+    from datetime import datetime
+
+    def at(s):
+        return datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+    nxt = at(done["milestone"]["due_at"])
+    assert nxt != at(first) and abs((nxt - at(done["milestone"]["decided_at"])).total_seconds() - 3600) < 2
+    assert done["phase"] == "RUNNING"
+    assert d.stop() == 0
+
+
+def test_dry_run_logs_a_no_go_without_acting(tmp_path, daemons, smtp_sink):
+    smtp_sink.up()
+    config = milestone_config(tmp_path, smtp_sink, after="3s", max_val_loss=0.001, dry_run=True)
+    d = daemons(config)
+    d.wait_state(lambda s: (s.get("milestone") or {}).get("decision") == "NO-GO", timeout=120)
+    time.sleep(1.5)
+    assert d.proc.poll() is None and d.state()["phase"] == "RUNNING"
+    assert '"event":"milestone.dry_run"' in d.log_text()
+    assert d.stop() == 0
