@@ -232,6 +232,8 @@ class MilestoneConfig:
         "amapiano, electronic, dance, beat, bass, synth"])
     conditional_every: Duration = field(default=Duration(3 * 86400), metadata=POSITIVE)
     dry_run: bool = False      # log each decision and its evidence without acting on it
+    # When all epochs are done: a final evaluation, the export, a report, an email, then this.
+    completion_action: ShutdownAction = "ec2-stop"
 
 
 @dataclass(frozen=True)

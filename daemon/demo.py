@@ -84,7 +84,8 @@ def run_demo(workdir: Path | None, log_format: str = "console") -> int:
     idle_alerts = [s for s in subjects if "idle shutdown in" in s]
     shut = state.shutdown or {}
     ok = (supervisor.phase is Phase.COMPLETED and resumed and bool(budget_alerts) and bool(idle_alerts)
-          and str(shut.get("reason", "")).startswith("idle") and (state.milestone or {}).get("status") == "done")
+          and str(shut.get("reason", "")).startswith("idle") and (state.milestone or {}).get("status") == "done"
+          and ((state.milestone or {}).get("completion") or {}).get("status") == "done")
     if killed:
         print(f"\nThe worker was killed at step {killed[0]}; the restart resumed from step "
               f"{t.resumed_from_step if t.resumed_from_step is not None else '- (NOT from a checkpoint)'}.")
@@ -97,5 +98,8 @@ def run_demo(workdir: Path | None, log_format: str = "console") -> int:
           + (f" (dry run; report {ms.get('report')})" if ms.get("report") else "") + ".")
     for reason in ms.get("reasons", []):
         print(f"  - {reason}")
+    done = ms.get("completion") or {}
+    print(f"Completion: {done.get('status', 'not run')}"
+          + (f"; report {done['report']}; model in {cfg.reports_dir / 'export'}" if done.get("report") else "") + ".")
     print(f"Demo {'finished' if ok else 'FAILED'}: phase {supervisor.phase.value}.")
     return 0 if ok else 1

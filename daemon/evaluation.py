@@ -39,10 +39,12 @@ def milestone_due(config_path: str) -> None:
 
 @dataclass
 class Run:
-    stage: str                      # "pausing" -> "evaluating" -> done
+    stage: str                      # "pausing" -> "evaluating" [-> "exporting" for the final one]
     paused: bool
+    final: bool = False             # the run completed: evaluate, export, report, shut down
     proc: subprocess.Popen | None = None
     out: str = ""
+    metrics: dict | None = None
 
 
 class Evaluation:
@@ -51,6 +53,7 @@ class Evaluation:
         self.sup, self.cfg, self.log, self.clock = sup, sup.cfg, sup.log, sup.clock
         self.state: dict = dict(sup.state.milestone or {})
         self.run: Run | None = None
+        self.final_pending = False
         _ACTIVE = self
 
     # -- scheduling ----------------------------------------------------------------------------
@@ -78,6 +81,13 @@ class Evaluation:
         self.log.info("milestone.scheduled", due_at=iso(due), persistent=str(self.cfg.run.state_dir / "jobs.sqlite"))
 
     # -- running -------------------------------------------------------------------------------
+    def complete(self) -> None:
+        """All epochs done: the final evaluation and the export, then the completion report
+        (after a milestone evaluation in progress, if there is one)."""
+        self.final_pending = True
+        self.state["completion"] = {"status": "pending", "requested_at": iso(self.clock.now())}
+        self.step()
+
     def begin(self) -> None:
         if self.run is not None:
             return
@@ -92,6 +102,11 @@ class Evaluation:
 
     def step(self) -> None:
         """Advance a running evaluation; called every tick."""
+        if self.run is None and self.final_pending:
+            self.final_pending = False
+            self.state["completion"] = {"status": "running", "started_at": iso(self.clock.now())}
+            self.log.info("completion.evaluating")
+            self.run = Run(stage="pausing", paused=False, final=True)
         r = self.run
         if r is None:
             return
@@ -99,13 +114,16 @@ class Evaluation:
             if r.paused and self.sup.worker.running:
                 return
             self.cfg.reports_dir.mkdir(parents=True, exist_ok=True)
-            r.out = str(self.cfg.reports_dir / "milestone_eval.json")
+            r.out = str(self.cfg.reports_dir / ("final_eval.json" if r.final else "milestone_eval.json"))
             r.proc = subprocess.Popen([sys.executable, "-m", "trainer.evaluate", "--config", str(self.cfg.source),
                                        "--out", r.out, "--no-progress", "--log-format", "json"],
                                       stdin=subprocess.DEVNULL)
             r.stage = "evaluating"
             return
-        if r.stage == "evaluating" and r.proc.poll() is None:
+        if r.stage in ("evaluating", "exporting") and r.proc.poll() is None:
+            return
+        if r.final:
+            self._final_step(r)
             return
         self.run = None
         metrics = read_json(Path(r.out)) if r.proc.returncode == 0 else None
@@ -120,6 +138,45 @@ class Evaluation:
                 self.sup.release_worker()
             return
         self.decide(metrics, r.paused)
+
+    def _final_step(self, r: Run) -> None:
+        if r.stage == "evaluating":
+            r.metrics = read_json(Path(r.out)) if r.proc.returncode == 0 else None
+            if r.metrics is None:
+                self.log.error("completion.evaluation_failed", exit=r.proc.returncode)
+            r.proc = subprocess.Popen([sys.executable, "-m", "trainer.export", "--config", str(self.cfg.source),
+                                       "--out", str(self.cfg.reports_dir / "export"), "--log-format", "json"],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            r.stage = "exporting"
+            return
+        self.run = None
+        exported = r.proc.returncode == 0
+        if not exported:
+            self.log.error("completion.export_failed", exit=r.proc.returncode,
+                           note="export by hand: python -m trainer.export --config ...")
+        t, cost = self.sup.state.trainer, self.sup.state.cost or {}
+        export_dir = self.cfg.reports_dir / "export"
+        report = {"completed_at": iso(self.clock.now()), "steps": t.step, "best_val_loss": t.best_val_loss,
+                  "final_evaluation": r.metrics, "export": {"transformers": str(export_dir / "best_model"),
+                                                            "audiocraft": str(export_dir / "state_dict.bin")}
+                  if exported else None,
+                  "spend": cost, "started_at": self.sup.state.started_at, "milestone": dict(self.state)}
+        path = self.cfg.reports_dir / "completion_report.json"
+        write_json_atomic(path, report)
+        self.state["completion"] = {"status": "done", "report": str(path), "exported": exported}
+        auth = ((r.metrics or {}).get("model") or {}).get("authenticity") or {}
+        action = self.cfg.milestone.completion_action
+        body = (f"All {t.total_steps} steps done; best validation loss {t.best_val_loss}; authenticity "
+                f"{auth.get('mean_pct')}; spent ${cost.get('total_usd', 0):,.2f}.\nReport: {path}\n"
+                + (f"Model: {export_dir}/best_model (transformers) and state_dict.bin (audiocraft)\n" if exported
+                   else "The export FAILED: see the journal.\n")
+                + (f"Next: the shutdown action '{action}'." if action != "none" else
+                   "The instance stays up (completion action 'none'); the idle rule applies."))
+        self.log.warning("completion.done", report=str(path), exported=exported, action=action)
+        actions: list[Any] = [SendAlert("completed", "training completed", body)]
+        if action != "none":
+            actions.append(Shutdown(action, "training completed"))
+        self.sup.guards.execute(actions)
 
     def decide(self, metrics: dict, paused: bool) -> None:
         m, cost = self.cfg.milestone, self.sup.guards.ledger

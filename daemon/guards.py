@@ -101,6 +101,7 @@ class Guards:
         self.halt: Halt | None = None
         self.spot: dict = dict(state.spot or {})
         self.restoring: threading.Thread | None = None
+        self.uploads: list[threading.Thread] = []
         self._spot_lock = threading.Lock()
         self._pace: deque[tuple[float, int]] = deque()
         self._last_idle_check = self.clock.monotonic()
@@ -342,7 +343,17 @@ class Guards:
     def _upload_after(self, step: int, why: str) -> None:
         if self.aws is None or not self.cfg.aws.s3_bucket:
             return
-        threading.Thread(target=self._upload, args=(step, why), name=f"s3-upload-{why}", daemon=True).start()
+        thread = threading.Thread(target=self._upload, args=(step, why), name=f"s3-upload-{why}", daemon=True)
+        self.uploads.append(thread)
+        thread.start()
+
+    def uploads_pending(self) -> bool:
+        return any(t.is_alive() for t in self.uploads)
+
+    def wait_uploads(self, timeout: float) -> None:
+        """On the way out: an upload in flight is what saves the run on a replacement instance."""
+        for t in self.uploads:
+            t.join(max(0.0, timeout))
 
     def _upload(self, step: int, why: str) -> None:
         """Wait for a checkpoint at or past `step`, then put it (and state.json) in the bucket."""

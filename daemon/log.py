@@ -74,6 +74,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> str
     root = logging.getLogger()
     root.handlers = [h for h in root.handlers if not isinstance(h, _StdlibBridge)] + [_StdlibBridge()]
     root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # Python warnings (librosa, torch) become events too
     return fmt
 
 

@@ -61,6 +61,7 @@ class Supervisor:
         self.state = self._load_or_create_state()
         self.history = RestartHistory(checkpoint_step=self._checkpoint_step())
         self._paused = False  # held for the milestone evaluation, to be released
+        self._finish_after_uploads = False
         self.guards = Guards(self, nvml=nvml)
         self.evaluation = Evaluation(self)
 
@@ -117,6 +118,8 @@ class Supervisor:
         self._read_heartbeat()
         self.evaluation.step()
         self.publish()
+        if self._finish_after_uploads and not self.guards.uploads_pending():
+            self.finished.set()
         self._last_tick = now
 
     def watchdog(self) -> None:
@@ -191,8 +194,9 @@ class Supervisor:
                 self._set_phase(Phase.COMPLETED, exit=ended.code)
             elif self._paused:
                 self._set_phase(Phase.STARTING, paused=self._hold_reason)
-            elif self.guards.halt is None:  # nothing more to do (a Spot interruption: AWS acts)
-                self.halted(self._hold_reason)
+            elif self.guards.halt is None:  # a Spot interruption: AWS acts; we finish the upload
+                self.halted(self._hold_reason, done=False)
+                self._finish_after_uploads = True
             else:
                 self._set_phase(Phase.STOPPING, reason=self._hold_reason)
             return
@@ -202,9 +206,7 @@ class Supervisor:
                                  checkpoint_step=step, decision=decision.action)
         if decision.action == "complete":
             self._set_phase(Phase.COMPLETED, exit=ended.code)
-            self.guards.outbox.send("completed", "training completed",
-                                    f"All {t.total_steps} steps done; best validation loss {t.best_val_loss}. "
-                                    "The idle rule stops the instance if nothing else happens.")
+            self.evaluation.complete()  # final evaluation, export, report, email, shutdown action
         elif decision.action == "fail":
             self.state.failure = Failure(reason=decision.reason, at=iso(self.clock.now()),
                                          exit_code=t.last_exit_code, message=ended.message)
@@ -310,6 +312,7 @@ class Supervisor:
         if not self.phase.is_terminal():
             self._set_phase(Phase.STOPPED, checkpoint_step=self._checkpoint_step())
         self._read_heartbeat()
+        self.guards.wait_uploads(self.cfg.supervisor.stop_timeout)
         self.guards.accrue()
         self.publish(force=True)
         self.guards.close()

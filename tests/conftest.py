@@ -26,7 +26,8 @@ FAST = {
     "idle": {"timeout": "1h", "warn_before": "10m", "action": "none"},
     "budget": {"max_usd": 1000.0, "hourly_rate_usd": 1.0, "action": "none"},
     "aws": {"imds_url": ""},
-    "milestone": {"after": "30d", "dry_run": False},
+    "milestone": {"after": "30d", "dry_run": False, "completion_action": "none", "samples": 1,
+                  "sample_seconds": 0.2},
 }
 
 

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from daemon import log as logs
     from daemon.config import EX_CONFIG, ConfigError, load_config
 
-    logs.configure(args.log_format, "info")
+    fmt = logs.configure(args.log_format, "info")
     log = logs.get("evaluate")
     try:
         cfg = load_config(args.config)
@@ -130,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"amapiano-train evaluate: {e}", file=sys.stderr)
         return 65
     a, b = results["model"]["authenticity"], results["baseline"]["authenticity"]
-    print(f"{out}: step {results['checkpoint']['step']}  val loss {results['model']['val_loss']:.4f} "
-          f"(baseline {results['baseline']['val_loss']:.4f})  authenticity {a['mean_pct']:.1f} % "
-          f"[{a['ci95_pct'][0]:.1f}, {a['ci95_pct'][1]:.1f}] (baseline {b['mean_pct']:.1f} %)")
+    line = (f"{out}: step {results['checkpoint']['step']}  val loss {results['model']['val_loss']:.4f} "
+            f"(baseline {results['baseline']['val_loss']:.4f})  authenticity {a['mean_pct']:.1f} % "
+            f"[{a['ci95_pct'][0]:.1f}, {a['ci95_pct'][1]:.1f}] (baseline {b['mean_pct']:.1f} %)")
+    if fmt == "json":  # under the supervisor every stdout line is a journald event
+        log.info("evaluate.summary", summary=line)
+    else:
+        print(line)
     return 0
 
 

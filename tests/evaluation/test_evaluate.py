@@ -33,7 +33,7 @@ def test_evaluate_writes_the_metrics_file(tmp_path):
             wave, rate = sf.read(s["file"])
             assert rate == 32000 and len(wave) > 0 and 0 <= s["score_pct"] <= 100
     assert m["model"]["val_loss"] != m["baseline"]["val_loss"]  # the checkpoint is not the baseline
-    assert "authenticity" in r.stdout and "baseline" in r.stdout
+    assert '"event":"evaluate.summary"' in r.stdout and "baseline" in r.stdout
 
 
 def test_evaluate_without_a_checkpoint_says_so(tmp_path):

@@ -103,3 +103,23 @@ def test_dry_run_logs_a_no_go_without_acting(tmp_path, daemons, smtp_sink):
     assert d.proc.poll() is None and d.state()["phase"] == "RUNNING"
     assert '"event":"milestone.dry_run"' in d.log_text()
     assert d.stop() == 0
+
+
+def test_completion_evaluates_exports_reports_and_mails(tmp_path, daemons, smtp_sink):
+    smtp_sink.up()
+    config = write_config(tmp_path, {"train": {"epochs": 2}}, {
+        "milestone": {"samples": 1, "sample_seconds": 0.3, "completion_action": "none"},
+        "email": {"transport": "smtp", "to": ["person@example.com"], "smtp_host": "127.0.0.1",
+                  "smtp_port": smtp_sink.port, "smtp_starttls": False, "retry_every": "300ms"}}, name="done.toml")
+    d = daemons(config)
+    state = d.wait_state(lambda s: ((s.get("milestone") or {}).get("completion") or {}).get("status") == "done",
+                         timeout=180)
+    assert state["phase"] == "COMPLETED"
+    report = json.loads((tmp_path / "state" / "reports" / "completion_report.json").read_text())
+    assert report["steps"] == 16 and report["final_evaluation"]["model"]["authenticity"]["n"] == 1
+    assert (tmp_path / "state" / "reports" / "export" / "best_model" / "config.json").exists()
+    assert (tmp_path / "state" / "reports" / "export" / "state_dict.bin").exists()
+    body = wait_mail(smtp_sink, "[amapiano-train] training completed")
+    assert "Report:" in body and "completion action 'none'" in body
+    assert d.proc.poll() is None  # action none: the idle rule decides what happens next
+    assert d.stop() == 0

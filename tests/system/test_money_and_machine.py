@@ -63,7 +63,8 @@ def test_idle_warns_by_email_then_stops_the_instance(tmp_path, daemons, instance
         aws, imds, smtp_sink, idle={"timeout": "6s", "warn_before": "3s", "check_every": "200ms",
                                     "action": "ec2-stop"}))
     d = daemons(config, AWS_ENV)
-    d.wait_state(lambda s: s["phase"] == "COMPLETED", timeout=90)
+    # Completed, then the final evaluation and export (busy, not idle); from then on nothing runs.
+    d.wait_state(lambda s: ((s.get("milestone") or {}).get("completion") or {}).get("status") == "done", timeout=120)
     completed_at = time.monotonic()
     warning = wait_until(lambda: [m for m in smtp_sink.messages if "idle shutdown in" in m["Subject"]], 30,
                          "the idle warning")

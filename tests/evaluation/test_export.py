@@ -1,0 +1,70 @@
+"""The export: a transformers directory that loads, and audiocraft's state_dict.bin names."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import AMAPIANO_TRAIN, write_config
+from daemon.config import load_config
+from trainer.export import to_audiocraft
+from trainer.model import load_base_model
+
+
+def from_audiocraft(state: dict, hidden: int) -> tuple[dict, dict]:
+    """transformers' published mapping (convert_musicgen_transformers.py), written out for the test."""
+    renames = [("emb", "model.decoder.embed_tokens"), ("transformer", "model.decoder"),
+               ("cross_attention", "encoder_attn"), ("linear1", "fc1"), ("linear2", "fc2"),
+               ("norm1", "self_attn_layer_norm"), ("norm_cross", "encoder_attn_layer_norm"),
+               ("norm2", "final_layer_norm"), ("out_norm", "model.decoder.layer_norm"), ("linears", "lm_heads"),
+               ("condition_provider.conditioners.description.output_proj", "enc_to_dec_proj")]
+    dec, proj = {}, {}
+    for key, val in state.items():
+        for a, b in renames:
+            if a in key:
+                key = key.replace(a, b)
+        if "in_proj_weight" in key:
+            dec[key.replace("in_proj_weight", "q_proj.weight")] = val[:hidden]
+            dec[key.replace("in_proj_weight", "k_proj.weight")] = val[hidden:2 * hidden]
+            dec[key.replace("in_proj_weight", "v_proj.weight")] = val[-hidden:]
+        elif key.startswith("enc_to_dec_proj."):
+            proj[key[len("enc_to_dec_proj."):]] = val
+        else:
+            dec[key] = val
+    return dec, proj
+
+
+def test_audiocraft_names_invert_transformers_conversion(tmp_path):
+    model, _ = load_base_model(load_config(write_config(tmp_path)))
+    dec = {k: v for k, v in model.decoder.state_dict().items() if "embed_positions" not in k}
+    state = to_audiocraft(dec, model.enc_to_dec_proj.state_dict())
+    assert "transformer.layers.0.self_attn.in_proj_weight" in state and "linears.0.weight" in state
+    assert "emb.0.weight" in state and "out_norm.weight" in state
+    assert "condition_provider.conditioners.description.output_proj.weight" in state
+    back, proj = from_audiocraft(state, model.config.decoder.hidden_size)
+    assert back.keys() == dec.keys()
+    assert all(torch.equal(back[k], dec[k]) for k in dec)
+    assert all(torch.equal(proj[k], v) for k, v in model.enc_to_dec_proj.state_dict().items())
+
+
+@pytest.mark.slow
+def test_export_of_the_best_checkpoint_loads_with_from_pretrained(tmp_path):
+    config = write_config(tmp_path, {"train": {"epochs": 2}})
+    assert subprocess.run([*AMAPIANO_TRAIN, "train", "--config", str(config)], capture_output=True,
+                          timeout=300).returncode == 0
+    out = tmp_path / "export"
+    r = subprocess.run([sys.executable, "-m", "trainer.export", "--config", str(config), "--out", str(out),
+                        "--log-format", "json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["step"] in (8, 16) and result["val_loss"] is not None  # the best by validation loss
+    from transformers import MusicgenForConditionalGeneration
+
+    loaded = MusicgenForConditionalGeneration.from_pretrained(out / "best_model")
+    ckpt = torch.load(result["checkpoint"], weights_only=True)
+    assert torch.equal(loaded.decoder.lm_heads[0].weight, ckpt["model"]["decoder.lm_heads.0.weight"])
+    bundle = torch.load(out / "state_dict.bin", weights_only=False)
+    assert set(bundle) == {"best_state", "xp.cfg"} and "linears.0.weight" in bundle["best_state"]

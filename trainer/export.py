@@ -1,0 +1,127 @@
+"""`python -m trainer.export`: the best checkpoint as a model people can load.
+
+Two layouts in the output directory:
+
+    best_model/         transformers' save_pretrained (MusicgenForConditionalGeneration, with its
+                        processor/tokenizer): `from_pretrained(path)` loads it
+    state_dict.bin      audiocraft's MusicGen layout: {"best_state": <the LM's state dict in
+                        audiocraft's names>, "xp.cfg": <the original checkpoint's config>}
+
+The audiocraft names are the inverse of transformers' own conversion script
+(convert_musicgen_transformers.py): q/k/v projections fused back into in_proj_weight,
+fc1/fc2 -> linear1/linear2, the layer norms, lm_heads -> linears, enc_to_dec_proj -> the
+description conditioner's output_proj. audiocraft needs its "xp.cfg" to build the model; it is
+not in the Hugging Face weights, so it is copied from the original audiocraft state_dict.bin
+when given (--audiocraft-base), else left None and the README says how to add it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+_RENAMES = [  # (transformers, audiocraft), applied in this order
+    ("model.decoder.embed_tokens", "emb"),
+    ("model.decoder.layer_norm", "out_norm"),
+    ("model.decoder.layers", "transformer.layers"),
+    ("encoder_attn_layer_norm", "norm_cross"),
+    ("self_attn_layer_norm", "norm1"),
+    ("final_layer_norm", "norm2"),
+    ("encoder_attn", "cross_attention"),
+    ("fc1", "linear1"),
+    ("fc2", "linear2"),
+    ("lm_heads", "linears"),
+]
+
+
+def to_audiocraft(decoder_state: dict, enc_to_dec_proj_state: dict) -> dict:
+    """MusicgenForCausalLM's state dict (+ the text projection) in audiocraft's LM names."""
+    import torch
+
+    out: dict[str, Any] = {}
+    pending: dict[str, dict[str, Any]] = {}
+    for key, value in decoder_state.items():
+        if "embed_positions" in key:
+            continue  # sinusoidal, computed, not stored by audiocraft
+        name = key
+        for hf, ac in _RENAMES:
+            name = name.replace(hf, ac)
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            if f".{proj}.weight" in name:
+                base = name.replace(f".{proj}.weight", ".in_proj_weight")
+                pending.setdefault(base, {})[proj] = value
+                break
+        else:
+            out[name] = value
+    for base, parts in pending.items():
+        out[base] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]], dim=0)
+    for key, value in enc_to_dec_proj_state.items():
+        out[f"condition_provider.conditioners.description.output_proj.{key}"] = value
+    return out
+
+
+def export(cfg, log: Any, out_dir: Path, audiocraft_base: Path | None = None) -> dict:
+    import torch
+
+    from daemon.atomic import write_atomic_with
+
+    from . import checkpoint
+    from .model import TrainableMusicgen, load_base_model
+
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # its bars would be lines without a priority
+    best = checkpoint.best(cfg.checkpoint_dir) or (checkpoint.list_checkpoints(cfg.checkpoint_dir) or [None])[-1]
+    if best is None:
+        raise checkpoint.CheckpointError(f"{cfg.checkpoint_dir}: no checkpoint to export")
+    payload = checkpoint.load(best)
+    model, tokenizer = load_base_model(cfg)
+    TrainableMusicgen(model).load_state_dict(payload["model"])
+    hf_dir = out_dir / "best_model"
+    model.save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    state = to_audiocraft(model.decoder.state_dict(), model.enc_to_dec_proj.state_dict())
+    xp_cfg = None
+    if audiocraft_base is not None:
+        xp_cfg = torch.load(audiocraft_base, map_location="cpu", weights_only=False).get("xp.cfg")
+    write_atomic_with(out_dir / "state_dict.bin", lambda f: torch.save({"best_state": state, "xp.cfg": xp_cfg}, f))
+    result = {"checkpoint": str(best.path), "step": best.step, "val_loss": best.val_loss,
+              "transformers": str(hf_dir), "audiocraft": str(out_dir / "state_dict.bin"),
+              "audiocraft_xp_cfg": xp_cfg is not None}
+    log.info("export.done", **result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--out", type=Path, help="default: <state_dir>/reports/export")
+    p.add_argument("--audiocraft-base", type=Path, help="the original audiocraft state_dict.bin, for its xp.cfg")
+    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    args = p.parse_args(argv)
+    import json
+
+    from daemon import log as logs
+    from daemon.config import ConfigError, load_config
+
+    logs.configure(args.log_format, "info")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"export: {e}", file=sys.stderr)
+        return 78
+    from .checkpoint import CheckpointError
+
+    try:
+        result = export(cfg, logs.get("export"), args.out or cfg.reports_dir / "export", args.audiocraft_base)
+    except CheckpointError as e:
+        print(f"export: {e}", file=sys.stderr)
+        return 65
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
