@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import budget as budget_rule
 from . import idle as idle_rule
+from . import red_flags as red_flag_rule
 from .actions import Action, SendAlert, Shutdown, StopWorker
 from .aws import Aws
 from .clock import iso, parse_iso
@@ -102,6 +103,9 @@ class Guards:
         self.spot: dict = dict(state.spot or {})
         self.restoring: threading.Thread | None = None
         self.uploads: list[threading.Thread] = []
+        flags = state.red_flags or {}
+        self.raised = frozenset(flags.get("raised", []))
+        self.val_history: list[list[float]] = [p for p in flags.get("val_history", []) if len(p) == 2]
         self._spot_lock = threading.Lock()
         self._pace: deque[tuple[float, int]] = deque()
         self._last_idle_check = self.clock.monotonic()
@@ -155,7 +159,8 @@ class Guards:
     def jobs(self) -> list[tuple[Callable[[], None], float, str]]:
         c = self.cfg
         jobs = [(self.cost_job, c.budget.check_every, "cost"), (self.idle_job, c.idle.check_every, "idle"),
-                (self.halt_job, c.supervisor.poll_interval, "halt")]
+                (self.halt_job, c.supervisor.poll_interval, "halt"),
+                (self.red_flags_job, max(c.budget.check_every, 1.0), "red-flags")]
         if self.gpu.available:
             jobs.append((self.gpu_job, c.gpu.sample_every, "gpu"))
         if self.identity is not None:
@@ -295,6 +300,26 @@ class Guards:
         self._tb_step += 1
         self._tb.add(tag, value, self._tb_step)
         self._tb.flush()
+
+    # -- red flags ---------------------------------------------------------------------------
+    def red_flags_job(self) -> None:
+        t, now = self.sup.state.trainer, self.clock.now()
+        if t.val_loss is not None and (not self.val_history or self.val_history[-1][1] != t.val_loss):
+            self.val_history.append([now.timestamp(), float(t.val_loss)])
+            del self.val_history[:-2000]
+        rf = self.cfg.red_flags
+        snap = red_flag_rule.RedFlagSnapshot(
+            now_s=now.timestamp(), val_history=tuple((a, b) for a, b in self.val_history),
+            gpu_util_1h_pct=self.gpu.average(3600, self.clock.monotonic()) if self.gpu.available else None,
+            training=self.sup.worker.running and t.activity == "training",
+            spent_usd=self.ledger.total_usd if self.ledger else None,
+            milestone_decided=bool((self.sup.state.milestone or {}).get("decision")),
+            stall_s=rf.val_loss_stall, min_gpu_util_pct=rf.min_gpu_util_pct,
+            max_cost_before_milestone_usd=rf.max_cost_before_milestone_usd)
+        alerts, self.raised = red_flag_rule.decide(snap, self.raised)
+        for a in alerts:
+            self.log.warning("red_flag", subject=a.subject)
+        self.execute(alerts)
 
     # -- GPU -------------------------------------------------------------------------------
     def gpu_job(self) -> None:
@@ -484,6 +509,7 @@ class Guards:
         with self._spot_lock:
             state.spot = dict(self.spot) or None
         state.alerts = self.outbox.to_json()
+        state.red_flags = {"raised": sorted(self.raised), "val_history": self.val_history[-2000:]}
 
     def close(self) -> None:
         self.outbox.close()

@@ -80,6 +80,8 @@ def _money_rows(state: State, now: datetime) -> list[tuple[str, str]]:
         if idle.get("hold_until"):
             line += f"  held until {idle['hold_until']}"
         rows.append(("idle", line))
+    if (state.red_flags or {}).get("raised"):
+        rows.append(("RED FLAGS", ", ".join(state.red_flags["raised"])))
     ms = state.milestone or {}
     if ms:
         line = f"{ms.get('status')}  due {ms.get('due_at')}"

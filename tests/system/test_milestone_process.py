@@ -123,3 +123,20 @@ def test_completion_evaluates_exports_reports_and_mails(tmp_path, daemons, smtp_
     assert "Report:" in body and "completion action 'none'" in body
     assert d.proc.poll() is None  # action none: the idle rule decides what happens next
     assert d.stop() == 0
+
+
+def test_spend_red_flag_is_mailed_once_and_listed(tmp_path, daemons, smtp_sink):
+    smtp_sink.up()
+    config = write_config(tmp_path, {"train": {"epochs": 400}}, {
+        "budget": {"hourly_rate_usd": 3600.0, "max_usd": 1000.0, "check_every": "200ms"},
+        "red_flags": {"max_cost_before_milestone_usd": 2.0},
+        "email": {"transport": "smtp", "to": ["person@example.com"], "smtp_host": "127.0.0.1",
+                  "smtp_port": smtp_sink.port, "smtp_starttls": False, "retry_every": "300ms"}})
+    d = daemons(config)
+    state = d.wait_state(lambda s: "spend_before_milestone" in ((s.get("red_flags") or {}).get("raised") or []),
+                         timeout=60)
+    assert "$" in wait_mail(smtp_sink, "[amapiano-train] red flag: spend high before the milestone")
+    time.sleep(2)
+    assert sum(m["Subject"].startswith("[amapiano-train] red flag") for m in smtp_sink.messages) == 1
+    assert state["red_flags"]["val_history"] is not None
+    assert d.stop() == 0
