@@ -306,3 +306,21 @@ def imds():
     server = ImdsServer()
     yield server
     server.close()
+
+
+# ---------------------------------------------------------------- the fault suite's report
+
+FAULT_REPORT: list[str] = []
+
+
+@pytest.fixture
+def fault_report():
+    """Tests that inject faults say what they injected; it is printed at the end of the run."""
+    return FAULT_REPORT.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FAULT_REPORT:
+        terminalreporter.section("faults injected")
+        for line in FAULT_REPORT:
+            terminalreporter.write_line(line)

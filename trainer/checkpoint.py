@@ -39,12 +39,17 @@ class _HashingWriter:
         self._f = f
         self.sha = hashlib.sha256()
         self.size = 0
+        self.error: OSError | None = None  # torch's zip writer hides it behind an "enforce fail"
 
     def write(self, data) -> int:
         view = memoryview(data)
         self.sha.update(view)
         self.size += view.nbytes
-        return self._f.write(view)
+        try:
+            return self._f.write(view)
+        except OSError as e:
+            self.error = e
+            raise
 
     def flush(self) -> None:
         self._f.flush()
@@ -100,7 +105,12 @@ def save(directory: Path, step: int, payload: dict, meta: dict, clock: Clock | N
 
     def write(f):
         w = _HashingWriter(f)
-        torch.save(payload, w)
+        try:
+            torch.save(payload, w)
+        except Exception:
+            if w.error is not None:  # say what really happened: "No space left on device", ...
+                raise OSError(w.error.errno, f"{w.error.strerror} while writing checkpoint {path}") from None
+            raise
         return w
 
     w = write_atomic_with(path, write)

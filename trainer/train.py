@@ -151,8 +151,9 @@ class Trainer:
                      parameters=sum(p.numel() for p in model.parameters()))
 
         from torch.utils.tensorboard import SummaryWriter
-        # purge_step drops points a killed run logged past its checkpoint: one curve, no doubles.
-        tb = SummaryWriter(str(cfg.tensorboard_dir / "train"), purge_step=step + 1 if step else None)
+        # purge_step drops points a killed run logged past its checkpoint (or, with no checkpoint
+        # yet, all of them): one curve, no doubles.
+        tb = SummaryWriter(str(cfg.tensorboard_dir / "train"), purge_step=step + 1)
 
         def autocast():
             return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)

@@ -99,7 +99,7 @@ def test_unsupported_field_is_unknown_not_zero():
     assert mon.busy_since(-1, 10.0) is None  # no known reading: proves nothing
 
 
-def test_a_lost_gpu_is_reported_not_raised_and_sampling_goes_on():
+def test_a_lost_gpu_is_reported_not_raised_and_sampling_goes_on(fault_report):
     nvml = FakeNvml(util=(90.0, 90.0))
     log = Log()
     mon = GpuMonitor(log, nvml)
@@ -111,6 +111,7 @@ def test_a_lost_gpu_is_reported_not_raised_and_sampling_goes_on():
     assert ("error", "gpu.read_failed") in [(lvl, ev) for lvl, ev, _ in log.events]
     mon.sample(2.0)
     assert [ev for _, ev, _ in log.events].count("gpu.read_failed") == 1  # logged once, not every sample
+    fault_report("NVML raising (GPU lost): reported once at error level, sampling goes on")
 
 
 def test_busy_since_and_rolling_windows():

@@ -44,16 +44,17 @@ def test_token_refreshed_before_it_expires():
     assert [r[:2] for r in server.requests].count(("PUT", "/latest/api/token")) == 2
 
 
-def test_401_gets_a_new_token_not_a_crash(imds):
+def test_401_gets_a_new_token_not_a_crash(imds, fault_report):
     client = Imds(imds.url)
     client.identity()
     imds.revoke_tokens()
     assert client.identity()["instanceId"] == "i-0123456789abcdef0"
     statuses = [r[2] for r in imds.requests if r[0] == "GET"]
     assert statuses == [200, 401, 200]
+    fault_report("IMDS token revoked (401): a new token and one retry, no crash")
 
 
-def test_not_on_ec2_is_a_clear_error_fast():
+def test_not_on_ec2_is_a_clear_error_fast(fault_report):
     import socket
 
     with socket.socket() as s:  # a port with nobody listening
@@ -61,6 +62,7 @@ def test_not_on_ec2_is_a_clear_error_fast():
         port = s.getsockname()[1]
     with pytest.raises(ImdsError, match=f"127.0.0.1:{port}"):
         Imds(f"http://127.0.0.1:{port}", timeout=0.5).identity()
+    fault_report("IMDS unreachable: a clear ImdsError naming the address, at once")
 
 
 def test_server_error_is_an_imds_error(imds):

@@ -42,7 +42,7 @@ def test_alert_arrives_with_a_sortable_subject(smtp_sink):
     assert outbox.to_json()[0]["status"] == "sent"
 
 
-def test_a_server_down_at_first_gets_the_alert_once_it_is_up(smtp_sink):
+def test_a_server_down_at_first_gets_the_alert_once_it_is_up(smtp_sink, fault_report):
     log = Log()
     cfg = smtp_cfg(smtp_sink.port)
     outbox = Outbox(cfg, SmtpTransport(cfg, None), log)
@@ -56,6 +56,7 @@ def test_a_server_down_at_first_gets_the_alert_once_it_is_up(smtp_sink):
     outbox.close()
     assert len(smtp_sink.messages) == 1
     assert [ev for lvl, ev, _ in log.events].count("alert.retrying") == 1  # said once, not every retry
+    fault_report("SMTP down then up: the alert retried and delivered once")
 
 
 def test_gives_up_at_error_level(smtp_sink):

@@ -185,7 +185,8 @@ def test_sigkill_and_restart_neither_lose_nor_double_count_cost(tmp_path, daemon
     assert end["boots"] == 1
 
 
-def test_a_dead_mail_server_delays_the_shutdown_a_bounded_time_and_says_so(tmp_path, daemons, smtp_sink):
+def test_a_dead_mail_server_delays_the_shutdown_a_bounded_time_and_says_so(tmp_path, daemons, smtp_sink,
+                                                                          fault_report):
     # The SMTP server never comes up. The shutdown still happens, shutdown_wait after it began.
     config = write_config(tmp_path, {"train": {"epochs": 1}}, {
         "idle": {"timeout": "4s", "warn_before": "2s", "check_every": "200ms", "action": "none"},
@@ -201,3 +202,22 @@ def test_a_dead_mail_server_delays_the_shutdown_a_bounded_time_and_says_so(tmp_p
     errors = [e for p, e in d.events() if p == 3]
     assert [e["event"] for e in errors] == ["shutdown.warning_undelivered"]
     assert all(a["status"] == "pending" and "refused" in (a["error"] or "").lower() for a in state["alerts"])
+    fault_report("SMTP down through a shutdown: bounded wait, shutdown done, undelivered warning at error level")
+
+
+def test_s3_refusing_the_upload_is_an_error_and_an_alert_not_a_crash(tmp_path, daemons, instance, aws, imds,
+                                                                     smtp_sink, fault_report):
+    smtp_sink.up()  # the bucket does not exist: every upload is refused
+    config = write_config(tmp_path, LONG, machine(aws, imds, smtp_sink, aws={"s3_bucket": "no-such-bucket"}))
+    d = daemons(config, AWS_ENV)
+    d.wait_state(lambda s: (s["trainer"]["step"] or 0) >= 5, timeout=90)
+    imds.announce_interruption("stop")
+    state = d.wait_state(lambda s: ((s.get("spot") or {}).get("interruption") or {}).get("upload"), timeout=60)
+    assert "NoSuchBucket" in state["spot"]["interruption"]["upload"]["error"]
+    assert d.proc.wait(60) == 0  # it still checkpointed locally and halted cleanly
+    # both at error level: the restore at start-up and the upload (the bucket is not there)
+    assert [e["event"] for p, e in d.events() if p == 3] == ["s3.restore_failed", "spot.upload_failed"]
+    wait_until(lambda: "[amapiano-train] checkpoint upload to S3 failed" in subjects(smtp_sink), 20, "the alert")
+    t = d.state()["trainer"]
+    assert t["last_checkpoint_step"] == t["step"]  # the local checkpoint is there
+    fault_report("S3 refusing uploads: error-level line and an alert; the local checkpoint kept; clean halt")
