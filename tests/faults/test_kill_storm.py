@@ -82,11 +82,16 @@ def test_supervisor_kill_storm_keeps_state_and_ledger_sound(tmp_path, fault_repo
                           {"budget": {"hourly_rate_usd": 3600.0, "max_usd": 100000.0, "check_every": "100ms"}})
     state_file = tmp_path / "state" / "state.json"
     exe = AMAPIANO_TRAIN
-    seen_compute, first_boottime = [], None
+    seen_compute, first_boottime, mid_write = [], None, 0
     for kill in range(KILLS):
         proc = subprocess.Popen([*exe, "supervise", "--config", str(config), "--log-format", "json"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(rng.uniform(1.0, 2.5))
+        if kill % 2:  # every other kill aimed at a state.json write in progress
+            deadline = time.monotonic() + 5
+            while not list(state_file.parent.glob(".state.json.*.tmp")) and time.monotonic() < deadline:
+                time.sleep(0.0002)
+            mid_write += bool(list(state_file.parent.glob(".state.json.*.tmp")))
         os.killpg(proc.pid, signal.SIGKILL)  # supervisor and worker, wherever they were
         proc.wait(30)
         data = json.loads(state_file.read_text())  # always parses: atomic writes
@@ -95,6 +100,7 @@ def test_supervisor_kill_storm_keeps_state_and_ledger_sound(tmp_path, fault_repo
             first_boottime = cost["accounted_boottime_s"] - cost["compute_usd"]
         seen_compute.append(cost["compute_usd"])
         assert cost["compute_usd"] == pytest.approx(cost["accounted_boottime_s"] - first_boottime, rel=1e-9)
-    fault_report(f"supervisor: {KILLS} SIGKILLs (with its worker); state.json parsed after each; spend "
+    fault_report(f"supervisor: {KILLS} SIGKILLs (with its worker), {mid_write} during a state.json write; "
+                 "state.json parsed after each; spend "
                  f"{[round(x, 2) for x in seen_compute]} USD, never back, exactly the seconds billed")
     assert seen_compute == sorted(seen_compute)  # never goes back
