@@ -218,18 +218,15 @@ class Evaluation:
             if verdict.decision == CONDITIONAL and self.sup._scheduler is not None:
                 self.schedule(self.sup._scheduler)
         self.sup.guards.execute(actions)
-        self.sup.guards.tb_scalar("milestone/authenticity_pct", auth.get("mean_pct"))
-        self.sup.guards.tb_scalar("milestone/decision", {GO: 2, CONDITIONAL: 1, NO_GO: 0}[verdict.decision])
+        self.sup.guards.tb_scalars({"milestone/authenticity_pct": auth.get("mean_pct"),
+                                    "milestone/decision": {GO: 2, CONDITIONAL: 1, NO_GO: 0}[verdict.decision]})
 
     def _abort_report(self, report: dict) -> dict:
+        from trainer.markers import best  # torch-free: it only reads the checkpoints' markers
+
         from .worker import newest_checkpoint
 
-        best = None
-        for marker in sorted(self.cfg.checkpoint_dir.glob("step_*.json")):
-            meta = read_json(marker) or {}
-            if meta.get("val_step") == meta.get("step") and meta.get("val_loss") is not None:
-                if best is None or meta["val_loss"] < best["val_loss"]:
-                    best = {"path": str(marker.with_suffix(".pt")), "step": meta["step"], "val_loss": meta["val_loss"]}
+        top = best(self.cfg.checkpoint_dir)
         newest = newest_checkpoint(self.cfg.checkpoint_dir)
         t = self.sup.state.trainer
         return {"decision": NO_GO, "reasons": report["reasons"], "metrics": {k: report[k] for k in
@@ -238,7 +235,8 @@ class Evaluation:
                                                            "milestone_due_at": self.state.get("due_at"),
                                                            "decided_at": report["decided_at"], "step": t.step,
                                                            "total_steps": t.total_steps},
-                "best_checkpoint": best, "newest_checkpoint": str(newest[1]) if newest else None,
+                "best_checkpoint": top and {"path": str(top.path), "step": top.step, "val_loss": top.val_loss},
+                "newest_checkpoint": str(newest[1]) if newest else None,
                 "recommended_next_step": _recommend(report["checks"])}
 
     def to_json(self) -> dict | None:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -51,15 +51,18 @@ class Halt:
 
 
 class ScalarWriter:
-    """TensorBoard scalars without torch: tensorboard's own event writer."""
+    """TensorBoard scalars without torch: tensorboard's own event writer.
 
-    def __init__(self, logdir: Path):
+    The step of every point is the whole seconds since the run started, so the curves line up
+    across daemon restarts (a counter would start again at 0 and draw over itself)."""
+
+    def __init__(self, logdir: Path, run_started: datetime):
         self.logdir = logdir
+        self.run_started = run_started
         self._writer = None
 
-    def add(self, tag: str, value: float | None, step: int) -> None:
-        if value is None:
-            return
+    def write(self, scalars: dict[str, float | None], now: datetime) -> None:
+        """One point per known value (None is unknown: no point), then flush."""
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -67,12 +70,12 @@ class ScalarWriter:
         if self._writer is None:
             self.logdir.mkdir(parents=True, exist_ok=True)
             self._writer = EventFileWriter(str(self.logdir))
-        self._writer.add_event(Event(wall_time=time.time(), step=step,
-                                     summary=Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])))
-
-    def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
+        step = int((now - self.run_started).total_seconds())
+        for tag, value in scalars.items():
+            if value is not None:
+                self._writer.add_event(Event(wall_time=now.timestamp(), step=step, summary=Summary(
+                    value=[Summary.Value(tag=tag, simple_value=float(value))])))
+        self._writer.flush()
 
     def close(self) -> None:
         if self._writer is not None:
@@ -110,8 +113,7 @@ class Guards:
         self._pace: deque[tuple[float, int]] = deque()
         self._last_idle_check = self.clock.monotonic()
         self._idle_json_cache: dict | None = None
-        self._tb = ScalarWriter(self.cfg.tensorboard_dir / "supervisor")
-        self._tb_step = 0
+        self._tb = ScalarWriter(self.cfg.tensorboard_dir / "supervisor", parse_iso(state.started_at))
 
     # -- start-up --------------------------------------------------------------------------
     @staticmethod
@@ -248,10 +250,7 @@ class Guards:
             rate_usd_per_h=self.rate, action=self.cfg.budget.action)
         actions, self.fired = budget_rule.decide(snap, self.fired)
         self.execute(actions)
-        self._tb_step += 1
-        self._tb.add("cost/total_usd", ledger.total_usd, self._tb_step)
-        self._tb.add("cost/rate_usd_per_h", self.rate, self._tb_step)
-        self._tb.flush()
+        self.tb_scalars({"cost/total_usd": ledger.total_usd, "cost/rate_usd_per_h": self.rate})
 
     # -- idle ------------------------------------------------------------------------------
     def _hold_until_s(self, now_s: float) -> float | None:
@@ -296,10 +295,8 @@ class Guards:
                "shutdown_due_at": wall(idle_rule.shutdown_at(timer, snap, rule))}
         return out
 
-    def tb_scalar(self, tag: str, value: float | None) -> None:
-        self._tb_step += 1
-        self._tb.add(tag, value, self._tb_step)
-        self._tb.flush()
+    def tb_scalars(self, scalars: dict[str, float | None]) -> None:
+        self._tb.write(scalars, self.clock.now())
 
     # -- red flags ---------------------------------------------------------------------------
     def red_flags_job(self) -> None:
@@ -329,13 +326,11 @@ class Guards:
             if key not in self.fired:
                 self.fired = self.fired | {key}
                 self.execute([SendAlert("gpu", problem.split(" (")[0], problem)])
-        self._tb_step += 1
-        self._tb.add("gpu/util_pct", self.gpu.average(60, self.clock.monotonic()), self._tb_step)
+        scalars = {"gpu/util_pct": self.gpu.average(60, self.clock.monotonic())}
         for r in self.gpu.readings:
-            self._tb.add(f"gpu{r.index}/util_pct", r.util_pct, self._tb_step)
-            self._tb.add(f"gpu{r.index}/power_w", r.power_w, self._tb_step)
-            self._tb.add(f"gpu{r.index}/mem_used_mb", r.mem_used_mb, self._tb_step)
-        self._tb.flush()
+            scalars.update({f"gpu{r.index}/util_pct": r.util_pct, f"gpu{r.index}/power_w": r.power_w,
+                            f"gpu{r.index}/mem_used_mb": r.mem_used_mb})
+        self.tb_scalars(scalars)
 
     # -- Spot ------------------------------------------------------------------------------
     def spot_job(self) -> None:
@@ -457,10 +452,10 @@ class Guards:
             h.alert_ids.append(alert.id)
             h.stage, h.mail_since_mono = "mailing", now
         if h.stage == "mailing":
-            pending = [a for a in self.outbox.to_json() if a["status"] == "pending"]
-            if pending and now - h.mail_since_mono < self.cfg.email.shutdown_wait:
+            alerts = self.outbox.to_json()
+            if any(a["status"] == "pending" for a in alerts) and now - h.mail_since_mono < self.cfg.email.shutdown_wait:
                 return
-            undelivered = [a["subject"] for a in self.outbox.to_json()
+            undelivered = [a["subject"] for a in alerts
                            if a["kind"] in ("idle", "budget", "shutdown") and a["status"] in ("pending", "failed")]
             if undelivered:
                 self.log.error("shutdown.warning_undelivered", subjects=undelivered,

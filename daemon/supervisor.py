@@ -311,7 +311,6 @@ class Supervisor:
             self._set_phase(Phase.COMPLETED, checkpoint_step=self._checkpoint_step())
         if not self.phase.is_terminal():
             self._set_phase(Phase.STOPPED, checkpoint_step=self._checkpoint_step())
-        self._read_heartbeat()
         self.guards.wait_uploads(self.cfg.supervisor.stop_timeout)
         self.guards.accrue()
         self.publish(force=True)

@@ -10,9 +10,7 @@ Kept: the last `keep` checkpoints plus the best by validation loss.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,8 @@ import torch
 
 from daemon.atomic import write_atomic_with, write_json_atomic
 from daemon.clock import Clock, iso
+
+from .markers import Marker, best, list_checkpoints  # noqa: F401 - the torch-free half, re-exported
 
 FORMAT = 1
 
@@ -55,33 +55,8 @@ class _HashingWriter:
         self._f.flush()
 
 
-@dataclass(frozen=True)
-class Marker:
-    step: int
-    path: Path            # the .pt
-    meta: dict[str, Any]  # the marker's JSON
-
-    @property
-    def val_loss(self) -> float | None:
-        # Only a validation run at this very step ranks a checkpoint as "best".
-        return self.meta.get("val_loss") if self.meta.get("val_step") == self.step else None
-
-
 def _pt(directory: Path, step: int) -> Path:
     return directory / f"step_{step:08d}.pt"
-
-
-def list_checkpoints(directory: Path) -> list[Marker]:
-    """Committed checkpoints, oldest first (unreadable markers are skipped)."""
-    out = []
-    for marker in directory.glob("step_*.json"):
-        try:
-            meta = json.loads(marker.read_text())
-            step = int(meta["step"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        out.append(Marker(step, marker.with_suffix(".pt"), meta))
-    return sorted(out, key=lambda m: m.step)
 
 
 def clean_partial(directory: Path) -> list[str]:
@@ -195,8 +170,3 @@ def prune(directory: Path, keep: int) -> list[int]:
             m.path.unlink(missing_ok=True)
             removed.append(m.step)
     return removed
-
-
-def best(directory: Path) -> Marker | None:
-    ranked = [m for m in list_checkpoints(directory) if m.val_loss is not None]
-    return min(ranked, key=lambda m: m.val_loss) if ranked else None

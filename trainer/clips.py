@@ -7,7 +7,6 @@ the end of the run. The total audio duration is summed from the files' headers.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,13 +15,7 @@ from typing import Any
 
 from daemon.atomic import write_json_atomic
 
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+from .fetch import md5_of
 
 
 def _duration(path: Path) -> float | None:
@@ -63,7 +56,7 @@ def copy_clips(manifest: list[dict], source: Path, dest: Path, log: Any, progres
                 with open(tmp, "rb+") as f:
                     os.fsync(f.fileno())
                 os.replace(tmp, target)
-                want, got = _md5(src), _md5(target)
+                want, got = md5_of(src), md5_of(target)
                 if want != got:
                     target.unlink()
                     raise OSError(f"MD5 after copy {got} != source {want}")

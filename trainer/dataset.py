@@ -113,7 +113,10 @@ def _scan_lines(path: Path, expected: int) -> tuple[list[tuple[int, int]], list[
             if n == 1 or not raw.strip():
                 continue
             count = raw.rstrip(b"\r\n").count(b"\t") + 1
-            (good.append(n) if count == expected else bad.append((n, count)))
+            if count == expected:
+                good.append(n)
+            else:
+                bad.append((n, count))
     return bad, good
 
 
