@@ -22,7 +22,7 @@ from .actions import SendAlert, Shutdown, StopWorker
 from .atomic import write_json_atomic
 from .clock import iso, parse_iso
 from .milestone import CONDITIONAL, GO, NO_GO, MilestoneSnapshot, decide
-from .worker import read_json
+from .worker import newest_checkpoint, read_json
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -45,6 +45,7 @@ class Run:
     proc: subprocess.Popen | None = None
     out: str = ""
     metrics: dict | None = None
+    waiting: bool = False           # due before the worker's first checkpoint: logged once
 
 
 class Evaluation:
@@ -112,6 +113,11 @@ class Evaluation:
             return
         if r.stage == "pausing":
             if r.paused and self.sup.worker.running:
+                return
+            if newest_checkpoint(self.cfg.checkpoint_dir) is None:  # due before the first checkpoint
+                if not r.waiting:
+                    r.waiting = True
+                    self.log.info("milestone.waiting_for_checkpoint", checkpoint_dir=str(self.cfg.checkpoint_dir))
                 return
             self.cfg.reports_dir.mkdir(parents=True, exist_ok=True)
             r.out = str(self.cfg.reports_dir / ("final_eval.json" if r.final else "milestone_eval.json"))
@@ -223,8 +229,6 @@ class Evaluation:
 
     def _abort_report(self, report: dict) -> dict:
         from trainer.markers import best  # torch-free: it only reads the checkpoints' markers
-
-        from .worker import newest_checkpoint
 
         top = best(self.cfg.checkpoint_dir)
         newest = newest_checkpoint(self.cfg.checkpoint_dir)

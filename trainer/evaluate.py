@@ -16,6 +16,24 @@ from pathlib import Path
 from typing import Any
 
 
+def _newest_loadable(directory: Path, log: Any, attempts: int = 5):
+    """(marker, payload) of the newest checkpoint that loads.
+
+    The worker may be training beside us and pruning: a checkpoint that vanishes between the
+    listing and the load is skipped, never quarantined (the directory is not ours), and when every
+    listed one went, the directory is listed again.
+    """
+    from . import checkpoint
+
+    for _ in range(attempts):
+        for marker in reversed(checkpoint.list_checkpoints(directory)):
+            try:
+                return marker, checkpoint.load(marker)
+            except checkpoint.CorruptCheckpoint as e:
+                log.warning("evaluate.checkpoint_skipped", step=marker.step, error=str(e))
+    raise checkpoint.CheckpointError(f"{directory}: no checkpoint to evaluate")
+
+
 def evaluate(cfg, log: Any, checkpoint_path: Path | None, out: Path, progress: bool = True) -> dict:
     import numpy as np
     import soundfile as sf
@@ -73,23 +91,14 @@ def evaluate(cfg, log: Any, checkpoint_path: Path | None, out: Path, progress: b
     results["baseline"] = figures("baseline", baseline, tokenizer, valid)
 
     model, tokenizer = load_base_model(cfg)
-    markers = checkpoint.list_checkpoints(cfg.checkpoint_dir)
     if checkpoint_path is not None:
+        markers = checkpoint.list_checkpoints(cfg.checkpoint_dir)
         marker = next((mk for mk in markers if mk.path == checkpoint_path.resolve()), None)
         if marker is None:
             raise checkpoint.CheckpointError(f"{checkpoint_path}: not a committed checkpoint in {cfg.checkpoint_dir}")
         payload = checkpoint.load(marker)
     else:
-        # The newest that loads. The worker may be training beside us and pruning old files,
-        # so a checkpoint that vanishes is skipped, never quarantined: the directory is not ours.
-        for marker in reversed(markers):
-            try:
-                payload = checkpoint.load(marker)
-                break
-            except checkpoint.CorruptCheckpoint as e:
-                log.warning("evaluate.checkpoint_skipped", step=marker.step, error=str(e))
-        else:
-            raise checkpoint.CheckpointError(f"{cfg.checkpoint_dir}: no checkpoint to evaluate")
+        marker, payload = _newest_loadable(cfg.checkpoint_dir, log)
     TrainableMusicgen(model).load_state_dict(payload["model"])
     results["checkpoint"] = {"path": str(marker.path), "step": marker.step}
     results["model"] = figures("model", model, tokenizer, valid)

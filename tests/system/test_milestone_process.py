@@ -140,3 +140,15 @@ def test_spend_red_flag_is_mailed_once_and_listed(tmp_path, daemons, smtp_sink):
     assert sum(m["Subject"].startswith("[amapiano-train] red flag") for m in smtp_sink.messages) == 1
     assert state["red_flags"]["val_history"] is not None
     assert d.stop() == 0
+
+
+def test_a_milestone_due_before_the_first_checkpoint_waits_for_one(tmp_path, daemons, smtp_sink):
+    smtp_sink.up()
+    # Due at once: the worker is still importing torch and has no checkpoint yet.
+    config = milestone_config(tmp_path, smtp_sink, after="100ms", min_authenticity_pct=0.0, max_val_loss=100.0,
+                              max_cost_usd=1000.0, margin_pct=1.0)
+    d = daemons(config)
+    done = d.wait_state(lambda s: (s.get("milestone") or {}).get("status") in ("done", "failed"), timeout=120)
+    assert done["milestone"]["status"] == "done" and done["milestone"]["decision"] == "GO"
+    assert '"event":"milestone.waiting_for_checkpoint"' in d.log_text()
+    assert d.stop() == 0
