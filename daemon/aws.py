@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import AwsConfig
+from .common.config import AwsConfig
 
 
 def parse_spot_price(response: dict) -> tuple[float, datetime] | None:
@@ -108,7 +108,7 @@ class Aws:
 
     def download_checkpoint(self, marker: dict, directory: Path) -> Path:
         """Fetch a checkpoint and commit it locally (verified by the marker's SHA-256)."""
-        from .atomic import fsync_dir, write_json_atomic
+        from .common.atomic import fsync_dir, write_json_atomic
 
         s3, bucket = self.client("s3"), self.cfg.s3_bucket
         directory.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import EX_CONFIG, ConfigError, load_config
+from .common import exits
+from .common.config import ConfigError, load_config
 
 DEFAULT_CONFIG = Path("/etc/amapiano-train/config.toml")
 
@@ -30,7 +31,7 @@ def _load(path: Path):
         return load_config(path)
     except ConfigError as e:
         print(f"amapiano-train: {e}", file=sys.stderr)
-        raise SystemExit(EX_CONFIG) from None
+        raise SystemExit(exits.CONFIG) from None
 
 
 def cmd_config_check(args) -> int:
@@ -41,8 +42,8 @@ def cmd_config_check(args) -> int:
 
 
 def cmd_supervise(args) -> int:
-    from . import log as logs
-    from .state import EX_DATAERR, StateError
+    from .common import log as logs
+    from .state import StateError
     from .supervisor import Supervisor
 
     cfg = _load(args.config)
@@ -53,7 +54,7 @@ def cmd_supervise(args) -> int:
     except StateError as e:
         log.error("state.unusable", error=str(e))
         print(f"amapiano-train: {e}", file=sys.stderr)
-        return EX_DATAERR
+        return exits.DATAERR
     return supervisor.run()
 
 
@@ -67,8 +68,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .clock import Clock
-    from .state import EX_DATAERR, StateError, load_state
+    from .common.clock import Clock
+    from .state import StateError, load_state
     from .status import render
 
     state_file = args.state or _load(args.config).state_file
@@ -76,7 +77,7 @@ def cmd_status(args) -> int:
         state = load_state(state_file)
     except StateError as e:
         print(f"amapiano-train: {e}", file=sys.stderr)
-        return EX_DATAERR
+        return exits.DATAERR
     if state is None:
         print(f"amapiano-train: {state_file}: no state file yet (has the service started?)", file=sys.stderr)
         return 1
@@ -87,9 +88,9 @@ def cmd_status(args) -> int:
 def cmd_hold(args) -> int:
     from datetime import timedelta
 
-    from .atomic import write_json_atomic
-    from .clock import Clock, iso
-    from .config import Duration
+    from .common.atomic import write_json_atomic
+    from .common.clock import Clock, iso
+    from .common.config import Duration
 
     cfg = _load(args.config)
     try:
@@ -114,7 +115,7 @@ def cmd_hold(args) -> int:
 
 
 def cmd_alert_test(args) -> int:
-    from . import log as logs
+    from .common import log as logs
     from .aws import Aws
     from .mail import Outbox, make_transport
 
@@ -144,7 +145,7 @@ def cmd_dataset_select(args) -> int:
 
     ds = _load(args.config).dataset if args.config else None
     if ds is None:
-        from .config import DatasetConfig
+        from .common.config import DatasetConfig
 
         ds = DatasetConfig()
     tags = [t for t in args.tags.split(",")] if args.tags else ds.proxy_tags
@@ -154,7 +155,7 @@ def cmd_dataset_select(args) -> int:
                      valid_size=args.valid_size or ds.valid_size, seed=args.seed, skip_bad_rows=args.skip_bad_rows)
     except DatasetError as e:
         print(f"amapiano-train dataset select: {e}", file=sys.stderr)
-        return 65
+        return exits.DATAERR
     for note in sel.skipped_rows:
         print(f"skipped {args.annotations}: {note}", file=sys.stderr)
     rule = f"the top {args.top or ds.top_n}" if (args.top or ds.top_n) else f">= {args.min_tags or ds.min_tags} proxy tags"
@@ -173,7 +174,7 @@ def cmd_dataset_select(args) -> int:
 
 def _dataset_setup(args, name: str):
     """The config and a logger for a dataset step (they log JSON lines under systemd-run too)."""
-    from . import log as logs
+    from .common import log as logs
 
     cfg = _load(args.config)
     logs.configure(args.log_format, "info")
@@ -191,7 +192,7 @@ def cmd_dataset_tokenize(args) -> int:
             manifest, args.audio_dir or cfg.clips_dir, args.out or cfg.tokens_dir)
     except (DatasetError, CacheError) as e:
         print(f"amapiano-train dataset tokenize: {e}", file=sys.stderr)
-        return 65
+        return exits.DATAERR
     print(f"token cache {args.out or cfg.tokens_dir}: {result['done']} of {result['clips']} clips done, "
           f"{result['failed']} failed" + (" (see failures.jsonl)" if result["failed"] else ""))
     return 0
@@ -229,7 +230,7 @@ def cmd_dataset_copy(args) -> int:
         manifest = read_manifest(args.manifest or cfg.manifest_file)
     except DatasetError as e:
         print(f"amapiano-train dataset copy: {e}", file=sys.stderr)
-        return 65
+        return exits.DATAERR
     report = copy_clips(manifest, args.source or cfg.mtat_dir / "audio", args.dest or cfg.clips_dir,
                         log, progress=not args.no_progress)
     print(f"{report['present']} of {report['clips']} clips in place ({report['copied_now']} copied now), "

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .clock import iso, parse_iso
+from .common.clock import iso, parse_iso
 
 HOURS_PER_MONTH = 730.0  # AWS bills EBS per GB-month of 730 hours
 KEEP_HOURLY = 48

@@ -16,13 +16,14 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from . import log as logs
-from .clock import Clock
-from .config import load_config
+from .common import log as logs
+from .common.clock import Clock
+from .common.config import load_config
 from .states import Phase
 from .status import render
 from .supervisor import Supervisor
-from .worker import newest_checkpoint, read_json
+from .common import checkpoints
+from .common.atomic import read_json
 
 DEMO_LIMIT_S = 300  # the demo ends by itself in well under a minute; this only bounds a bug
 
@@ -50,10 +51,10 @@ def run_demo(workdir: Path | None, log_format: str = "console") -> int:
         """Crash the worker once, after its first checkpoint, part-way to its second."""
         if killed or not supervisor.worker.running:
             return
-        newest = newest_checkpoint(cfg.checkpoint_dir)
+        newest = checkpoints.newest(cfg.checkpoint_dir)
         step = (read_json(cfg.heartbeat_file) or {}).get("step") or 0
-        if newest and step >= newest[0] + cfg.train.checkpoint_every // 2:
-            log.warning("demo.kill_worker", pid=supervisor.worker.pid, step=step, checkpoint_step=newest[0],
+        if newest and step >= newest.step + cfg.train.checkpoint_every // 2:
+            log.warning("demo.kill_worker", pid=supervisor.worker.pid, step=step, checkpoint_step=newest.step,
                         note="SIGKILL on purpose: watch the supervisor restart it from the checkpoint")
             killed.append(step)
             supervisor.worker.signal(signal.SIGKILL)

@@ -10,19 +10,19 @@ evaluate`, decide, write week_5_metrics.json (and abort_report.json on NO-GO), e
 """
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .actions import SendAlert, Shutdown, StopWorker
-from .atomic import write_json_atomic
-from .clock import iso, parse_iso
+from .common.atomic import write_json_atomic
+from .common.clock import iso, parse_iso
 from .milestone import CONDITIONAL, GO, NO_GO, MilestoneSnapshot, decide
-from .worker import newest_checkpoint, read_json
+from .common import checkpoints
+from .common.atomic import read_json
+from .common.launch import python_command, spawn
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -114,16 +114,15 @@ class Evaluation:
         if r.stage == "pausing":
             if r.paused and self.sup.worker.running:
                 return
-            if newest_checkpoint(self.cfg.checkpoint_dir) is None:  # due before the first checkpoint
+            if checkpoints.newest(self.cfg.checkpoint_dir) is None:  # due before the first checkpoint
                 if not r.waiting:
                     r.waiting = True
                     self.log.info("milestone.waiting_for_checkpoint", checkpoint_dir=str(self.cfg.checkpoint_dir))
                 return
             self.cfg.reports_dir.mkdir(parents=True, exist_ok=True)
             r.out = str(self.cfg.reports_dir / ("final_eval.json" if r.final else "milestone_eval.json"))
-            r.proc = subprocess.Popen([sys.executable, "-m", "trainer.evaluate", "--config", str(self.cfg.source),
-                                       "--out", r.out, "--no-progress", "--log-format", "json"],
-                                      stdin=subprocess.DEVNULL)
+            r.proc = spawn(python_command("trainer.evaluate", "--config", str(self.cfg.source),
+                                          "--out", r.out, "--no-progress", "--log-format", "json"))
             r.stage = "evaluating"
             return
         if r.stage in ("evaluating", "exporting") and r.proc.poll() is None:
@@ -150,9 +149,9 @@ class Evaluation:
             r.metrics = read_json(Path(r.out)) if r.proc.returncode == 0 else None
             if r.metrics is None:
                 self.log.error("completion.evaluation_failed", exit=r.proc.returncode)
-            r.proc = subprocess.Popen([sys.executable, "-m", "trainer.export", "--config", str(self.cfg.source),
-                                       "--out", str(self.cfg.reports_dir / "export"), "--log-format", "json"],
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            r.proc = spawn(python_command("trainer.export", "--config", str(self.cfg.source),
+                                          "--out", str(self.cfg.reports_dir / "export"), "--log-format", "json"),
+                           stdout=subprocess.DEVNULL)
             r.stage = "exporting"
             return
         self.run = None
@@ -228,10 +227,8 @@ class Evaluation:
                                     "milestone/decision": {GO: 2, CONDITIONAL: 1, NO_GO: 0}[verdict.decision]})
 
     def _abort_report(self, report: dict) -> dict:
-        from trainer.markers import best  # torch-free: it only reads the checkpoints' markers
-
-        top = best(self.cfg.checkpoint_dir)
-        newest = newest_checkpoint(self.cfg.checkpoint_dir)
+        top = checkpoints.best(self.cfg.checkpoint_dir)
+        newest = checkpoints.newest(self.cfg.checkpoint_dir)
         t = self.sup.state.trainer
         return {"decision": NO_GO, "reasons": report["reasons"], "metrics": {k: report[k] for k in
                                                                              ("model", "baseline", "checkpoint")},
@@ -240,7 +237,7 @@ class Evaluation:
                                                            "decided_at": report["decided_at"], "step": t.step,
                                                            "total_steps": t.total_steps},
                 "best_checkpoint": top and {"path": str(top.path), "step": top.step, "val_loss": top.val_loss},
-                "newest_checkpoint": str(newest[1]) if newest else None,
+                "newest_checkpoint": str(newest.path) if newest else None,
                 "recommended_next_step": _recommend(report["checks"])}
 
     def to_json(self) -> dict | None:

@@ -24,12 +24,13 @@ from . import idle as idle_rule
 from . import red_flags as red_flag_rule
 from .actions import Action, SendAlert, Shutdown, StopWorker
 from .aws import Aws
-from .clock import iso, parse_iso
+from .common.clock import iso, parse_iso
 from .cost import Forecast, Ledger, accrue, ebs_usd_per_hour, forecast, new_ledger
 from .gpu import GpuMonitor
 from .imds import Imds, ImdsError
 from .mail import Outbox, make_transport
-from .worker import newest_checkpoint, read_json
+from .common import checkpoints
+from .common.atomic import read_json
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -379,17 +380,17 @@ class Guards:
         """Wait for a checkpoint at or past `step`, then put it (and state.json) in the bucket."""
         deadline = self.clock.monotonic() + max(120.0, self.cfg.supervisor.stop_timeout)
         while self.clock.monotonic() < deadline:
-            newest = newest_checkpoint(self.cfg.checkpoint_dir)
-            if newest and newest[0] >= step and (not self.sup.worker.running or newest[0] > step or why == "rebalance"):
+            newest = checkpoints.newest(self.cfg.checkpoint_dir)
+            if newest and newest.step >= step and (not self.sup.worker.running or newest.step > step or why == "rebalance"):
                 break
             time.sleep(0.2)
-        newest = newest_checkpoint(self.cfg.checkpoint_dir)
-        record: dict[str, Any] = {"step": newest[0] if newest else None, "started_at": iso(self.clock.now())}
+        newest = checkpoints.newest(self.cfg.checkpoint_dir)
+        record: dict[str, Any] = {"step": newest.step if newest else None, "started_at": iso(self.clock.now())}
         started = self.clock.monotonic()
         try:
             if newest is None:
                 raise FileNotFoundError(f"{self.cfg.checkpoint_dir}: no checkpoint to upload")
-            record["objects"] = self.aws.upload_checkpoint(newest[1])
+            record["objects"] = self.aws.upload_checkpoint(newest.path)
             self.aws.upload_file(self.cfg.state_file, "state.json")
             record.update(confirmed_at=iso(self.clock.now()), seconds=round(self.clock.monotonic() - started, 2))
             self.log.info("spot.uploaded", why=why, step=record["step"], seconds=record["seconds"],
@@ -404,10 +405,10 @@ class Guards:
     def _restore_from_s3(self) -> None:
         try:
             found = self.aws.newest_s3_checkpoint()
-            local = newest_checkpoint(self.cfg.checkpoint_dir)
-            if found is None or (local is not None and local[0] >= found[0]):
+            local = checkpoints.newest(self.cfg.checkpoint_dir)
+            if found is None or (local is not None and local.step >= found[0]):
                 self.log.info("s3.restore_not_needed", s3_step=found[0] if found else None,
-                              local_step=local[0] if local else None)
+                              local_step=local.step if local else None)
                 return
             self.log.info("s3.restoring", step=found[0], bucket=self.cfg.aws.s3_bucket)
             path = self.aws.download_checkpoint(found[1], self.cfg.checkpoint_dir)

@@ -12,8 +12,6 @@ from typing import Any
 
 import sdnotify
 
-NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-SECRET_ENV = ("AMAPIANO_SMTP_PASSWORD", "CREDENTIALS_DIRECTORY")  # the worker needs no mail secrets
 
 
 class Notifier:
@@ -73,12 +71,3 @@ class Notifier:
     def stopping(self, status: str = "stopping") -> None:
         self._last_status = status
         self.send(f"STOPPING=1\nSTATUS={status}")
-
-
-def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The worker's environment: ours minus the notify variables (only we talk to systemd) and
-    the mail secrets."""
-    env = dict(os.environ if environ is None else environ)
-    for key in NOTIFY_ENV + SECRET_ENV:
-        env.pop(key, None)
-    return env

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from .config import SupervisorConfig
-from .states import EXIT_COMPLETED, EXIT_CONFIG, EXIT_PREEMPTED
+from .common.config import SupervisorConfig
+from .common import exits
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,11 @@ class WorkerExit:
 
     @property
     def kind(self) -> Literal["completed", "preempted", "config", "killed", "oom", "crash"]:
-        if self.code == EXIT_COMPLETED:
+        if self.code == exits.OK:
             return "completed"
-        if self.code == EXIT_PREEMPTED:
+        if self.code == exits.PREEMPTED:
             return "preempted"
-        if self.code == EXIT_CONFIG:
+        if self.code in (exits.CONFIG, exits.DATAERR):
             return "config"
         text = f"{self.error_type or ''} {self.message or ''}".lower()
         if "out of memory" in text or "outofmemory" in text:

@@ -14,12 +14,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_json_atomic
-from .clock import iso
+from .common.atomic import write_json_atomic
+from .common.clock import iso
 from .states import Phase
 
 SCHEMA_VERSION = 1
-EX_DATAERR = 65
 
 
 class StateError(Exception):

@@ -21,11 +21,6 @@ class Phase(str, enum.Enum):
         return self in (Phase.STOPPED, Phase.FAILED, Phase.HALTED, Phase.COMPLETED)
 
 
-# The worker's exit statuses. 75 is EX_TEMPFAIL ("try again later"), 78 EX_CONFIG.
-EXIT_COMPLETED = 0
-EXIT_PREEMPTED = 75  # checkpointed on request (SIGUSR1/SIGTERM) and exited: not a failure
-EXIT_CONFIG = 78     # bad config or input: restarting cannot help
-
 
 def log_transition(log: Any, old: Phase, new: Phase, **why: Any) -> None:
     """One line per transition: `worker RUNNING -> BACKOFF exit=137 ...`."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .clock import parse_iso
+from .common.clock import parse_iso
 from .state import State
 
 

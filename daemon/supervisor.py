@@ -19,8 +19,8 @@ from typing import Any, Callable
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from .clock import Clock, iso
-from .config import Config
+from .common.clock import Clock, iso
+from .common.config import Config
 from .evaluation import Evaluation
 from .guards import Guards
 from .notify import Notifier
@@ -28,7 +28,9 @@ from .restart import RestartHistory, WorkerExit, decide
 from .state import Failure, State, load_state, save_state
 from .states import Phase, log_transition
 from .status import status_line
-from .worker import WorkerProcess, newest_checkpoint, read_json
+from .common import checkpoints
+from .common.atomic import read_json
+from .worker import WorkerProcess
 
 HEARTBEAT_FIELDS = ("step", "total_steps", "epoch", "train_loss", "val_loss", "best_val_loss", "lr",
                     "samples_per_s", "activity", "last_checkpoint", "last_checkpoint_step", "resumed_from_step")
@@ -82,8 +84,8 @@ class Supervisor:
         return state
 
     def _checkpoint_step(self) -> int | None:
-        newest = newest_checkpoint(self.cfg.checkpoint_dir)
-        return newest[0] if newest else None
+        newest = checkpoints.newest(self.cfg.checkpoint_dir)
+        return newest.step if newest else None
 
     @property
     def phase(self) -> Phase:

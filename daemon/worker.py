@@ -4,45 +4,14 @@ The mechanics only; what to do about an exit is daemon/restart.py's business.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-from .notify import child_environment
+from .common.atomic import read_json
+from .common.launch import python_command, spawn
 from .restart import WorkerExit
-
-CHECKPOINT_SUFFIX = ".json"  # step_00001000.json marks step_00001000.pt as complete
-
-
-def newest_checkpoint(directory: Path) -> tuple[int, Path] | None:
-    """(step, path) of the newest committed checkpoint, from file names alone (no torch)."""
-    best = None
-    try:
-        entries = list(directory.iterdir())
-    except FileNotFoundError:
-        return None
-    for p in entries:
-        name = p.name
-        if name.startswith("step_") and name.endswith(CHECKPOINT_SUFFIX) and not name.startswith("."):
-            try:
-                step = int(name[5:-len(CHECKPOINT_SUFFIX)])
-            except ValueError:
-                continue
-            if best is None or step > best[0]:
-                best = (step, p.with_suffix(".pt"))
-    return best
-
-
-def read_json(path: Path) -> dict | None:
-    """A small JSON file written atomically by another process, or None if absent/unreadable."""
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class WorkerProcess:
@@ -59,15 +28,12 @@ class WorkerProcess:
         return self._proc.pid if self._proc else None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "trainer", "--config", str(self.config_path),
-                "--failure-file", str(self.failure_file), *self.extra_args]
+        return python_command("trainer", "--config", str(self.config_path),
+                              "--failure-file", str(self.failure_file), *self.extra_args)
 
     def start(self) -> int:
         self.failure_file.unlink(missing_ok=True)
-        env = child_environment()
-        env["AMAPIANO_SUPERVISOR_PID"] = str(os.getpid())
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        self._proc = subprocess.Popen(self.command(), env=env, stdin=subprocess.DEVNULL)
+        self._proc = spawn(self.command(), AMAPIANO_SUPERVISOR_PID=str(os.getpid()))
         return self._proc.pid
 
     def poll(self) -> WorkerExit | None:

@@ -23,8 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", choices=("debug", "info", "warning"), default="info")
     args = parser.parse_args(argv)
 
-    from daemon import log as logs
-    from daemon.config import EX_CONFIG, ConfigError, load_config
+    from daemon.common import log as logs
+    from daemon.common import exits
+    from daemon.common.config import ConfigError, load_config
 
     logs.configure(args.log_format, args.log_level)
     log = logs.get("trainer")
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
     except ConfigError as e:
         print(e, file=sys.stderr)
-        return EX_CONFIG
+        return exits.CONFIG
 
     from .checkpoint import CheckpointError
     from .data import DataError
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError) as e:
         write_failure(args.failure_file, e)
         log.error("train.bad_input", error=str(e))
-        return EX_CONFIG
+        return exits.CONFIG
     except BaseException as e:
         if isinstance(e, SystemExit):
             raise

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from daemon.atomic import write_atomic_with, write_json_atomic
-from daemon.clock import Clock, iso
+from daemon.common.atomic import write_atomic_with, write_json_atomic
+from daemon.common.clock import Clock, iso
 
-from .markers import Marker, best, list_checkpoints  # noqa: F401 - the torch-free half, re-exported
+from daemon.common.checkpoints import Marker, best, list_checkpoints  # noqa: F401 - the torch-free half, re-exported
 
 FORMAT = 1
 

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from daemon.atomic import write_json_atomic
+from daemon.common.atomic import write_json_atomic
 
 from .fetch import md5_of
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from daemon.config import Config
+from daemon.common.config import Config
 
 # Descriptions for synthetic clips: each style also sets the pattern of its codes, so the
 # text conditioning carries information the model can learn to use.

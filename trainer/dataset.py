@@ -183,7 +183,7 @@ MANIFEST_FIELDS = {"clip_id": int, "mp3_path": str, "tags": list, "proxy_tags": 
 
 
 def write_manifest(path: Path, clips: list[dict]) -> None:
-    from daemon.atomic import write_atomic_with
+    from daemon.common.atomic import write_atomic_with
 
     def write(f):
         for c in clips:

@@ -40,8 +40,8 @@ def evaluate(cfg, log: Any, checkpoint_path: Path | None, out: Path, progress: b
     import torch
     from tqdm import tqdm
 
-    from daemon.atomic import write_json_atomic
-    from daemon.clock import Clock, iso
+    from daemon.common.atomic import write_json_atomic
+    from daemon.common.clock import Clock, iso
 
     from . import authenticity, checkpoint
     from .data import load_splits
@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     args = p.parse_args(argv)
 
-    from daemon import log as logs
-    from daemon.config import EX_CONFIG, ConfigError, load_config
+    from daemon.common import log as logs
+    from daemon.common import exits
+    from daemon.common.config import ConfigError, load_config
 
     fmt = logs.configure(args.log_format, "info")
     log = logs.get("evaluate")
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
     except ConfigError as e:
         print(f"amapiano-train evaluate: {e}", file=sys.stderr)
-        return EX_CONFIG
+        return exits.CONFIG
     from .checkpoint import CheckpointError
     from .data import DataError
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         results = evaluate(cfg, log, args.checkpoint, out, progress=not args.no_progress)
     except (CheckpointError, DataError) as e:
         print(f"amapiano-train evaluate: {e}", file=sys.stderr)
-        return 65
+        return exits.DATAERR
     a, b = results["model"]["authenticity"], results["baseline"]["authenticity"]
     line = (f"{out}: step {results['checkpoint']['step']}  val loss {results['model']['val_loss']:.4f} "
             f"(baseline {results['baseline']['val_loss']:.4f})  authenticity {a['mean_pct']:.1f} % "

@@ -64,7 +64,7 @@ def to_audiocraft(decoder_state: dict, enc_to_dec_proj_state: dict) -> dict:
 def export(cfg, log: Any, out_dir: Path, audiocraft_base: Path | None = None) -> dict:
     import torch
 
-    from daemon.atomic import write_atomic_with
+    from daemon.common.atomic import write_atomic_with
 
     from . import checkpoint
     from .model import TrainableMusicgen, load_base_model
@@ -103,22 +103,23 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import json
 
-    from daemon import log as logs
-    from daemon.config import ConfigError, load_config
+    from daemon.common import log as logs
+    from daemon.common import exits
+    from daemon.common.config import ConfigError, load_config
 
     logs.configure(args.log_format, "info")
     try:
         cfg = load_config(args.config)
     except ConfigError as e:
         print(f"export: {e}", file=sys.stderr)
-        return 78
+        return exits.CONFIG
     from .checkpoint import CheckpointError
 
     try:
         result = export(cfg, logs.get("export"), args.out or cfg.reports_dir / "export", args.audiocraft_base)
     except CheckpointError as e:
         print(f"export: {e}", file=sys.stderr)
-        return 65
+        return exits.DATAERR
     print(json.dumps(result))
     return 0
 

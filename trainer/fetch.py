@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
-from daemon.atomic import fsync_dir
+from daemon.common.atomic import fsync_dir
 
 CHUNK = 1 << 20
 

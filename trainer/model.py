@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from daemon.config import Config, TinyModelConfig
+from daemon.common.config import Config, TinyModelConfig
 
 
 def tiny_musicgen_config(tiny: TinyModelConfig):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon.atomic import write_json_atomic
+from daemon.common.atomic import write_json_atomic
 
 FORMAT = 1
 PAD_CODE = -1

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from daemon.atomic import write_json_atomic
-from daemon.clock import Clock, iso
-from daemon.config import Config, ConfigError, to_dict
-from daemon.states import EXIT_COMPLETED, EXIT_PREEMPTED
+from daemon.common.atomic import write_json_atomic
+from daemon.common.clock import Clock, iso
+from daemon.common.config import Config, ConfigError, to_dict
+from daemon.common import exits
 
 from . import checkpoint
 from .data import epoch_order, load_splits, micro_batches
@@ -206,7 +206,7 @@ class Trainer:
                                      last_checkpoint_step=step)
                 log.info("train.preempted", reason=why, step=step, checkpoint=str(last_ckpt.path))
                 tb.close()
-                return EXIT_PREEMPTED
+                return exits.PREEMPTED
 
             epoch, in_epoch = divmod(step, steps_per_epoch)
             order = epoch_order(len(train), cfg.run.seed, epoch)
@@ -256,7 +256,7 @@ class Trainer:
         self.write_heartbeat(activity="completed", step=step)
         log.info("train.completed", step=step, best_val_loss=best_val,
                  best_checkpoint=str(b.path) if (b := checkpoint.best(ckpt_dir)) else None)
-        return EXIT_COMPLETED
+        return exits.OK
 
 
 def write_failure(path: Path | None, error: BaseException, clock: Clock | None = None) -> None:

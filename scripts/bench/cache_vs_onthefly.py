@@ -35,8 +35,8 @@ def main() -> int:
     import torch
 
     from conftest import write_config
-    from daemon import log as logs
-    from daemon.config import load_config
+    from daemon.common import log as logs
+    from daemon.common.config import load_config
     from trainer.data import load_cache
     from trainer.dataset import write_manifest
     from trainer.model import TrainableMusicgen, encode_text, load_base_model

@@ -53,7 +53,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     from conftest import write_config
-    from daemon.worker import newest_checkpoint
+    from daemon.common.checkpoints import newest
     from imds_server import ImdsServer
 
     exe = Path(sys.executable).with_name("amapiano-train")
@@ -84,7 +84,7 @@ def main() -> int:
         step = beat(work).get("step", 0)
         imds.announce_interruption("terminate", 120)
         noticed = time.monotonic()
-        wait(lambda: (n := newest_checkpoint(work / "state" / "checkpoints")) and n[0] >= step and n[0] > 0)
+        wait(lambda: (n := newest(work / "state" / "checkpoints")) and n.step >= step and n.step > 0)
         spots.append(time.monotonic() - noticed)
         proc.wait(60)
         imds.close()

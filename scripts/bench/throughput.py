@@ -37,7 +37,7 @@ def main() -> int:
 
     import torch
 
-    from daemon.config import load_config
+    from daemon.common.config import load_config
     from trainer.data import epoch_order, load_splits, micro_batches
     from trainer.model import TrainableMusicgen, load_base_model
     from trainer.train import pick_device, pick_dtype

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from daemon.aws import Aws, parse_spot_price
-from daemon.config import AwsConfig
+from daemon.common.config import AwsConfig
 
 # The shape EC2 returns (botocore parses Timestamp into an aware datetime); newest is not first.
 REALISTIC = {"SpotPriceHistory": [

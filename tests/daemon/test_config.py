@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import DEMO_TOML, PROD_TOML, cli, write_config
-from daemon.config import ConfigError, Duration, load_config
+from daemon.common.config import ConfigError, Duration, load_config
 
 
 def test_shipped_configs_are_valid_and_carry_the_seed_values():

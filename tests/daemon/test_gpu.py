@@ -135,8 +135,8 @@ def test_supervisor_reports_gpu_metrics_and_alerts_on_a_lost_gpu(tmp_path, monke
     import time
 
     from conftest import write_config
-    from daemon import log as logs
-    from daemon.config import load_config
+    from daemon.common import log as logs
+    from daemon.common.config import load_config
     from daemon.supervisor import Supervisor
 
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)

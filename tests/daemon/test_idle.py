@@ -1,7 +1,7 @@
 """The idle rule as a table: warn at deadline minus lead, stop at the deadline, cancel on activity."""
 from __future__ import annotations
 
-from daemon.actions import SendAlert, Shutdown
+from daemon.actions import SendAlert
 from daemon.idle import IdleRule, IdleSnapshot, decide
 
 RULE = IdleRule(timeout_s=7200, warn_before_s=900, action="ec2-stop")

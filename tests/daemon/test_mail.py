@@ -6,9 +6,8 @@ import json
 import time
 import urllib.request
 
-import pytest
 
-from daemon.config import Duration, EmailConfig
+from daemon.common.config import Duration, EmailConfig
 from daemon.mail import Outbox, SmtpTransport, make_transport, smtp_password
 
 

@@ -7,8 +7,9 @@ import os
 
 import structlog
 
-from daemon import log as logs
-from daemon.notify import Notifier, child_environment
+from daemon.common import log as logs
+from daemon.common.launch import child_environment
+from daemon.notify import Notifier
 
 
 class Events:
@@ -64,7 +65,7 @@ def test_watchdog_for_another_pid_is_not_ours(monkeypatch):
 def test_worker_environment_has_no_notify_variables():
     env = child_environment({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1", "WATCHDOG_PID": "2", "HOME": "/h",
                              "AMAPIANO_SMTP_PASSWORD": "secret", "CREDENTIALS_DIRECTORY": "/run/credentials/x"})
-    assert env == {"HOME": "/h"}
+    assert env == {"HOME": "/h", "PYTHONUNBUFFERED": "1"}
 
 
 def test_json_lines_carry_the_syslog_priority():

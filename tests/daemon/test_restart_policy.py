@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from daemon.config import Duration, SupervisorConfig
+from daemon.common.config import Duration, SupervisorConfig
 from daemon.restart import RestartHistory, WorkerExit, backoff_delay, decide
 
 CFG = SupervisorConfig(restart_backoff_initial=Duration(10), restart_backoff_max=Duration(600), restart_jitter=0.2,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import AMAPIANO_TRAIN, write_config
-from daemon.config import load_config
+from daemon.common.config import load_config
 from trainer.export import to_audiocraft
 from trainer.model import load_base_model
 

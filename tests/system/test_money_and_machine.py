@@ -1,7 +1,6 @@
 """Issue 3 end to end: the real daemon against moto (EC2, S3), aiosmtpd and our IMDSv2 server."""
 from __future__ import annotations
 
-import json
 import shutil
 import time
 

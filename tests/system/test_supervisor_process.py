@@ -1,7 +1,6 @@
 """The supervisor as systemd runs it: a real process, a real notify socket, real signals."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -87,8 +86,8 @@ def test_a_hung_scheduler_stops_the_watchdog_pings(tmp_path, monkeypatch, notify
     """In-process: the watchdog job shares the one scheduler thread, so a stuck job silences it."""
     import threading
 
-    from daemon import log as logs
-    from daemon.config import load_config
+    from daemon.common import log as logs
+    from daemon.common.config import load_config
     from daemon.supervisor import Supervisor
 
     monkeypatch.setenv("NOTIFY_SOCKET", str(notify_socket.path))

@@ -78,7 +78,7 @@ def test_unit_carries_the_contract():
     watchdog = int(re.search(r"^WatchdogSec=(\d+)$", text, re.M).group(1))
     stop = int(re.search(r"^TimeoutStopSec=(\d+)$", text, re.M).group(1))
     prod = tomllib.loads((REPO / "etc" / "amapiano-train" / "config.toml").read_text())
-    from daemon.config import Duration
+    from daemon.common.config import Duration
 
     stop_timeout = Duration.parse(prod.get("supervisor", {}).get("stop_timeout", "90s"))
     assert stop > stop_timeout, "systemd must wait longer than the supervisor waits for the checkpoint"
@@ -202,7 +202,7 @@ def test_unit_under_a_real_systemd(tmp_path):
     results.chmod(0o777)
 
     python_home = Path(os.path.realpath(sys.base_prefix))
-    binds = [f"--bind-ro=/usr", f"--bind-ro={python_home}", f"--bind-ro={REPO}",
+    binds = ["--bind-ro=/usr", f"--bind-ro={python_home}", f"--bind-ro={REPO}",
              f"--bind-ro={venv}:/opt/amapiano-train/venv", f"--bind={results}:/results"]
     try:
         boot = subprocess.run([nspawn, "-D", str(root), *binds, "--private-network", "--register=no",

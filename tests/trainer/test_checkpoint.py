@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from daemon.worker import newest_checkpoint
+from daemon.common import checkpoints as layout
 from trainer import checkpoint
 
 
@@ -26,7 +26,7 @@ def test_save_then_load_latest(tmp_path):
         save(tmp_path, step)
     marker, payload = checkpoint.load_latest(tmp_path, Log())
     assert marker.step == 30 and payload["step"] == 30 and payload["model"]["w"][0] == 30
-    assert newest_checkpoint(tmp_path) == (30, tmp_path / "step_00000030.pt")  # the supervisor's view agrees
+    assert (layout.newest(tmp_path).step, layout.newest(tmp_path).path) == (30, tmp_path / "step_00000030.pt")  # the supervisor's view agrees
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -48,7 +48,7 @@ def test_damaged_newest_falls_back_to_previous_and_is_quarantined(tmp_path, dama
     assert log.warnings[0][0] == "checkpoint.corrupt" and log.warnings[0][1]["step"] == 20
     assert not (tmp_path / "step_00000020.json").exists()
     assert (tmp_path / "corrupt" / "step_00000020.json").exists()  # kept for a look, not deleted
-    assert newest_checkpoint(tmp_path)[0] == 10
+    assert layout.newest(tmp_path).step == 10
 
 
 def test_every_checkpoint_damaged_means_start_over_not_crash(tmp_path):
@@ -79,7 +79,7 @@ def test_partial_writes_are_cleaned_and_never_loaded(tmp_path):
     save(tmp_path, 10)
     (tmp_path / ".step_00000020.pt.12345.tmp").write_bytes(b"half")
     (tmp_path / "step_00000020.pt").write_bytes(b"renamed but marker never written")
-    assert newest_checkpoint(tmp_path)[0] == 10
+    assert layout.newest(tmp_path).step == 10
     removed = checkpoint.clean_partial(tmp_path)
     assert sorted(removed) == [".step_00000020.pt.12345.tmp", "step_00000020.pt"]
     assert checkpoint.load_latest(tmp_path, Log())[0].step == 10

@@ -66,7 +66,7 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(tmp_p
     assert resumed.returncode == 0, out_b
     resumed_from = heartbeat(b / "state")["resumed_from_step"]
     assert resumed_from == killed_step // 6 * 6 or resumed_from == (killed_step - 1) // 6 * 6
-    assert f'"event":"train.resumed"' in out_b
+    assert '"event":"train.resumed"' in out_b
 
     ref, got = losses(a / "logs" / "tensorboard" / "train"), losses(b / "logs" / "tensorboard" / "train")
     assert [s for s, _ in ref["train/loss"]] == list(range(1, 65))
@@ -138,4 +138,4 @@ def test_a_second_worker_waits_for_the_first(tmp_path):
     out2, _ = second.communicate(timeout=60)
     assert first.returncode == 75 and second.returncode == 75, out2
     assert '"event":"worker.waiting_for_lock"' in out2
-    assert f'"event":"train.resumed"' in out2 and f'"step":{stopped_at}' in out2
+    assert '"event":"train.resumed"' in out2 and f'"step":{stopped_at}' in out2

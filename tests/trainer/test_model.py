@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import write_config
-from daemon.config import load_config
+from daemon.common.config import load_config
 from trainer.model import delay_pattern, load_base_model, shape_of
 
 PAD = 99

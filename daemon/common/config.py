@@ -3,50 +3,19 @@
 Every section is a frozen dataclass; a field's type says what TOML value it takes and its
 metadata says what makes it impossible. An unknown key, a wrong type or an impossible value
 raises ConfigError, whose text names the file, the section and the key. The CLI turns it
-into exit status 78 (EX_CONFIG), which the unit's RestartPreventExitStatus= will not loop on.
+into exit status exits.CONFIG (78), which the unit's RestartPreventExitStatus= will not loop on.
 Stdlib only: the supervisor and the trainer both read it.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-EX_CONFIG = 78
+from .schema import FRACTION, NON_NEGATIVE, PERCENT, POSITIVE, ConfigError, Duration, _build  # noqa: F401
 
-
-class ConfigError(Exception):
-    """One line a person can act on: `FILE: [section] key must be ... (got ...)`."""
-
-
-class Duration(float):
-    """Seconds, written in config as a string with a unit: "500ms", "90s", "15m", "2h", "35d"."""
-
-    UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-
-    @classmethod
-    def parse(cls, text: str) -> "Duration":
-        compact = text.replace(" ", "")
-        parts = cls._PART.findall(compact)
-        if not compact or "".join(n + u for n, u in parts) != compact:
-            raise ValueError(f"must be a duration like \"90s\", \"15m\", \"2h\" or \"35d\" (got {text!r})")
-        return cls(sum(float(n) * cls.UNITS[u] for n, u in parts))
-
-
-def _check(predicate, message: str) -> dict:
-    return {"check": (predicate, message)}
-
-
-POSITIVE = _check(lambda v: v > 0, "must be > 0")
-NON_NEGATIVE = _check(lambda v: v >= 0, "must be >= 0")
-FRACTION = _check(lambda v: 0 <= v <= 1, "must be between 0 and 1")
-PERCENT = _check(lambda v: 0 <= v <= 100, "must be between 0 and 100")
 
 
 @dataclass(frozen=True)
@@ -306,85 +275,6 @@ class Config:
     @property
     def tensorboard_dir(self) -> Path:
         return self.run.log_dir / "tensorboard"
-
-
-def _describe(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _type_name(tp: Any) -> str:
-    if tp is Duration:
-        return "a duration string like \"90s\" or \"2h\""
-    if tp is Path:
-        return "a path string"
-    if typing.get_origin(tp) is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
-
-
-def _convert(tp: Any, value: Any, base_dir: Path) -> Any:
-    """TOML value -> typed value, or ValueError with the reason."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ValueError("must be one of " + ", ".join(repr(c) for c in choices))
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ValueError(f"must be {_type_name(tp)}")
-        return [_convert(typing.get_args(tp)[0], v, base_dir) for v in value]
-    if tp is bool:
-        ok = isinstance(value, bool)
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif tp in (str, Path, Duration):
-        ok = isinstance(value, str)
-    else:  # pragma: no cover - schema bug
-        raise TypeError(tp)
-    if not ok:
-        raise ValueError(f"must be {_type_name(tp)}")
-    if tp is Duration:
-        return Duration.parse(value)
-    if tp is Path:
-        if not value:
-            raise ValueError("must not be empty")
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else (base_dir / path).resolve()
-    return value
-
-
-def _build(cls: type, table: dict, where: str, file: str, base_dir: Path) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    for key in table:
-        if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{file}: {where}unknown key '{key}'{hint}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name not in table:
-            continue
-        value, tp = table[name], hints[name]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{file}: [{name}] must be a table")
-            sub = f"[{where.strip('[] ')}.{name}] " if where else f"[{name}] "
-            kwargs[name] = _build(tp, value, sub, file, base_dir)
-            continue
-        try:
-            converted = _convert(tp, value, base_dir)
-        except ValueError as e:
-            raise ConfigError(f"{file}: {where}{name} {e} (got {_describe(value)})") from None
-        check = f.metadata.get("check")
-        if check and not check[0](converted):
-            raise ConfigError(f"{file}: {where}{name} {check[1]} (got {_describe(value)})")
-        kwargs[name] = converted
-    return cls(**kwargs)
 
 
 def _cross_checks(cfg: Config, file: str) -> None:

@@ -1,6 +1,8 @@
-"""Atomic file writes: temp file in the same directory, fsync, rename, fsync the directory.
+"""Files other processes read: written atomically (temp file in the same directory, fsync,
+rename, fsync the directory), read defensively.
 
 A reader never sees half a file; a crash at any instant leaves the old or the new version.
+Files are 0640 and directories 0750 (the unit's UMask=0027 says the same).
 """
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO
+
+FILE_MODE = 0o640
+DIR_MODE = 0o750
 
 
 def fsync_dir(directory: Path) -> None:
@@ -19,14 +24,14 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic_with(path: Path, write: Callable[[IO[bytes]], Any], mode: int = 0o644) -> Any:
+def write_atomic_with(path: Path, write: Callable[[IO[bytes]], Any], mode: int = FILE_MODE) -> Any:
     """Call ``write(f)`` on a temp file beside ``path``, then commit it as ``path``.
 
     Returns whatever ``write`` returned. On any error the temp file is removed and the
     old ``path`` (if any) is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -45,10 +50,20 @@ def write_atomic_with(path: Path, write: Callable[[IO[bytes]], Any], mode: int =
     return result
 
 
-def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_bytes_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     write_atomic_with(path, lambda f: f.write(data), mode)
 
 
-def write_json_atomic(path: Path, obj: Any, mode: int = 0o644) -> None:
+def write_json_atomic(path: Path, obj: Any, mode: int = FILE_MODE) -> None:
     data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
     write_bytes_atomic(path, data, mode)
+
+
+def read_json(path: Path) -> dict | None:
+    """A small JSON object written atomically by another process; None if absent or unreadable
+    (a torn, non-UTF-8 or non-object file reads as absent: the caller decides what that means)."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

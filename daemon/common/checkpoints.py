@@ -1,0 +1,160 @@
+"""The checkpoint layout, without torch: the one place that knows how checkpoints are named,
+committed, ranked and checked. The worker, the supervisor, the S3 mirror, evaluate and export
+all read it from here.
+
+`step_00001000.pt` is committed by its marker `step_00001000.json` (size, SHA-256, step, and
+the validation loss measured at that very step, if any). A checkpoint exists only once its
+marker does, so "newest" is the highest valid marker. A marker is trusted as little as a
+bucket object: its step must match its name and its `file` must be the .pt beside it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+PREFIX = "step_"
+MARKER_SUFFIX = ".json"
+DATA_SUFFIX = ".pt"
+_NAME = re.compile(r"^step_(\d{8,})$")
+CHUNK = 1 << 22
+
+
+def stem(step: int) -> str:
+    return f"{PREFIX}{step:08d}"
+
+
+def data_path(directory: Path, step: int) -> Path:
+    return directory / f"{stem(step)}{DATA_SUFFIX}"
+
+
+def marker_path(directory: Path, step: int) -> Path:
+    return directory / f"{stem(step)}{MARKER_SUFFIX}"
+
+
+def step_of(name: str) -> int | None:
+    """The step a checkpoint file name stands for (`step_00001000.pt` -> 1000), else None."""
+    base = name.rsplit(".", 1)[0] if "." in name else name
+    m = _NAME.match(base)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class Marker:
+    step: int
+    path: Path            # the .pt
+    meta: dict[str, Any]  # the marker's JSON
+
+    @property
+    def val_loss(self) -> float | None:
+        # Only a validation run at this very step ranks a checkpoint as "best".
+        v = self.meta.get("val_loss")
+        if self.meta.get("val_step") != self.step or not isinstance(v, (int, float)) or isinstance(v, bool):
+            return None
+        return float(v) if v == v else None  # NaN never ranks
+
+    @property
+    def marker(self) -> Path:
+        return self.path.with_suffix(MARKER_SUFFIX)
+
+
+def read_marker(path: Path) -> Marker | None:
+    """One marker, checked: valid JSON object, step matching its name, `file` the .pt beside it."""
+    step = step_of(path.name)
+    if step is None or path.suffix != MARKER_SUFFIX:
+        return None
+    try:
+        meta = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("step") != step or isinstance(meta.get("step"), bool):
+        return None
+    if meta.get("file", f"{stem(step)}{DATA_SUFFIX}") != f"{stem(step)}{DATA_SUFFIX}":
+        return None  # a marker may not point anywhere but at its own .pt
+    if not isinstance(meta.get("bytes"), int) or not isinstance(meta.get("sha256"), str):
+        return None
+    return Marker(step, path.with_suffix(DATA_SUFFIX), meta)
+
+
+def list_checkpoints(directory: Path) -> list[Marker]:
+    """Committed checkpoints, oldest first (unreadable or inconsistent markers are skipped)."""
+    try:
+        candidates = [p for p in directory.glob(f"{PREFIX}*{MARKER_SUFFIX}") if not p.name.startswith(".")]
+    except OSError:
+        return []
+    return sorted((m for p in candidates if (m := read_marker(p)) is not None), key=lambda m: m.step)
+
+
+def garbage_markers(directory: Path) -> list[Path]:
+    """Marker-named files that are not valid markers: never a checkpoint, safe to remove."""
+    try:
+        names = list(directory.glob(f"{PREFIX}*{MARKER_SUFFIX}"))
+    except OSError:
+        return []
+    return [p for p in names if read_marker(p) is None and step_of(p.name) is not None]
+
+
+def newest(directory: Path) -> Marker | None:
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def best(directory: Path) -> Marker | None:
+    return best_of(list_checkpoints(directory))
+
+
+def best_of(markers: list[Marker]) -> Marker | None:
+    """The lowest validation loss measured at its own step; ties go to the later step."""
+    ranked = [m for m in markers if m.val_loss is not None]
+    return min(ranked, key=lambda m: (m.val_loss, -m.step)) if ranked else None
+
+
+def kept(markers: list[Marker], keep: int) -> set[int]:
+    """The steps a prune keeps: the newest `keep` and the best (local directory and bucket alike)."""
+    steps = {m.step for m in markers[-keep:]} if keep > 0 else set()
+    top = best_of(markers)
+    if top is not None:
+        steps.add(top.step)
+    return steps
+
+
+def sha256_file(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def sha256_stream(f: BinaryIO) -> tuple[str, int]:
+    sha, size = hashlib.sha256(), 0
+    while chunk := f.read(CHUNK):
+        sha.update(chunk)
+        size += len(chunk)
+    return sha.hexdigest(), size
+
+
+def verify(marker: Marker) -> str | None:
+    """None if the .pt's bytes are the ones its marker committed, else what is wrong."""
+    try:
+        size = marker.path.stat().st_size
+    except FileNotFoundError:
+        return f"{marker.path}: missing (its marker exists)"
+    if size != marker.meta.get("bytes"):
+        return f"{marker.path}: size is {size} bytes, its marker says {marker.meta.get('bytes')}"
+    if sha256_file(marker.path) != marker.meta.get("sha256"):
+        return f"{marker.path}: SHA-256 does not match its marker (damaged on disk)"
+    return None
+
+
+def inside(directory: Path, name: str) -> Path | None:
+    """`directory/name` if it stays inside `directory` (no `..`, no absolute path, no symlink
+    out), else None. For every path taken from a marker, a bucket key or another process."""
+    if not name or "\x00" in name:
+        return None
+    base = directory.resolve()
+    target = (base / name).resolve()
+    return target if target != base and target.is_relative_to(base) else None
