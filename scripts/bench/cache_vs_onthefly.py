@@ -37,10 +37,10 @@ def main() -> int:
     from conftest import write_config
     from daemon.common import log as logs
     from daemon.common.config import load_config
-    from trainer.data import load_cache
-    from trainer.dataset import write_manifest
-    from trainer.model import TrainableMusicgen, encode_text, load_base_model
-    from trainer.tokenize import Tokenizer, load_audio
+    from trainer.worker.data import load_cache
+    from trainer.dataset.select import write_manifest
+    from trainer.worker.model import TrainableMusicgen, encode_text, load_base_model
+    from trainer.dataset.tokens import Tokenizer, load_audio
     from tests_dataset_helpers import make_clips  # noqa: E402
 
     if args.threads:

@@ -3,7 +3,7 @@
 
 Builds a state the size of a model with its AdamW moments (default: MusicGen-small's ~300 M
 decoder parameters would be ~3.6 GB; --params scales it), then times (a) a plain file of the
-same size written and fsynced, and (b) trainer.checkpoint.save (torch.save through the hashing
+same size written and fsynced, and (b) trainer.worker.checkpoint.save (torch.save through the hashing
 writer, fsync, rename, marker). Prints both in MB/s and their ratio.
 
     .venv/bin/python scripts/bench/checkpoint_speed.py [--params 100e6] [--dir /var/lib/amapiano-train]
@@ -30,7 +30,7 @@ def main() -> int:
     args = p.parse_args()
     import torch
 
-    from trainer import checkpoint
+    from trainer.worker import checkpoint
 
     n = int(args.params)
     chunk = 1 << 24

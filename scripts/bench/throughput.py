@@ -38,9 +38,9 @@ def main() -> int:
     import torch
 
     from daemon.common.config import load_config
-    from trainer.data import epoch_order, load_splits, micro_batches
-    from trainer.model import TrainableMusicgen, load_base_model
-    from trainer.train import pick_device, pick_dtype
+    from trainer.worker.data import epoch_order, load_splits, micro_batches
+    from trainer.worker.model import TrainableMusicgen, load_base_model
+    from trainer.worker.train import pick_device, pick_dtype
 
     if args.config is None:
         from conftest import write_config

@@ -24,7 +24,7 @@ def small_disk(tmp_path):
 
 
 def test_disk_full_during_a_checkpoint(tmp_path, small_disk, daemons, fault_report):
-    from trainer import checkpoint
+    from trainer.worker import checkpoint
 
     # ~1.7 MB a checkpoint, every 2 steps, keep 3: the 4th write (with its temp file) fills 6 MB.
     config = write_config(tmp_path, {"train": {"epochs": 400, "checkpoint_every": 2, "keep_checkpoints": 3}},

@@ -10,8 +10,8 @@ import torch
 
 from conftest import AMAPIANO_TRAIN, write_config
 from daemon.common.config import load_config
-from trainer.export import to_audiocraft
-from trainer.model import load_base_model
+from trainer.evaluation.export import to_audiocraft
+from trainer.worker.model import load_base_model
 
 
 def from_audiocraft(state: dict, hidden: int) -> tuple[dict, dict]:
@@ -56,7 +56,7 @@ def test_export_of_the_best_checkpoint_loads_with_from_pretrained(tmp_path):
     assert subprocess.run([*AMAPIANO_TRAIN, "train", "--config", str(config)], capture_output=True,
                           timeout=300).returncode == 0
     out = tmp_path / "export"
-    r = subprocess.run([sys.executable, "-m", "trainer.export", "--config", str(config), "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "trainer.evaluation.export", "--config", str(config), "--out", str(out),
                         "--log-format", "json"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
@@ -68,3 +68,23 @@ def test_export_of_the_best_checkpoint_loads_with_from_pretrained(tmp_path):
     assert torch.equal(loaded.decoder.lm_heads[0].weight, ckpt["model"]["decoder.lm_heads.0.weight"])
     bundle = torch.load(out / "state_dict.bin", weights_only=False)
     assert set(bundle) == {"best_state", "xp.cfg"} and "linears.0.weight" in bundle["best_state"]
+
+
+@pytest.mark.slow
+def test_amapiano_train_export_a_named_checkpoint_and_refuses_a_stranger(tmp_path):
+    config = write_config(tmp_path, {"train": {"epochs": 1}})  # checkpoints at steps 4 and 8
+    assert subprocess.run([*AMAPIANO_TRAIN, "train", "--config", str(config)], capture_output=True,
+                          timeout=300).returncode == 0
+    ckpt_dir = tmp_path / "state" / "checkpoints"
+    stranger = tmp_path / "step_00000004.pt"
+    stranger.write_bytes((ckpt_dir / "step_00000004.pt").read_bytes())  # the bytes, outside the run
+    r = subprocess.run([*AMAPIANO_TRAIN, "export", "--config", str(config), "--checkpoint", str(stranger)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 65 and "not a committed checkpoint" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    out = tmp_path / "export4"
+    r = subprocess.run([*AMAPIANO_TRAIN, "export", "--config", str(config), "--out", str(out), "--checkpoint",
+                        str(ckpt_dir / "step_00000004.pt"), "--log-format", "json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 4 and (out / "best_model").is_dir()

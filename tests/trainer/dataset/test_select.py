@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, cli
-from trainer.dataset import DEFAULT_PROXY_TAGS, DatasetError, read_manifest, select
+from trainer.dataset.select import DEFAULT_PROXY_TAGS, DatasetError, read_manifest, select
 
 # The real file lives in the workplace's shared/ beside the checkout (or set AMAPIANO_MTAT_DIR).
 _CANDIDATES = [Path(os.environ["AMAPIANO_MTAT_DIR"])] if os.environ.get("AMAPIANO_MTAT_DIR") else []

@@ -1,15 +1,14 @@
-"""`amapiano-train evaluate`: the figures the milestone decides on, for a checkpoint and the baseline.
+"""`amapiano-train evaluate` (`python -m trainer.evaluation.evaluate`): the figures the milestone decides on, for a checkpoint and the baseline.
 
 Validation loss over the valid split; `[milestone] samples` clips generated from the Amapiano
 prompts by the checkpoint AND by the pre-trained model the run started from, decoded to audio
 and saved as WAV; the generation latency per sample; the authenticity score per sample
-(trainer/authenticity.py) with its mean and bootstrap 95 % interval. Written as one JSON file,
+(trainer/evaluation/authenticity.py) with its mean and bootstrap 95 % interval. Written as one JSON file,
 atomically. It runs as its own process so the supervisor can schedule it and a person can run
 it by hand on any checkpoint.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ def _newest_loadable(directory: Path, log: Any, attempts: int = 5):
     listing and the load is skipped, never quarantined (the directory is not ours), and when every
     listed one went, the directory is listed again.
     """
-    from . import checkpoint
+    from trainer.worker import checkpoint
 
     for _ in range(attempts):
         for marker in reversed(checkpoint.list_checkpoints(directory)):
@@ -43,9 +42,11 @@ def evaluate(cfg, log: Any, checkpoint_path: Path | None, out: Path, progress: b
     from daemon.common.atomic import write_json_atomic
     from daemon.common.clock import Clock, iso
 
-    from . import authenticity, checkpoint
-    from .data import load_splits
-    from .model import TrainableMusicgen, load_base_model
+    from trainer.worker import checkpoint
+    from trainer.worker.data import load_splits
+    from trainer.worker.model import TrainableMusicgen, load_base_model
+
+    from . import authenticity
 
     torch.manual_seed(cfg.run.seed)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
@@ -92,10 +93,7 @@ def evaluate(cfg, log: Any, checkpoint_path: Path | None, out: Path, progress: b
 
     model, tokenizer = load_base_model(cfg)
     if checkpoint_path is not None:
-        markers = checkpoint.list_checkpoints(cfg.checkpoint_dir)
-        marker = next((mk for mk in markers if mk.path == checkpoint_path.resolve()), None)
-        if marker is None:
-            raise checkpoint.CheckpointError(f"{checkpoint_path}: not a committed checkpoint in {cfg.checkpoint_dir}")
+        marker = checkpoint.committed(cfg.checkpoint_dir, checkpoint_path)
         payload = checkpoint.load(marker)
     else:
         marker, payload = _newest_loadable(cfg.checkpoint_dir, log)
@@ -110,44 +108,10 @@ def evaluate(cfg, log: Any, checkpoint_path: Path | None, out: Path, progress: b
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="amapiano-train evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=Path("/etc/amapiano-train/config.toml"))
-    p.add_argument("--checkpoint", type=Path, help="a committed checkpoint (default: the newest)")
-    p.add_argument("--out", type=Path, help="metrics JSON (default: <state_dir>/reports/eval_<time>.json)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
-    args = p.parse_args(argv)
+    """`python -m trainer.evaluation.evaluate`: what the supervisor launches at the milestone."""
+    from .cli import cmd_evaluate, evaluate_parser
 
-    from daemon.common import log as logs
-    from daemon.common import exits
-    from daemon.common.config import ConfigError, load_config
-
-    fmt = logs.configure(args.log_format, "info")
-    log = logs.get("evaluate")
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"amapiano-train evaluate: {e}", file=sys.stderr)
-        return exits.CONFIG
-    from .checkpoint import CheckpointError
-    from .data import DataError
-
-    out = args.out or cfg.reports_dir / f"eval_{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    try:
-        results = evaluate(cfg, log, args.checkpoint, out, progress=not args.no_progress)
-    except (CheckpointError, DataError) as e:
-        print(f"amapiano-train evaluate: {e}", file=sys.stderr)
-        return exits.DATAERR
-    a, b = results["model"]["authenticity"], results["baseline"]["authenticity"]
-    line = (f"{out}: step {results['checkpoint']['step']}  val loss {results['model']['val_loss']:.4f} "
-            f"(baseline {results['baseline']['val_loss']:.4f})  authenticity {a['mean_pct']:.1f} % "
-            f"[{a['ci95_pct'][0]:.1f}, {a['ci95_pct'][1]:.1f}] (baseline {b['mean_pct']:.1f} %)")
-    if fmt == "json":  # under the supervisor every stdout line is a journald event
-        log.info("evaluate.summary", summary=line)
-    else:
-        print(line)
-    return 0
+    return cmd_evaluate(evaluate_parser("python -m trainer.evaluation.evaluate").parse_args(argv))
 
 
 if __name__ == "__main__":

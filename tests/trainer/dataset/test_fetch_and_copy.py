@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import cli, write_config
-from trainer.dataset import write_manifest
+from trainer.dataset.select import write_manifest
 
 
 class Files:

@@ -76,7 +76,7 @@ def load_cache(cfg: Config, model) -> tuple[Split, Split]:
     """The token cache built by `amapiano-train dataset tokenize`: its finished rows, by split."""
     import numpy as np
 
-    from .tokenize import DONE, CacheError, open_cache
+    from trainer.dataset.tokens import DONE, CacheError, open_cache
 
     try:
         index, arrays = open_cache(cfg.tokens_dir, cfg, model)

@@ -1,4 +1,4 @@
-"""`python -m trainer.export`: the best checkpoint as a model people can load.
+"""`amapiano-train export` (`python -m trainer.evaluation.export`): the best checkpoint as a model people can load.
 
 Two layouts in the output directory:
 
@@ -16,7 +16,6 @@ when given (--audiocraft-base), else left None and the README says how to add it
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,67 +60,62 @@ def to_audiocraft(decoder_state: dict, enc_to_dec_proj_state: dict) -> dict:
     return out
 
 
-def export(cfg, log: Any, out_dir: Path, audiocraft_base: Path | None = None) -> dict:
+def export(cfg, log: Any, out_dir: Path, audiocraft_base: Path | None = None,
+           checkpoint_path: Path | None = None) -> dict:
+    """Write both layouts of one checkpoint: `checkpoint_path`, else the best, else the newest."""
     import torch
 
     from daemon.common.atomic import write_atomic_with
 
-    from . import checkpoint
-    from .model import TrainableMusicgen, load_base_model
+    from trainer.worker import checkpoint
+    from trainer.worker.model import TrainableMusicgen, load_base_model
 
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # its bars would be lines without a priority
-    best = checkpoint.best(cfg.checkpoint_dir) or (checkpoint.list_checkpoints(cfg.checkpoint_dir) or [None])[-1]
-    if best is None:
+    if checkpoint_path is not None:
+        chosen = checkpoint.committed(cfg.checkpoint_dir, checkpoint_path)
+    else:
+        chosen = checkpoint.best(cfg.checkpoint_dir) or checkpoint.newest(cfg.checkpoint_dir)
+    if chosen is None:
         raise checkpoint.CheckpointError(f"{cfg.checkpoint_dir}: no checkpoint to export")
-    payload = checkpoint.load(best)
+    xp_cfg = _xp_cfg(audiocraft_base) if audiocraft_base is not None else None  # a bad file fails before any output
+    payload = checkpoint.load(chosen)
     model, tokenizer = load_base_model(cfg)
     TrainableMusicgen(model).load_state_dict(payload["model"])
     hf_dir = out_dir / "best_model"
     model.save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
     state = to_audiocraft(model.decoder.state_dict(), model.enc_to_dec_proj.state_dict())
-    xp_cfg = None
-    if audiocraft_base is not None:
-        xp_cfg = torch.load(audiocraft_base, map_location="cpu", weights_only=False).get("xp.cfg")
     write_atomic_with(out_dir / "state_dict.bin", lambda f: torch.save({"best_state": state, "xp.cfg": xp_cfg}, f))
-    result = {"checkpoint": str(best.path), "step": best.step, "val_loss": best.val_loss,
+    result = {"checkpoint": str(chosen.path), "step": chosen.step, "val_loss": chosen.val_loss,
               "transformers": str(hf_dir), "audiocraft": str(out_dir / "state_dict.bin"),
               "audiocraft_xp_cfg": xp_cfg is not None}
     log.info("export.done", **result)
     return result
 
 
+def _xp_cfg(path: Path):
+    """audiocraft's "xp.cfg" from the original state_dict.bin the person names (their own file)."""
+    import torch
+
+    from trainer.worker.checkpoint import CheckpointError
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a missing or foreign file: one line, not a traceback
+        raise CheckpointError(f"{path}: cannot read as audiocraft's state_dict.bin ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+    if not isinstance(blob, dict):
+        raise CheckpointError(f"{path}: not audiocraft's state_dict.bin (no \"xp.cfg\" table)")
+    return blob.get("xp.cfg")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--out", type=Path, help="default: <state_dir>/reports/export")
-    p.add_argument("--audiocraft-base", type=Path, help="the original audiocraft state_dict.bin, for its xp.cfg")
-    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
-    args = p.parse_args(argv)
-    import json
+    """`python -m trainer.evaluation.export`: what the supervisor launches at completion."""
+    from .cli import cmd_export, export_parser
 
-    from daemon.common import log as logs
-    from daemon.common import exits
-    from daemon.common.config import ConfigError, load_config
-
-    logs.configure(args.log_format, "info")
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"export: {e}", file=sys.stderr)
-        return exits.CONFIG
-    from .checkpoint import CheckpointError
-
-    try:
-        result = export(cfg, logs.get("export"), args.out or cfg.reports_dir / "export", args.audiocraft_base)
-    except CheckpointError as e:
-        print(f"export: {e}", file=sys.stderr)
-        return exits.DATAERR
-    print(json.dumps(result))
-    return 0
+    return cmd_export(export_parser("python -m trainer.evaluation.export", config_required=True).parse_args(argv))
 
 
 if __name__ == "__main__":

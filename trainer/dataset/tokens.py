@@ -1,4 +1,4 @@
-"""The token cache: every selected clip as EnCodec codes and its description as text-encoder
+"""The token cache (`amapiano-train dataset tokenize`): every selected clip as EnCodec codes and its description as text-encoder
 states, computed once, so the training step never decodes audio or runs a codec.
 
 Layout in <cache_dir>/tokens/ (all fixed-size rows, memory-mapped):
@@ -86,6 +86,32 @@ def load_audio(path: Path, target_rate: int, samples: int) -> np.ndarray:
     return out
 
 
+def _check_or_write_index(out_dir: Path, index: dict) -> None:
+    """A cache is resumed only for the manifest and model it was started with."""
+    index_path = out_dir / "index.json"
+    if index_path.exists():
+        old = json.loads(index_path.read_text())
+        if {k: v for k, v in old.items() if k != "built"} != index:
+            raise CacheError(f"{index_path}: the cache was built for another manifest or model; "
+                             f"move {out_dir} aside to build a new one")
+    else:
+        write_json_atomic(index_path, index)
+
+
+def _encode_audio(codec, audio: np.ndarray, num_codebooks: int, frames: int, device) -> np.ndarray:
+    """(B, samples) audio -> (B, K, <= frames) int16 codes from the model's own codec."""
+    import torch
+
+    with torch.no_grad():
+        x = torch.from_numpy(audio)[:, None, :].to(device)
+        codes = codec.encode(x, bandwidth=max(codec.config.target_bandwidths)).audio_codes  # (chunks=1, B, K, T')
+    codes = codes[0] if codes.dim() == 4 else codes
+    if codes.shape[1] < num_codebooks:
+        raise CacheError(f"the codec gives {codes.shape[1]} codebooks, the decoder needs "
+                         f"{num_codebooks}: model and codec do not belong together")
+    return codes[:, :num_codebooks, :frames].to(torch.int16).cpu().numpy()
+
+
 class Tokenizer:
     """Builds (or resumes) the cache for a manifest."""
 
@@ -96,7 +122,7 @@ class Tokenizer:
         import torch
         from tqdm import tqdm
 
-        from .model import encode_text, load_base_model
+        from trainer.worker.model import encode_text, load_base_model
 
         cfg = self.cfg
         device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
@@ -114,14 +140,7 @@ class Tokenizer:
                  "sampling_rate": rate, "hop": hop, "model": model_identity(cfg),
                  "clips": [{"clip_id": c["clip_id"], "split": c["split"], "mp3_path": c["mp3_path"]}
                            for c in manifest]}
-        index_path = out_dir / "index.json"
-        if index_path.exists():
-            old = json.loads(index_path.read_text())
-            if {k: v for k, v in old.items() if k != "built"} != index:
-                raise CacheError(f"{index_path}: the cache was built for another manifest or model; "
-                                 f"move {out_dir} aside to build a new one")
-        else:
-            write_json_atomic(index_path, index)
+        _check_or_write_index(out_dir, index)
         arrays = layout.arrays(out_dir, "r+")
         status = arrays["status.u8"]
         todo = [i for i in range(layout.n) if status[i] == TODO]
@@ -142,15 +161,7 @@ class Tokenizer:
                 except Exception as e:  # undecodable or missing: listed, never the end of the run
                     failed.append((i, f"{type(e).__name__}: {e}"))
             if ok_rows:
-                with torch.no_grad():
-                    x = torch.from_numpy(np.stack(audio))[:, None, :].to(device)
-                    encoded = codec.encode(x, bandwidth=max(codec.config.target_bandwidths))
-                    codes = encoded.audio_codes  # (chunks=1, B, K, T')
-                    codes = codes[0] if codes.dim() == 4 else codes
-                    if codes.shape[1] < layout.num_codebooks:
-                        raise CacheError(f"the codec gives {codes.shape[1]} codebooks, the decoder needs "
-                                         f"{layout.num_codebooks}: model and codec do not belong together")
-                    codes = codes[:, :layout.num_codebooks, :frames].to(torch.int16).cpu().numpy()
+                codes = _encode_audio(codec, np.stack(audio), layout.num_codebooks, frames, device)
                 texts = [manifest[i]["description"] for i in ok_rows]
                 states, mask = encode_text(base, tokenizer, texts, layout.text_tokens)
                 block = np.full((len(ok_rows), layout.num_codebooks, frames), PAD_CODE, dtype=np.int16)

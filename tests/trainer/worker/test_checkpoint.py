@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from daemon.common import checkpoints as layout
-from trainer import checkpoint
+from trainer.worker import checkpoint
 
 
 class Log:

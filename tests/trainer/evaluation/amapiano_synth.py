@@ -17,7 +17,6 @@ def amapiano_like(seed: int, seconds: float = 8.0) -> np.ndarray:
     n = int(seconds * SR)
     y = np.zeros(n)
     beat = 60 / bpm
-    t = np.arange(n) / SR
     # sub-bass "log drum" hits on a syncopated pattern (8ths)
     for k in np.arange(0, seconds, beat / 2):
         if rng.random() < 0.7:

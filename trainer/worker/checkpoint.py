@@ -1,11 +1,11 @@
-"""Step checkpoints that commit: `step_00001000.pt` plus its marker `step_00001000.json`.
+"""Step checkpoints that commit, the torch half: save, load, quarantine, prune.
 
-The .pt is written to a temp name, fsynced and renamed, its SHA-256 computed on the way out;
-then the marker (size, hash, step, losses) is written the same way. A checkpoint exists only
-once its marker does, so "latest" is the highest marker, and the supervisor finds it from file
-names alone. torch.load does not notice flipped bytes, so loading checks size and hash first;
-a damaged checkpoint is moved to corrupt/ with a warning and the previous one is used.
-Kept: the last `keep` checkpoints plus the best by validation loss.
+Naming, markers, "newest", "best" and the SHA-256 check live in daemon/common/checkpoints.py
+(torch-free: the supervisor, the S3 mirror, evaluate and export read the same layout). Here:
+the .pt is written to a temp name, fsynced and renamed, its SHA-256 computed on the way out;
+then the marker (size, hash, step, losses) is written the same way. torch.load does not notice
+flipped bytes, so loading verifies size and hash first; a damaged checkpoint is moved to
+corrupt/ with a warning and the previous one is used. Kept: the last `keep` plus the best.
 """
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 
+from daemon.common import checkpoints as layout
 from daemon.common.atomic import write_atomic_with, write_json_atomic
+from daemon.common.checkpoints import Marker, best, list_checkpoints, newest  # noqa: F401 - re-exported
 from daemon.common.clock import Clock, iso
 
-from daemon.common.checkpoints import Marker, best, list_checkpoints  # noqa: F401 - the torch-free half, re-exported
-
 FORMAT = 1
+QUARANTINE = "corrupt"
 
 
 class CheckpointError(Exception):
@@ -33,7 +34,7 @@ class CorruptCheckpoint(CheckpointError):
 
 
 class _HashingWriter:
-    """A write-only file that hashes what passes through it."""
+    """A write-only file that hashes what passes through it (the marker's SHA-256, computed once)."""
 
     def __init__(self, f):
         self._f = f
@@ -55,18 +56,16 @@ class _HashingWriter:
         self._f.flush()
 
 
-def _pt(directory: Path, step: int) -> Path:
-    return directory / f"step_{step:08d}.pt"
-
-
 def clean_partial(directory: Path) -> list[str]:
-    """Remove what a kill mid-write left: temp files, and .pt files whose marker never came."""
-    removed = []
+    """Remove what a kill mid-write left: temp files, and checkpoint .pt files whose marker never came."""
+    removed: list[str] = []
     if not directory.exists():
         return removed
     for p in directory.iterdir():
-        orphan = p.suffix == ".pt" and not p.with_suffix(".json").exists()
-        if p.is_file() and (p.name.startswith(".") and p.name.endswith(".tmp") or orphan):
+        step = layout.step_of(p.name)
+        orphan = p.suffix == layout.DATA_SUFFIX and step is not None and not layout.marker_path(directory, step).exists()
+        temp = p.name.startswith(".") and p.name.endswith(".tmp")  # daemon.common.atomic's temp names
+        if p.is_file() and (temp or orphan):
             p.unlink()
             removed.append(p.name)
     return removed
@@ -75,7 +74,7 @@ def clean_partial(directory: Path) -> list[str]:
 def save(directory: Path, step: int, payload: dict, meta: dict, clock: Clock | None = None) -> Marker:
     """Commit one checkpoint atomically; returns its marker."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = _pt(directory, step)
+    path = layout.data_path(directory, step)
     payload = {"format": FORMAT, "step": step, **payload}
 
     def write(f):
@@ -91,20 +90,8 @@ def save(directory: Path, step: int, payload: dict, meta: dict, clock: Clock | N
     w = write_atomic_with(path, write)
     meta = {"step": step, "file": path.name, "bytes": w.size, "sha256": w.sha.hexdigest(),
             "format": FORMAT, "time": iso((clock or Clock()).now()), **meta}
-    write_json_atomic(path.with_suffix(".json"), meta)
+    write_json_atomic(layout.marker_path(directory, step), meta)
     return Marker(step, path, meta)
-
-
-def _verify(marker: Marker) -> None:
-    size = marker.path.stat().st_size
-    if size != marker.meta.get("bytes"):
-        raise CorruptCheckpoint(f"{marker.path}: size is {size} bytes, its marker says {marker.meta.get('bytes')}")
-    sha = hashlib.sha256()
-    with open(marker.path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            sha.update(chunk)
-    if sha.hexdigest() != marker.meta.get("sha256"):
-        raise CorruptCheckpoint(f"{marker.path}: SHA-256 does not match its marker (damaged on disk)")
 
 
 def load(marker: Marker, map_location: str | torch.device = "cpu") -> dict:
@@ -113,10 +100,9 @@ def load(marker: Marker, map_location: str | torch.device = "cpu") -> dict:
     CorruptCheckpoint if its bytes are damaged or missing; CheckpointError if intact bytes do
     not load (a code or version problem: the file is fine and must not be thrown away).
     """
-    try:
-        _verify(marker)
-    except FileNotFoundError:
-        raise CorruptCheckpoint(f"{marker.path}: missing (its marker exists)") from None
+    wrong = layout.verify(marker)
+    if wrong is not None:
+        raise CorruptCheckpoint(wrong)
     try:
         payload = torch.load(marker.path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -130,11 +116,10 @@ def load(marker: Marker, map_location: str | torch.device = "cpu") -> dict:
 
 def quarantine(marker: Marker) -> Path:
     """Move a damaged checkpoint (and its marker) into corrupt/, keeping the bytes for a look."""
-    dest = marker.path.parent / "corrupt"
+    dest = marker.path.parent / QUARANTINE
     dest.mkdir(exist_ok=True)
-    marker_file = marker.path.with_suffix(".json")
-    if marker_file.exists():
-        os.replace(marker_file, dest / marker_file.name)  # first: it is what makes it "committed"
+    if marker.marker.exists():
+        os.replace(marker.marker, dest / marker.marker.name)  # first: it is what makes it "committed"
     if marker.path.exists():
         os.replace(marker.path, dest / marker.path.name)
     return dest
@@ -157,16 +142,22 @@ def load_latest(directory: Path, log: Any, map_location: str | torch.device = "c
 
 
 def prune(directory: Path, keep: int) -> list[int]:
-    """Delete all but the newest `keep` checkpoints and the best by validation loss."""
+    """Delete all but what layout.kept keeps (the newest `keep` and the best); returns the steps removed."""
     markers = list_checkpoints(directory)
-    kept = {m.step for m in markers[-keep:]}
-    ranked = [m for m in markers if m.val_loss is not None]
-    if ranked:
-        kept.add(min(ranked, key=lambda m: m.val_loss).step)
+    keeping = layout.kept(markers, keep)
     removed = []
     for m in markers:
-        if m.step not in kept:
-            m.path.with_suffix(".json").unlink(missing_ok=True)  # un-commit first
+        if m.step not in keeping:
+            m.marker.unlink(missing_ok=True)  # un-commit first
             m.path.unlink(missing_ok=True)
             removed.append(m.step)
     return removed
+
+
+def committed(directory: Path, path: Path) -> Marker:
+    """The marker of the committed checkpoint at `path` in `directory` (a person's --checkpoint)."""
+    target = Path(path).resolve()
+    for marker in list_checkpoints(directory):
+        if marker.path.resolve() == target:
+            return marker
+    raise CheckpointError(f"{path}: not a committed checkpoint in {directory} (see `ls {directory}`)")

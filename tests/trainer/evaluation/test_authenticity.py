@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from amapiano_synth import SR, amapiano_like, not_amapiano  # noqa: E402
 
-from trainer.authenticity import bootstrap_ci, features, reference_distance, summary, tempo_score  # noqa: E402
+from trainer.evaluation.authenticity import bootstrap_ci, features, reference_distance, summary, tempo_score  # noqa: E402
 
 
 def auc(pos: list[float], neg: list[float]) -> float:

@@ -9,7 +9,7 @@ import torch
 
 from conftest import write_config
 from daemon.common.config import load_config
-from trainer.model import delay_pattern, load_base_model, shape_of
+from trainer.worker.model import delay_pattern, load_base_model, shape_of
 
 PAD = 99
 
@@ -25,7 +25,7 @@ def test_delay_pattern_shifts_codebook_k_by_k_frames():
 
 
 def test_pad_labels_do_not_count_in_the_loss(tmp_path):
-    from trainer.model import TrainableMusicgen
+    from trainer.worker.model import TrainableMusicgen
 
     cfg = load_config(write_config(tmp_path))
     base, _ = load_base_model(cfg)

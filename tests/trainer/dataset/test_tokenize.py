@@ -13,7 +13,7 @@ import pytest
 
 from conftest import AMAPIANO_TRAIN, write_config
 from tests_dataset_helpers import make_clips
-from trainer.dataset import write_manifest
+from trainer.dataset.select import write_manifest
 
 pytestmark = pytest.mark.slow
 CACHE = {"data": {"source": "cache", "frames": 24}, "dataset": {"tokenize_batch": 4}}

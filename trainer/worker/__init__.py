@@ -1,0 +1,1 @@
+"""The training worker: model, data order, checkpoints, the loop. Started as `python -m trainer`."""
