@@ -6,6 +6,7 @@
 exec >/results/harness.log 2>&1
 set -x
 UNIT=amapiano-train.service
+TENSORBOARD=amapiano-train-tensorboard.service
 PY=/opt/amapiano-train/venv/bin/python
 STATE=/var/lib/amapiano-train/state.json
 
@@ -29,6 +30,17 @@ steps() {
     show show_started
     wait_for 90 '[ "$(state "s[\"trainer\"][\"step\"] or 0")" -ge 3 ]' || return 1
     show show_training
+    # The sandbox as the kernel sees it, for the supervisor and the worker it started.
+    sandbox() { grep -E '^(Umask|CapBnd|CapAmb|NoNewPrivs|Seccomp):' "/proc/$1/status"; }
+    sandbox "$(systemctl show -p MainPID --value "$UNIT")" > /results/supervisor_status
+    sandbox "$(state 's["trainer"]["pid"]')" > /results/worker_status
+    # What the service wrote, with its modes (UMask=0027, *DirectoryMode=0750).
+    find /var/lib/amapiano-train /var/log/amapiano-train /var/cache/amapiano-train \
+        -printf '%m %y %u %p\n' > /results/modes
+    # TensorBoard, wanted by the unit, serves the run's curves on the loopback.
+    wait_for 60 '"$PY" -c "import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:6006/data/runs\", timeout=2).read().decode())" \
+                 > /results/tensorboard_runs 2>/dev/null && grep -q train /results/tensorboard_runs' || return 1
+    systemctl show "$TENSORBOARD" -p ActiveState,SubState,NRestarts > /results/tensorboard_started
 
     # 2. Kill the worker: the supervisor restarts it from its checkpoint (warning-level lines).
     WORKER=$(state 's["trainer"]["pid"]')
@@ -56,11 +68,13 @@ steps() {
     # 5. Stop: the supervisor exits 0 and the unit is inactive, not failed.
     systemctl stop "$UNIT"
     show show_stopped
+    systemctl show "$TENSORBOARD" -p ActiveState > /results/tensorboard_stopped  # PartOf=
 }
 
 if steps; then echo ok > /results/steps; else echo "STEPS FAILED"; fi
 cp "$STATE" /results/state.json
 journalctl -u "$UNIT" -o json --no-pager > /results/journal.json
 journalctl -u "$UNIT" -p warning -o cat --no-pager > /results/journal_warning.txt
+journalctl -u "$TENSORBOARD" -o cat --no-pager > /results/journal_tensorboard.txt
 echo done > /results/finished
 systemctl poweroff --no-block

@@ -1,9 +1,12 @@
-"""systemd/amapiano-train.service: verified by systemd-analyze, and run under a real systemd.
+"""systemd/*.service: verified and rated by systemd-analyze, and run under a real systemd.
 
-The second test boots systemd as PID 1 in a systemd-nspawn container (Debian's
+The exposure test holds `systemd-analyze security --offline=true` at <= 2.0 for both units.
+The nspawn test boots systemd as PID 1 in a systemd-nspawn container (Debian's
 systemd-container) on the host's own /usr and Python, starts the real unit, and checks what a
-person would: it reaches active through READY=1, a hung supervisor is killed by the watchdog and
-started again, and journald files each log line under the right PRIORITY. With
+person would: it reaches active through READY=1 inside its sandbox (no capabilities, a seccomp
+filter, UMask=0027: files 0640, directories 0750), a hung supervisor is killed by the watchdog
+and started again, journald files each log line under the right PRIORITY, and the TensorBoard
+unit comes up with it, serves the run's curves on 127.0.0.1:6006 and stops with it. With
 AMAPIANO_REQUIRE_SYSTEMD=1 (set by .ci/run) a missing tool is a failure, not a skip.
 """
 from __future__ import annotations
@@ -22,6 +25,8 @@ import pytest
 from conftest import DEMO_TOML, FAST, REPO, dump_toml, merge
 
 UNIT = REPO / "systemd" / "amapiano-train.service"
+TENSORBOARD = REPO / "systemd" / "amapiano-train-tensorboard.service"
+MAX_EXPOSURE = 2.0
 HARNESS = Path(__file__).with_name("nspawn_harness.sh")
 REQUIRED = os.environ.get("AMAPIANO_REQUIRE_SYSTEMD") == "1"
 pytestmark = pytest.mark.systemd
@@ -37,30 +42,45 @@ def need(tool: str) -> str:
     return path
 
 
-def unit_exec_start() -> str:
-    return re.search(r"^ExecStart=(.*)$", UNIT.read_text(), re.M).group(1)
+def unit_exec_start(unit: Path = UNIT) -> str:
+    return re.search(r"^ExecStart=(.*)$", unit.read_text(), re.M).group(1)
 
 
-def verify(tmp_path: Path, unit_text: str) -> subprocess.CompletedProcess:
-    """`systemd-analyze verify` in a root holding the unit, systemd's own units and ExecStart."""
+def verify(tmp_path: Path, unit_text: str, unit: Path = UNIT) -> subprocess.CompletedProcess:
+    """`systemd-analyze verify` in a root holding our units, systemd's own units and ExecStarts."""
     root = tmp_path / "root"
     (root / "usr" / "lib" / "systemd").mkdir(parents=True)
     shutil.copytree("/usr/lib/systemd/system", root / "usr" / "lib" / "systemd" / "system", symlinks=True)
     (root / "lib").symlink_to("usr/lib")
-    exe = root / unit_exec_start().split()[0].lstrip("/")
-    exe.parent.mkdir(parents=True)
-    exe.write_text("#!/bin/sh\n")
-    exe.chmod(0o755)
-    unit = root / "etc" / "systemd" / "system" / UNIT.name
-    unit.parent.mkdir(parents=True)
-    unit.write_text(unit_text)
-    return subprocess.run([need("systemd-analyze"), "verify", f"--root={root}", f"etc/systemd/system/{UNIT.name}"],
+    units = root / "etc" / "systemd" / "system"
+    units.mkdir(parents=True)
+    for ours in (UNIT, TENSORBOARD):  # each names the other (PartOf=, WantedBy=)
+        exe = root / unit_exec_start(ours).split()[0].lstrip("/")
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
+        (units / ours.name).write_text(unit_text if ours == unit else ours.read_text())
+    return subprocess.run([need("systemd-analyze"), "verify", f"--root={root}", f"etc/systemd/system/{unit.name}"],
                           capture_output=True, text=True, timeout=60, cwd=root)
 
 
-def test_unit_verifies_without_a_word(tmp_path):
-    result = verify(tmp_path, UNIT.read_text())
+@pytest.mark.parametrize("unit", [UNIT, TENSORBOARD], ids=lambda u: u.stem)
+def test_unit_verifies_without_a_word(tmp_path, unit):
+    result = verify(tmp_path, unit.read_text(), unit)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize("unit", [UNIT, TENSORBOARD], ids=lambda u: u.stem)
+def test_sandbox_exposure_is_low(unit):
+    """`systemd-analyze security --offline=true` rates the unit file itself (0 best, 10 worst)."""
+    result = subprocess.run([need("systemd-analyze"), "security", "--offline=true", "--no-pager", str(unit)],
+                            capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", result.stdout + result.stderr)
+    assert found, result.stdout + result.stderr
+    exposure = float(found.group(1))
+    print(f"{unit.name}: exposure {exposure} {found.group(2)}")
+    open_items = [line for line in result.stdout.splitlines() if line.startswith("\u2717")]
+    assert exposure <= MAX_EXPOSURE, "\n".join(open_items)
 
 
 def test_verify_would_catch_a_typo(tmp_path):
@@ -84,6 +104,22 @@ def test_unit_carries_the_contract():
     assert stop > stop_timeout, "systemd must wait longer than the supervisor waits for the checkpoint"
     assert watchdog >= 30
     assert not re.search(r"^PrivateDevices=yes", text, re.M), "PrivateDevices hides /dev/nvidia*"
+    # The GPU through the device ACL; the JIT and NVML's /proc/driver/nvidia left alone.
+    for line in ("DevicePolicy=closed", "DeviceAllow=char-nvidia rw", "DeviceAllow=char-nvidiactl rw",
+                 "DeviceAllow=char-nvidia-uvm rw", "CapabilityBoundingSet=", "UMask=0027"):
+        assert re.search(rf"^{re.escape(line)}$", text, re.M), line
+    assert not re.search(r"^MemoryDenyWriteExecute=yes", text, re.M), "CUDA, NVRTC and Triton map W+X code"
+    assert not re.search(r"^ProcSubset=pid", text, re.M), "NVML reads /proc/driver/nvidia"
+
+
+def test_tensorboard_unit_reads_and_follows_the_run():
+    text = TENSORBOARD.read_text()
+    for line in ("PartOf=amapiano-train.service", "WantedBy=amapiano-train.service", "Restart=on-failure",
+                 "BindReadOnlyPaths=/var/log/amapiano-train", "ProtectSystem=strict"):
+        assert re.search(rf"^{re.escape(line)}$", text, re.M), line
+    assert "--host 127.0.0.1 --port 6006" in unit_exec_start(TENSORBOARD)
+    # No *Directory=: with DynamicUser= they would chown the run's log directory to it.
+    assert not re.search(r"^(StateDirectory|LogsDirectory|CacheDirectory)=", text, re.M)
 
 
 # ---------------------------------------------------------------------------- under systemd
@@ -122,6 +158,7 @@ def build_root(root: Path, results: Path) -> None:
     for name in ("os-release", "passwd", "group", "shadow", "nsswitch.conf"):
         shutil.copy(f"/etc/{name}", root / "etc" / name)
     (root / "etc" / "machine-id").touch()
+    (root / "etc" / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n")  # TensorBoard looks it up
     with open(root / "etc" / "passwd", "a") as f:
         f.write("amapiano:x:990:990:amapiano-train:/var/lib/amapiano-train:/usr/sbin/nologin\n")
     with open(root / "etc" / "group", "a") as f:
@@ -132,6 +169,9 @@ def build_root(root: Path, results: Path) -> None:
     units = root / "etc" / "systemd" / "system"
     units.mkdir(parents=True)
     shutil.copy(UNIT, units / UNIT.name)
+    shutil.copy(TENSORBOARD, units / TENSORBOARD.name)
+    (units / f"{UNIT.name}.wants").mkdir()  # `systemctl enable amapiano-train-tensorboard`
+    (units / f"{UNIT.name}.wants" / TENSORBOARD.name).symlink_to(f"../{TENSORBOARD.name}")
     dropin = units / f"{UNIT.name}.d"
     dropin.mkdir()
     # Only what the test needs to differ: a short watchdog so a hang is caught in seconds,
@@ -140,6 +180,8 @@ def build_root(root: Path, results: Path) -> None:
     (dropin / "test.conf").write_text(
         "[Service]\nWatchdogSec=3\nTimeoutStopSec=20\nRestartSec=1\n" + sandbox_relaxations(*paths) +
         f"ExecStart=\nExecStart={unit_exec_start()} --log-level debug\n")
+    (units / f"{TENSORBOARD.name}.d").mkdir()
+    (units / f"{TENSORBOARD.name}.d" / "test.conf").write_text("[Service]\n" + sandbox_relaxations(*paths))
     (units / "harness.service").write_text(
         "[Unit]\nDescription=test harness\nAfter=multi-user.target\n"
         "[Service]\nType=oneshot\nExecStart=/results/harness.sh\nTimeoutStartSec=400\n"
@@ -184,6 +226,11 @@ def props(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
+def props_colon(path: Path) -> dict[str, str]:
+    """/proc/PID/status lines: `Umask:\t0027`."""
+    return {k: v.strip() for k, v in (line.split(":", 1) for line in path.read_text().splitlines() if ":" in line)}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(500)
 def test_unit_under_a_real_systemd(tmp_path):
@@ -219,6 +266,27 @@ def test_unit_under_a_real_systemd(tmp_path):
     started = props(results / "show_started")
     assert started["ActiveState"] == "active" and started["SubState"] == "running"
     assert re.match(r"(STARTING|RUNNING) step", props(results / "show_training")["StatusText"])
+
+    # ... inside its sandbox: no capabilities, a seccomp filter, UMask=0027, for the worker too.
+    for who in ("supervisor", "worker"):
+        status = props_colon(results / f"{who}_status")
+        assert status["Umask"] == "0027" and status["NoNewPrivs"] == "1" and status["Seccomp"] == "2", (who, status)
+        assert int(status["CapBnd"], 16) == 0 and int(status["CapAmb"], 16) == 0, (who, status)
+    # Files 0640, directories 0750. The event files and the worker's lock are opened with
+    # 0666/0644 and no chmod, so their 0640 is the umask's doing, not daemon/common/atomic's.
+    modes = [line.split(" ", 3) for line in (results / "modes").read_text().splitlines()]
+    assert modes and all(owner == "amapiano" for _, _, owner, _ in modes)
+    for mode, kind, _, path in modes:
+        assert int(mode, 8) & ~(0o750 if kind == "d" else 0o640) == 0, (mode, path)
+    assert {p for m, k, _, p in modes if k == "d" and m == "750"} >= {
+        "/var/lib/amapiano-train", "/var/log/amapiano-train", "/var/cache/amapiano-train"}
+    assert any("events.out.tfevents" in p and m == "640" for m, _, _, p in modes)
+
+    # TensorBoard came up with the run (enabled = wanted by it), served its curves from the
+    # read-only log directory, and stopped with it (PartOf=).
+    assert props(results / "tensorboard_started")["ActiveState"] == "active"
+    assert {"train", "supervisor"} <= set(json.loads((results / "tensorboard_runs").read_text()))
+    assert props(results / "tensorboard_stopped")["ActiveState"] == "inactive"
 
     # The killed worker came back from its checkpoint.
     assert int((results / "resumed_from_step").read_text()) > 0
