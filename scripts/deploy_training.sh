@@ -12,10 +12,11 @@
 #      (torch from PyPI: the CUDA build on x86_64 Linux; pin one with TORCH_SPEC="torch==2.5.1")
 #   3. /etc/amapiano-train/config.toml from etc/ if there is none yet (the shipped one is always
 #      written beside it as config.toml.dist, to compare after an upgrade), then `config check`
-#   4. the unit in /etc/systemd/system, daemon-reload, enable
+#   4. the units in /etc/systemd/system (the service, and TensorBoard on 127.0.0.1:6006 that
+#      runs with it), daemon-reload, enable
 set -euo pipefail
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -e/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 PREFIX=/opt/amapiano-train
@@ -108,10 +109,13 @@ if [ -d "${POLKIT_DIR:-/etc/polkit-1/rules.d}" ] || [ "$DRY_RUN" = 1 ]; then
         printf '%s\n' "$rule" > "${POLKIT_DIR:-/etc/polkit-1/rules.d}/50-amapiano-train.rules"
     fi
 fi
-say "installing $UNIT_DIR/amapiano-train.service"
-run install -m 0644 "$SRC/systemd/amapiano-train.service" "$UNIT_DIR/amapiano-train.service"
+# The TensorBoard unit is enabled into amapiano-train.service.wants/: it runs with the training.
+for unit in amapiano-train.service amapiano-train-tensorboard.service; do
+    say "installing $UNIT_DIR/$unit"
+    run install -m 0644 "$SRC/systemd/$unit" "$UNIT_DIR/$unit"
+done
 run systemctl daemon-reload
-run systemctl enable amapiano-train.service
+run systemctl enable amapiano-train.service amapiano-train-tensorboard.service
 if [ "$START" = 1 ]; then
     run systemctl restart amapiano-train.service
     say "started: journalctl -u amapiano-train -f"

@@ -22,8 +22,8 @@ def test_dry_run_lists_the_install_and_touches_nothing(tmp_path):
              f"pip install --quiet --upgrade {tmp_path}/opt/src", f"{tmp_path}/etc/config.toml.dist",
              f"install -m 0644 {REPO}/etc/amapiano-train/config.toml {tmp_path}/etc/config.toml\n",
              f"amapiano-train config check {tmp_path}/etc/config.toml",
-             f"{tmp_path}/units/amapiano-train.service", "+ systemctl daemon-reload",
-             "+ systemctl enable amapiano-train.service"]
+             f"{tmp_path}/units/amapiano-train.service", f"{tmp_path}/units/amapiano-train-tensorboard.service",
+             "+ systemctl daemon-reload", "+ systemctl enable amapiano-train.service amapiano-train-tensorboard.service"]
     positions = [out.find(s) for s in steps]
     assert all(p >= 0 for p in positions), [s for s, p in zip(steps, positions) if p < 0]
     assert positions == sorted(positions), "steps out of order"
