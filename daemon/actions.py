@@ -1,4 +1,7 @@
-"""What a policy can ask for: plain values that the supervisor's executor carries out."""
+"""What a policy can ask for: plain values that the one executor (daemon/executor.py) carries out.
+
+Policies and collaborators return these; none of them touches a process, a file or the network.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,8 +15,46 @@ class SendAlert:
 
 
 @dataclass(frozen=True)
+class StartWorker:
+    """Launch the worker; it resumes from the newest valid checkpoint."""
+
+
+@dataclass(frozen=True)
+class CheckpointWorker:
+    """SIGUSR2: write a checkpoint now and keep training (a Spot rebalance notice)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class StopWorker:
-    """Checkpoint and stop the worker, and do not start it again."""
+    """Checkpoint and stop the worker, and do not start it again (halt)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class PauseWorker:
+    """Checkpoint and stop the worker until ReleaseWorker (the milestone needs the GPU)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReleaseWorker:
+    reason: str
+
+
+@dataclass(frozen=True)
+class SpotInterrupted:
+    """AWS takes the instance back: checkpoint and stop the worker, upload, let AWS act."""
+
+    deadline: str | None
+
+
+@dataclass(frozen=True)
+class KillWorker:
+    """A hung worker (heartbeat past its deadline): dump its stack, SIGKILL, restart like a crash."""
 
     reason: str
 
@@ -26,4 +67,13 @@ class Shutdown:
     reason: str
 
 
-Action = SendAlert | StopWorker | Shutdown
+@dataclass(frozen=True)
+class Upload:
+    """Mirror the newest committed checkpoint at or past min_step (and state.json) to S3."""
+
+    why: str
+    min_step: int = 0
+
+
+Action = (SendAlert | StartWorker | CheckpointWorker | StopWorker | PauseWorker | ReleaseWorker
+          | SpotInterrupted | KillWorker | Shutdown | Upload)

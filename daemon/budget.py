@@ -45,7 +45,7 @@ def decide(s: BudgetSnapshot, fired: frozenset[str]) -> tuple[list[Action], froz
         key = f"fraction:{f:g}"
         if s.spent_usd >= f * s.cap_usd and key not in fired:
             fired.add(key)
-            actions.append(SendAlert("budget", f"{100 * f:.0f} % of the budget spent", status))
+            actions.append(SendAlert("budget", f"{100 * f:g} % of the budget spent", status))
     if s.projected_usd is not None:
         if s.projected_usd > s.cap_usd and "projection" not in fired:
             fired.add("projection")

@@ -34,6 +34,7 @@ class GpuMonitor:
         self.readings: list[Reading] = []
         self._history: deque[tuple[float, float | None]] = deque()  # (monotonic, mean util or None)
         self._reported: set[str] = set()
+        self.alerted: set[str] = set()   # problems already mailed (once each)
         self.sampled_at: str | None = None
 
     def start(self) -> bool:
@@ -120,3 +121,22 @@ class GpuMonitor:
         return {"available": self.available, "error": self.error, "sampled_at": self.sampled_at,
                 "util_avg_1m_pct": self.average(60, now_mono), "util_avg_1h_pct": self.average(3600, now_mono),
                 "devices": [asdict(r) for r in self.readings]}
+
+    def sample_alerts(self, now_mono: float, now_iso: str | None = None) -> list:
+        """Sample, and an alert for each new kind of problem (a lost GPU, an NVML error), once."""
+        from .actions import SendAlert
+
+        out = []
+        for problem in self.sample(now_mono, now_iso):
+            key = problem.split(" (")[0]
+            if key not in self.alerted:
+                self.alerted.add(key)
+                out.append(SendAlert("gpu", key, problem))
+        return out
+
+    def scalars(self, now_mono: float) -> dict[str, float | None]:
+        out: dict[str, float | None] = {"gpu/util_pct": self.average(60, now_mono)}
+        for r in self.readings:
+            out.update({f"gpu{r.index}/util_pct": r.util_pct, f"gpu{r.index}/power_w": r.power_w,
+                        f"gpu{r.index}/mem_used_mb": r.mem_used_mb})
+        return out

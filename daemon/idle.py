@@ -14,9 +14,13 @@ readings mean nothing, so it starts afresh.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
 
 from .actions import Action, SendAlert, Shutdown
+from .common.atomic import read_json
+from .common.clock import iso, parse_iso
 
 BUSY_ACTIVITIES = frozenset({"loading", "validating", "checkpointing", "evaluating"})
 
@@ -96,3 +100,43 @@ def decide(timer: IdleTimer | None, snap: IdleSnapshot, rule: IdleRule) -> tuple
     if timer.warned_at_s is not None and snap.now_s >= shutdown_at(timer, snap, rule):
         return timer, [Shutdown(rule.action, f"idle for {_minutes(snap.now_s - timer.last_active_s)}")]
     return timer, []
+
+
+# -- its memory and its page in state.json --------------------------------------------------------
+def load_timer(section: dict | None) -> IdleTimer | None:
+    """The timer kept in state.json's `idle` section; anything malformed starts a fresh one."""
+    data = (section or {}).get("timer")
+    if not isinstance(data, dict):
+        return None
+    try:
+        timer = IdleTimer(**data)
+    except TypeError:
+        return None
+    numbers = (timer.last_active_s, timer.warned_at_s, timer.warned_deadline_s)
+    if not isinstance(timer.boot_id, str) or any(x is not None and not isinstance(x, (int, float)) for x in numbers):
+        return None
+    return timer
+
+
+def hold_until_s(hold_file: Path, now_s: float, now: datetime) -> float | None:
+    """`amapiano-train hold`'s deadline in boottime seconds; a garbage hold file is no hold."""
+    hold = read_json(hold_file)
+    if not hold or not isinstance(hold.get("until"), str):
+        return None
+    try:
+        until = parse_iso(hold["until"])
+    except (ValueError, OverflowError):
+        return None
+    return now_s + (until - now).total_seconds()
+
+
+def describe(timer: IdleTimer, snap: IdleSnapshot, rule: IdleRule, now: datetime) -> dict:
+    """The idle section of state.json, as of this check (wall times for people)."""
+    def wall(s: float | None) -> str | None:
+        return None if s is None else iso(now + timedelta(seconds=s - snap.now_s))
+
+    return {"timer": asdict(timer), "last_active_at": wall(timer.last_active_s),
+            "idle_for_s": round(max(0.0, snap.now_s - timer.last_active_s), 1),
+            "timeout_s": rule.timeout_s, "action": rule.action, "warned_at": wall(timer.warned_at_s),
+            "checked_at": iso(now), "gpu_busy": snap.gpu_busy, "hold_until": wall(snap.hold_until_s),
+            "shutdown_due_at": wall(shutdown_at(timer, snap, rule))}

@@ -11,6 +11,7 @@ A flag that clears (the loss falls again, the GPU is busy again) re-arms.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .actions import SendAlert
@@ -68,3 +69,23 @@ def decide(s: RedFlagSnapshot, raised: frozenset[str]) -> tuple[list[SendAlert],
              f"${s.spent_usd:,.2f} spent before the milestone (threshold "
              f"${s.max_cost_before_milestone_usd:,.2f}).")
     return out, frozenset(now_raised)
+
+
+HISTORY_MAX = 2000
+
+
+def load_history(data: object) -> list[tuple[float, float]]:
+    """The validation-loss history kept in state.json; malformed points are dropped."""
+    out = []
+    for p in data if isinstance(data, list) else []:
+        if (isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                        and math.isfinite(x) for x in p)):
+            out.append((float(p[0]), float(p[1])))
+    return out[-HISTORY_MAX:]
+
+
+def record(history: list[tuple[float, float]], now_s: float, val_loss: float | None) -> list[tuple[float, float]]:
+    """A new point each time the worker reports a different validation loss."""
+    if val_loss is None or not math.isfinite(val_loss) or (history and history[-1][1] == val_loss):
+        return history
+    return (history + [(now_s, float(val_loss))])[-HISTORY_MAX:]

@@ -11,6 +11,7 @@ class Phase(str, enum.Enum):
     STARTING = "STARTING"    # supervisor up, worker not yet launched
     RUNNING = "RUNNING"      # worker alive and training
     BACKOFF = "BACKOFF"      # worker died; waiting before the next restart
+    PAUSED = "PAUSED"        # worker checkpointed and stopped for the milestone evaluation; resumes after
     STOPPING = "STOPPING"    # asked to stop; worker is checkpointing
     STOPPED = "STOPPED"      # stopped on request; resumes on the next start
     FAILED = "FAILED"        # gave up restarting; a person must look (state.json says why)
@@ -19,7 +20,6 @@ class Phase(str, enum.Enum):
 
     def is_terminal(self) -> bool:
         return self in (Phase.STOPPED, Phase.FAILED, Phase.HALTED, Phase.COMPLETED)
-
 
 
 def log_transition(log: Any, old: Phase, new: Phase, **why: Any) -> None:

@@ -1,11 +1,12 @@
-"""The supervisor: keeps the trainer worker running and tells systemd and the person about it.
+"""The supervisor: keeps the trainer worker running and every rule in force while the instance bills.
 
-Its life is a small loop. APScheduler runs `tick` every poll_interval on one worker thread:
-read the world (has the worker exited? what does its heartbeat say?), let the pure policy in
-daemon/restart.py decide, act (start the worker, record a failure), publish (state.json,
-systemd STATUS). A second job pings the systemd watchdog; both share that one thread, so a
-hung job stops the pings and systemd restarts us. The main thread only waits for a signal
-and then runs the shutdown: SIGTERM to the worker (it checkpoints), a bounded wait, state.
+APScheduler runs each job on one worker thread; every job is the same three lines: read the
+world into a snapshot, let a pure rule decide (daemon/lifecycle.py, restart.py, liveness.py,
+budget.py, idle.py, spot.py, red_flags.py, milestone.py), hand the actions to the one executor
+(daemon/executor.py). The watchdog ping is a job too, and is withheld when the tick stalls, so it
+reflects the scheduler's health, not the disk's. The daemon outlives its decisions: after a halt,
+a failed shutdown or a completed run it stays up, retrying the shutdown and keeping the idle and
+budget rules watching, until systemd stops it.
 """
 from __future__ import annotations
 
@@ -19,17 +20,27 @@ from typing import Any, Callable
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from .common.clock import Clock, iso
+from . import heartbeat, idle, liveness, red_flags, spot
+from .actions import KillWorker, SendAlert, StartWorker, StopWorker
+from .common import checkpoints
+from .common.clock import Clock, iso, parse_iso
 from .common.config import Config
 from .evaluation import Evaluation
-from .guards import Guards
+from .executor import Executor
+from .gpu import GpuMonitor
+from .imds import ImdsError
+from .instance import Instance
+from .lifecycle import Lifecycle
+from .mail import Outbox, make_transport
+from .mirror import Mirror
+from .money import Money
 from .notify import Notifier
-from .restart import RestartHistory, WorkerExit, decide
+from .reports import RunView
+from .shutdown import Machine, ShutdownStages
 from .state import Failure, State, load_state, save_state
-from .states import Phase, log_transition
+from .states import Phase
 from .status import status_line
-from .common import checkpoints
-from .common.atomic import read_json
+from .tensorboard import ScalarWriter
 from .worker import WorkerProcess
 
 HEARTBEAT_FIELDS = ("step", "total_steps", "epoch", "train_loss", "val_loss", "best_val_loss", "lr",
@@ -38,36 +49,49 @@ STATE_REFRESH_S = 30.0  # rewrite state.json at least this often, so updated_at 
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, log: Any, clock: Clock | None = None,
-                 notifier: Notifier | None = None, worker: WorkerProcess | None = None,
-                 rng: random.Random | None = None, log_format: str = "json", log_level: str = "info",
-                 nvml: Any = None):
-        self.cfg = cfg
-        self.log = log
+    def __init__(self, cfg: Config, log: Any, clock: Clock | None = None, notifier: Notifier | None = None,
+                 worker: WorkerProcess | None = None, rng: random.Random | None = None,
+                 log_format: str = "json", log_level: str = "info", nvml: Any = None):
+        self.cfg, self.log = cfg, log
         self.clock = clock or Clock()
         self.notifier = notifier or Notifier(log)
         self.worker = worker or WorkerProcess(cfg.source, cfg.failure_file,
-                                                ("--log-format", log_format, "--log-level", log_level))
+                                              ("--log-format", log_format, "--log-level", log_level))
         self.rng = rng or random.Random()
         self.stop_requested = threading.Event()
-        self.finished = threading.Event()  # nothing left to supervise (HALTED by a rule)
+        self.finished = threading.Event()  # a rule's shutdown was carried out (the demo waits on it)
         self.job_failures: dict[str, int] = {}
         self._scheduler: BackgroundScheduler | None = None
         self._ready_sent = False
         self._last_tick: float | None = None
         self._last_written: tuple[str, float] | None = None
-        self._next_start: float | None = None
-        self._launches = 0
-        self._hold_reason: str | None = None  # set: the worker is not to be (re)started
-        self.stop_requested_of_worker = False
+        self._write_failed: str | None = None
+        self._worker_started_s: float | None = None
         self.state = self._load_or_create_state()
-        self.history = RestartHistory(checkpoint_step=self._checkpoint_step())
-        self._paused = False  # held for the milestone evaluation, to be released
-        self._finish_after_uploads = False
-        self.guards = Guards(self, nvml=nvml)
-        self.evaluation = Evaluation(self)
+        s = self.state
+        self.lifecycle = Lifecycle(log, lambda: iso(self.clock.now()), cfg.supervisor, self._checkpoint_step(),
+                                   restarts=s.trainer.restarts)
+        self.instance = Instance(cfg, log, self.clock)
+        self.money = Money(cfg, log, self.clock, self.instance, s.cost, s.budget)
+        self.outbox = Outbox(cfg.email, None, log, self.clock, previous=s.alerts, run_name=s.run_id)
+        self.gpu = GpuMonitor(log, nvml)
+        self.mirror = Mirror(cfg, log, self.clock, self.instance, lambda: self.worker.running, self.outbox.send)
+        self.shutdown_stages = ShutdownStages(cfg, log, Machine(cfg, log, self.instance.ec2_stop))
+        self.executor = Executor(log, self.clock, self.lifecycle, self.worker, self.outbox, self.shutdown_stages,
+                                 self.mirror, self._checkpoint_step)
+        self.evaluation = Evaluation(cfg, log, self.clock, s.milestone, s.started_at, log_format)
+        self.tb = ScalarWriter(cfg.tensorboard_dir / "supervisor", parse_iso(s.started_at), log)
+        self.idle_timer = idle.load_timer(s.idle)
+        self._idle_json: dict | None = None
+        self._last_idle_check = self.clock.monotonic()
+        self.liveness = liveness.LivenessMemory()
+        flags = s.red_flags or {}
+        self.raised = frozenset(x for x in flags.get("raised", []) if isinstance(x, str))
+        self.val_history = red_flags.load_history(flags.get("val_history"))
+        self.spot_seen = frozenset(k for k in (s.spot or {}) if k in ("interruption", "rebalance"))
+        self.spot_notes: dict = dict(s.spot or {})
 
-    # -- world ---------------------------------------------------------------------------
+    # -- the world -------------------------------------------------------------------------------
     def _load_or_create_state(self) -> State:
         """Keep run_id and started_at across daemon restarts: it is the same run."""
         now = self.clock.now()
@@ -76,8 +100,7 @@ class Supervisor:
             state = State.new(now)
             self.log.info("run.created", run_id=state.run_id, state_file=str(self.cfg.state_file))
         else:
-            self.log.info("run.resumed", run_id=state.run_id, started_at=state.started_at,
-                          previous_phase=state.phase)
+            self.log.info("run.resumed", run_id=state.run_id, started_at=state.started_at, previous_phase=state.phase)
         state.phase, state.phase_since, state.failure = Phase.STARTING.value, iso(now), None
         state.trainer.pid = None
         state.shutdown = None  # a restart re-checks everything (the budget before the worker starts)
@@ -89,14 +112,25 @@ class Supervisor:
 
     @property
     def phase(self) -> Phase:
-        return Phase(self.state.phase)
+        return self.lifecycle.phase
 
-    def _set_phase(self, new: Phase, **why: Any) -> None:
-        log_transition(self.log, self.phase, new, **why)
-        if new is not self.phase:
-            self.state.phase, self.state.phase_since = new.value, iso(self.clock.now())
+    def _run_view(self) -> RunView:
+        t = self.state.trainer
+        cost, _ = self.money.to_json()
+        return RunView(self.state.started_at, t.step, t.total_steps, t.best_val_loss, self.money.spent, cost)
 
-    # -- jobs ----------------------------------------------------------------------------
+    def _liveness_snapshot(self, beat: heartbeat.Beat | None) -> liveness.LivenessSnapshot:
+        f = beat.fields if beat else {}
+        return liveness.LivenessSnapshot(
+            now_s=self.clock.now().timestamp(), worker_pid=self.worker.pid if self.worker.running else None,
+            worker_started_s=self._worker_started_s, beat_pid=f.get("pid"), beat_activity=f.get("activity"),
+            beat_written_s=beat.written_s if beat else None)
+
+    def _allowances(self) -> liveness.Allowances:
+        s = self.cfg.supervisor
+        return liveness.Allowances(s.heartbeat_timeout, s.loading_timeout, s.validation_timeout, s.checkpoint_timeout)
+
+    # -- jobs ------------------------------------------------------------------------------------
     def _guard(self, name: str, fn: Callable[[], None]) -> Callable[[], None]:
         """A job can't kill the daemon: log its exception with the traceback, and count it."""
         def job() -> None:
@@ -108,175 +142,245 @@ class Supervisor:
         return job
 
     def tick(self) -> None:
-        """Read the world, decide, act, publish. Runs on the scheduler's single thread."""
+        """Worker exit -> lifecycle; start when due; heartbeat -> liveness; milestone; publish."""
         now = self.clock.monotonic()
-        ended = self.worker.poll()
-        if ended is not None:
-            self._on_worker_exit(ended, now)
-        if (self._next_start is not None and now >= self._next_start and self._hold_reason is None
-                and not self.stop_requested.is_set() and not self.phase.is_terminal()
-                and self.guards.may_start_worker()):
-            self._start_worker()
-        self._read_heartbeat()
-        self.evaluation.step()
-        self.publish()
-        if self._finish_after_uploads and not self.guards.uploads_pending():
-            self.finished.set()
         self._last_tick = now
+        if (ended := self.worker.poll()) is not None:
+            self._on_worker_exit(ended, now)
+        if self.lifecycle.may_start(now) and not self.stop_requested.is_set() and self._may_start_worker():
+            self.executor.execute([StartWorker()])
+            self._worker_started_s = self.clock.now().timestamp()
+        beat = heartbeat.read(self.cfg.heartbeat_file)
+        self._absorb(beat)
+        hung, self.liveness = liveness.decide(self._liveness_snapshot(beat), self._allowances(), self.liveness)
+        if hung:
+            self.executor.execute([KillWorker(hung)])
+        self.executor.execute(self.evaluation.step(self.worker.running, self.gpu.available, self._run_view()))
+        self.publish()
 
-    def watchdog(self) -> None:
-        """WATCHDOG=1, but only while the tick job is alive: a hung scheduler stops the pings."""
-        if self._last_tick is None:
-            return
-        stale_after = 2 * self.cfg.supervisor.poll_interval + (self.notifier.watchdog_interval or 0)
-        if self.clock.monotonic() - self._last_tick <= stale_after:
-            self.notifier.watchdog()
-        else:
-            self.log.error("watchdog.withheld", last_tick_age_s=round(self.clock.monotonic() - self._last_tick, 1))
-
-    # -- decisions and actions -------------------------------------------------------------
-    def hold_worker(self, reason: str, pause: bool = False) -> None:
-        """From now on the worker is not started again (budget cap, idle, Spot interruption), or,
-        with pause, not until release_worker (the milestone evaluation needs the GPU)."""
-        if self._hold_reason is None or (self._paused and not pause):
-            self._hold_reason, self._paused = reason, pause
-            self._next_start = None
-            self.log.info("worker.held", reason=reason, pause=pause)
-
-    def release_worker(self) -> None:
-        if self._paused:
-            self._hold_reason, self._paused = None, False
-            self._next_start = self.clock.monotonic()
-            self.log.info("worker.released")
-
-    def request_worker_checkpoint_and_exit(self) -> None:
-        self.stop_requested_of_worker = True
-        self.worker.signal(signal.SIGUSR1)
-
-    def halted(self, reason: str, done: bool = True) -> None:
-        """A rule stopped the run: HALTED (unless it had already ended); done: the daemon exits."""
-        if self.state.shutdown is None:
-            self.state.shutdown = {"reason": reason, "action": None, "at": iso(self.clock.now()), "result": None}
-        if not self.phase.is_terminal():
-            self._set_phase(Phase.HALTED, reason=reason)
-        self.publish(force=True)
-        if done:
-            self.finished.set()
-
-    def _start_worker(self) -> None:
-        self._next_start = None
-        self.stop_requested_of_worker = False
-        from_step = self._checkpoint_step()
-        pid = self.worker.start()
-        self._launches += 1
-        self.state.trainer.pid = pid
-        if self._launches > 1:
-            self.state.trainer.restarts += 1
-            self.log.info("worker.restarted", pid=pid, attempt=self.state.trainer.restarts, from_step=from_step)
-        else:
-            self.log.info("worker.started", pid=pid, from_step=from_step, command=" ".join(self.worker.command()))
-        self._set_phase(Phase.RUNNING, pid=pid, from_step=from_step)
-
-    def _record_exit(self, ended: WorkerExit) -> None:
-        t = self.state.trainer
-        t.pid = None
-        t.last_exit_code = ended.code if ended.code is not None else -signal.Signals[ended.signal].value
-        t.last_exit_reason = ended.describe()
-
-    def _on_worker_exit(self, ended: WorkerExit, now: float) -> None:
-        t = self.state.trainer
-        self._record_exit(ended)
-        step = self._checkpoint_step()
-        if self.stop_requested.is_set():
-            self.log.info("worker.exited", reason=ended.describe(), checkpoint_step=step, during="shutdown")
-            return
-        if self._hold_reason is not None:
-            self.log.info("worker.exited", reason=ended.describe(), checkpoint_step=step, held=self._hold_reason)
-            if ended.kind == "completed":
-                self._set_phase(Phase.COMPLETED, exit=ended.code)
-            elif self._paused:
-                self._set_phase(Phase.STARTING, paused=self._hold_reason)
-            elif self.guards.halt is None:  # a Spot interruption: AWS acts; we finish the upload
-                self.halted(self._hold_reason, done=False)
-                self._finish_after_uploads = True
-            else:
-                self._set_phase(Phase.STOPPING, reason=self._hold_reason)
-            return
-        decision, self.history = decide(self.history, ended, step, now, self.cfg.supervisor, self.rng.random())
-        level = "info" if ended.kind in ("completed", "preempted") else "warning"
-        getattr(self.log, level)("worker.exited", reason=ended.describe(), kind=ended.kind,
-                                 checkpoint_step=step, decision=decision.action)
-        if decision.action == "complete":
-            self._set_phase(Phase.COMPLETED, exit=ended.code)
-            self.evaluation.complete()  # final evaluation, export, report, email, shutdown action
-        elif decision.action == "fail":
-            self.state.failure = Failure(reason=decision.reason, at=iso(self.clock.now()),
-                                         exit_code=t.last_exit_code, message=ended.message)
-            self._set_phase(Phase.FAILED, exit=t.last_exit_code, reason=decision.reason)
-            self.log.error("worker.gave_up", reason=decision.reason,
-                           hint="fix the cause, then: systemctl restart amapiano-train")
-        else:
-            self._next_start = now + decision.delay
-            self._set_phase(Phase.BACKOFF if decision.delay > 0 else Phase.STARTING,
-                            exit=t.last_exit_code, kind=ended.kind,
-                            restart_in_s=round(decision.delay, 1),
-                            failures_in_a_row=self.history.consecutive_failures)
-
-    def _read_heartbeat(self) -> None:
-        beat = read_json(self.cfg.heartbeat_file)
-        if not beat:
+    def _absorb(self, beat: heartbeat.Beat | None) -> None:
+        if beat is None:
             return
         t = self.state.trainer
         for key in HEARTBEAT_FIELDS:
-            if key in beat:
-                setattr(t, key, beat[key])
-        t.heartbeat_at = beat.get("time", t.heartbeat_at)
+            if key in beat.fields:
+                setattr(t, key, beat.fields[key])
+        t.heartbeat_at = beat.fields.get("time", t.heartbeat_at)
+
+    def _may_start_worker(self) -> bool:
+        """A (re)start waits for an S3 restore and re-checks the budget."""
+        if self.mirror.restore_pending:
+            return False
+        if self.money.over_cap:
+            self.cost_job()  # the cap alert and the shutdown, once; over the cap on a restart: held
+            if "cap" in self.money.fired and not self.shutdown_stages.in_progress and self.lifecycle.hold is None:
+                # Restarted over the cap (the instance was started again): the worker stays stopped;
+                # the idle rule, with its warning, stops the instance later.
+                spent, cap = self.money.spent or 0.0, self.cfg.budget.max_usd
+                self.executor.execute([StopWorker("budget cap reached"), SendAlert(
+                    "budget", "budget cap reached: the worker stays stopped",
+                    f"Spent ${spent:,.2f} of ${cap:,.2f}. Raise [budget] max_usd and restart the service to go on.")])
+                self.lifecycle.halted("budget cap reached")
+            return False
+        return True
+
+    def _on_worker_exit(self, ended: Any, now: float) -> None:
+        t = self.state.trainer
+        t.pid = None
+        t.last_exit_code = ended.code if ended.code is not None else -signal.Signals[ended.signal].value
+        t.last_exit_reason = (f"{self.lifecycle.kill_reason}; " if self.lifecycle.kill_reason else "") + ended.describe()
+        step = self._checkpoint_step()
+        if self.stop_requested.is_set():
+            self.log.info("worker.exited", reason=t.last_exit_reason, checkpoint_step=step, during="shutdown")
+            return
+        outcome, reason = self.lifecycle.worker_exited(ended, step, now, self.rng.random())
+        level = "info" if ended.kind in ("completed", "preempted") or outcome == "held" else "warning"
+        getattr(self.log, level)("worker.exited", reason=t.last_exit_reason, kind=ended.kind,
+                                 checkpoint_step=step, decision=outcome)
+        if outcome == "complete":
+            self.evaluation.complete()
+        elif outcome == "fail":
+            self.state.failure = Failure(reason=reason, at=iso(self.clock.now()), exit_code=t.last_exit_code,
+                                         message=ended.message)
+            self.log.error("worker.gave_up", reason=reason, hint="fix the cause, then: systemctl restart amapiano-train")
+
+    def cost_job(self) -> None:
+        t = self.state.trainer
+        due = self.evaluation.state.get("due_at")
+        hours = (parse_iso(due) - self.clock.now()).total_seconds() / 3600 if isinstance(due, str) else None
+        self.executor.execute(self.money.check(t.step, t.total_steps, hours))
+        self.tb.write(self.money.scalars(), self.clock.now())
+
+    def idle_job(self) -> None:
+        now_mono, now_s, t = self.clock.monotonic(), self.clock.boottime(), self.state.trainer
+        beat = heartbeat.read(self.cfg.heartbeat_file)
+        fresh = liveness.is_fresh(self._liveness_snapshot(beat), self._allowances(), self.liveness)
+        evaluating = self.evaluation.busy  # the milestone evaluation is work too
+        snap = idle.IdleSnapshot(
+            boot_id=self.clock.boot_id(), now_s=now_s, step=t.step,
+            activity="evaluating" if evaluating else (t.activity if fresh else None),
+            worker_running=(self.worker.running and fresh) or evaluating,
+            gpu_busy=self.gpu.busy_since(self._last_idle_check, self.cfg.idle.gpu_util_threshold_pct)
+            if self.gpu.available else None,
+            hold_until_s=idle.hold_until_s(self.cfg.hold_file, now_s, self.clock.now()))
+        self._last_idle_check = now_mono
+        rule = idle.IdleRule(self.cfg.idle.timeout, self.cfg.idle.warn_before, self.cfg.idle.action)
+        self.idle_timer, actions = idle.decide(self.idle_timer, snap, rule)
+        self._idle_json = idle.describe(self.idle_timer, snap, rule, self.clock.now())
+        self.executor.execute(actions)
+
+    def halt_job(self) -> None:
+        alerts = self.outbox.to_json()
+        undelivered = [a["subject"] for a in alerts
+                       if a["kind"] in ("idle", "budget", "shutdown") and a["status"] in ("pending", "failed")]
+        actions, finished = self.shutdown_stages.advance(
+            self.clock.monotonic(), self.worker.running, any(a["status"] == "pending" for a in alerts),
+            undelivered, self.state.trainer.last_checkpoint)
+        self.executor.execute(actions)
+        if finished:
+            self.lifecycle.halted(self.shutdown_stages.halt.reason)
+            self.publish(force=True)
+            self.finished.set()
+
+    def red_flags_job(self) -> None:
+        t, now, rf = self.state.trainer, self.clock.now(), self.cfg.red_flags
+        self.val_history = red_flags.record(self.val_history, now.timestamp(), t.val_loss)
+        snap = red_flags.RedFlagSnapshot(
+            now_s=now.timestamp(), val_history=tuple(self.val_history),
+            gpu_util_1h_pct=self.gpu.average(3600, self.clock.monotonic()) if self.gpu.available else None,
+            training=self.worker.running and t.activity == "training", spent_usd=self.money.spent,
+            milestone_decided=bool(self.evaluation.state.get("decision")), stall_s=rf.val_loss_stall,
+            min_gpu_util_pct=rf.min_gpu_util_pct, max_cost_before_milestone_usd=rf.max_cost_before_milestone_usd)
+        alerts, self.raised = red_flags.decide(snap, self.raised)
+        for a in alerts:
+            self.log.warning("red_flag", subject=a.subject)
+        self.executor.execute(alerts)
+
+    def gpu_job(self) -> None:
+        self.executor.execute(self.gpu.sample_alerts(self.clock.monotonic(), iso(self.clock.now())))
+        self.tb.write(self.gpu.scalars(self.clock.monotonic()), self.clock.now())
+
+    def spot_job(self) -> None:
+        if not self.instance.refresh():
+            return
+        try:
+            interruption, rebalance = self.instance.spot_notices()
+        except ImdsError as e:
+            self.log.warning("spot.imds_failed", error=str(e))
+            return
+        snap = spot.SpotSnapshot(interruption, rebalance, self.state.trainer.step or 0, self.mirror.enabled)
+        actions, seen = spot.decide(snap, self.spot_seen)
+        for key in seen - self.spot_seen:
+            notice = interruption if key == "interruption" else rebalance
+            self.spot_notes[key] = {"notice": notice, "seen_at": iso(self.clock.now()), "step": snap.step}
+        self.spot_seen = seen
+        self.executor.execute(actions)
+
+    # -- publishing ------------------------------------------------------------------------------
+    def _collect(self) -> None:
+        """The one place state.json's content is assembled, from each owner's plain data."""
+        s, lc = self.state, self.lifecycle
+        s.phase, s.phase_since = lc.phase.value, lc.since
+        s.trainer.pid, s.trainer.restarts = self.worker.pid if self.worker.running else None, lc.restarts
+        s.cost, s.budget = self.money.to_json()
+        s.gpu = self.gpu.to_json(self.clock.monotonic())
+        s.idle = self._idle_json or s.idle
+        uploads = self.mirror.upload_records()
+        s.spot = {k: {**v, **({"upload": uploads[k]} if k in uploads else {})} for k, v in self.spot_notes.items()} or None
+        s.alerts = self.outbox.to_json()
+        s.red_flags = {"raised": sorted(self.raised), "val_history": [list(p) for p in self.val_history[-2000:]]}
+        s.milestone = self.evaluation.to_json()
+        halt = self.shutdown_stages.halt
+        if halt is not None:
+            s.shutdown = halt.to_json(iso(self.clock.now()) if s.shutdown is None else s.shutdown.get("at"))
+        elif lc.phase is Phase.HALTED and s.shutdown is None:
+            s.shutdown = {"reason": lc.hold.reason if lc.hold else None, "action": None,
+                          "at": iso(self.clock.now()), "result": None}
 
     def publish(self, force: bool = False) -> None:
-        """state.json when it changed (or every STATE_REFRESH_S), and systemd's STATUS line."""
-        self.guards.publish_into(self.state)
-        self.state.milestone = self.evaluation.to_json()
-        body = json.dumps({k: v for k, v in self.state.to_json().items() if k != "updated_at"}, sort_keys=True)
+        """state.json when it changed (or every STATE_REFRESH_S), and systemd's STATUS line. A
+        write that fails (disk full, read-only) is an error and one alert, and is tried again."""
+        self._collect()
+        body = json.dumps({k: v for k, v in self.state.to_json().items() if k != "updated_at"}, sort_keys=True,
+                          default=str)
         now = self.clock.monotonic()
         if force or self._last_written is None or self._last_written[0] != body \
                 or now - self._last_written[1] >= STATE_REFRESH_S:
-            save_state(self.cfg.state_file, self.state, self.clock.now())
-            self._last_written = (body, now)
-        if not self._ready_sent:  # the first tick has run and state.json exists: we are up
+            try:
+                save_state(self.cfg.state_file, self.state, self.clock.now())
+                self._last_written = (body, now)
+                if self._write_failed:
+                    self.log.info("state.write_recovered", state_file=str(self.cfg.state_file))
+                self._write_failed = None
+            except (OSError, ValueError) as e:
+                if self._write_failed is None:
+                    self.outbox.send("storage", "cannot write state.json",
+                                     f"{self.cfg.state_file}: {e}. The daemon keeps watching and retries.")
+                self._write_failed = str(e)
+                self.log.error("state.write_failed", state_file=str(self.cfg.state_file), error=str(e))
+        if not self._ready_sent:  # the first tick has run: we are up, even if the disk is not
             self._ready_sent = True
             self.notifier.ready(status_line(self.state))
             self.log.info("supervisor.ready", watchdog_interval_s=self.notifier.watchdog_interval)
         else:
             self.notifier.status(status_line(self.state))
 
-    # -- life ------------------------------------------------------------------------------
-    def add_job(self, fn: Callable[[], None], seconds: float, name: str) -> None:
-        """Another interval job on the supervisor's one thread (the demo's chaos job uses this)."""
+    def watchdog(self) -> None:
+        """WATCHDOG=1, but only while the tick job is alive: a hung scheduler stops the pings."""
+        if self._last_tick is None:
+            return
+        stale_after = 2 * self.cfg.supervisor.poll_interval + (self.notifier.watchdog_interval or 0)
+        age = self.clock.monotonic() - self._last_tick
+        if age <= stale_after:
+            self.notifier.watchdog()
+        else:
+            self.log.error("watchdog.withheld", last_tick_age_s=round(age, 1))
+
+    # -- life ------------------------------------------------------------------------------------
+    def add_job(self, fn: Callable[[], None], seconds: float, name: str, first: bool = False) -> None:
+        """An interval job on the supervisor's one thread (the demo's chaos job uses this)."""
         assert self._scheduler is not None
-        self._scheduler.add_job(self._guard(name, fn), "interval", seconds=seconds, id=name,
-                                max_instances=1, coalesce=True, misfire_grace_time=max(1, int(seconds * 2)))
+        # (next_run_time=None would add the job paused: leave it out for the default first run)
+        when = {"next_run_time": self.clock.now()} if first else {}
+        self._scheduler.add_job(self._guard(name, fn), "interval", seconds=seconds, id=name, max_instances=1,
+                                coalesce=True, misfire_grace_time=max(1, int(seconds * 4)), **when)
+
+    def _jobs(self) -> list[tuple[Callable[[], None], float, str]]:
+        c = self.cfg
+        jobs = [(self.tick, c.supervisor.poll_interval, "tick"), (self.cost_job, c.budget.check_every, "cost"),
+                (self.idle_job, c.idle.check_every, "idle"), (self.halt_job, c.supervisor.poll_interval, "halt"),
+                (self.red_flags_job, max(c.budget.check_every, 1.0), "red-flags"),
+                (self.spot_job, c.aws.spot_poll, "spot"), (self.money.refresh_price, c.aws.price_refresh, "price")]
+        if self.gpu.available:
+            jobs.append((self.gpu_job, c.gpu.sample_every, "gpu"))
+        if self.notifier.watchdog_interval:
+            jobs.append((self.watchdog, self.notifier.watchdog_interval, "watchdog"))
+        return jobs
 
     def start(self) -> None:
-        """Start the jobs (non-blocking); the worker starts on the first tick."""
-        self.guards.start()
-        self._next_start = self.clock.monotonic()
-        from apscheduler.jobstores.memory import MemoryJobStore
-
-        self._scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(1)}, timezone=timezone.utc,
-                                              jobstores={"default": MemoryJobStore(),
-                                                         "persistent": self.evaluation.jobstore()})
+        """Find out where we run, bring the ledger to now, start the jobs (non-blocking)."""
+        self.outbox.transport = make_transport(self.cfg.email, self._ses_factory())
+        self.gpu.start()
+        self.instance.refresh()
+        self.money.refresh_price()
+        self.money.accrue()
+        self.mirror.start_restore()
+        self.lifecycle.next_start = self.clock.monotonic()
+        self._scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(1)}, timezone=timezone.utc)
         self._scheduler.start()
-        poll = self.cfg.supervisor.poll_interval
-        self._scheduler.add_job(self._guard("tick", self.tick), "interval", seconds=poll, id="tick",
-                                next_run_time=self.clock.now(), max_instances=1, coalesce=True,
-                                misfire_grace_time=max(1, int(poll * 4)))
-        if self.notifier.watchdog_interval:
-            self.add_job(self.watchdog, self.notifier.watchdog_interval, "watchdog")
-        for fn, seconds, name in self.guards.jobs():
-            self.add_job(fn, seconds, name)
-        self.evaluation.schedule(self._scheduler)
+        for fn, seconds, name in self._jobs():
+            self.add_job(fn, seconds, name, first=name in ("tick", "cost"))
         self.log.info("supervisor.started", config=str(self.cfg.source), run_id=self.state.run_id,
-                      checkpoint_step=self.history.checkpoint_step, poll_interval_s=poll)
+                      checkpoint_step=self._checkpoint_step(), poll_interval_s=self.cfg.supervisor.poll_interval,
+                      milestone_due_at=self.evaluation.state.get("due_at"))
+
+    def _ses_factory(self) -> Callable[[], Any] | None:
+        if self.cfg.email.transport != "ses":
+            return None
+        from .aws import Aws
+
+        region = self.cfg.aws.region or (self.instance.identity or {}).get("region") or "us-east-1"
+        return lambda: Aws(self.cfg.aws, region).client("ses")
 
     def request_stop(self, signum: int | None = None, _frame: Any = None) -> None:
         if signum is not None and not self.stop_requested.is_set():
@@ -284,39 +388,33 @@ class Supervisor:
         self.stop_requested.set()
 
     def wait(self) -> None:
-        while not self.stop_requested.wait(0.2) and not self.finished.is_set():
+        while not self.stop_requested.wait(0.2):
             pass
 
     def shutdown(self) -> None:
         """Stop the jobs, checkpoint-and-stop the worker within stop_timeout, write the state."""
         self.stop_requested.set()
         if self._scheduler is not None:
-            self._scheduler.shutdown(wait=True)  # lets a running tick finish; none starts after
-        if self.evaluation.run is not None and self.evaluation.run.proc is not None:
-            self.evaluation.run.proc.terminate()  # it runs again at the next start (status "running")
-            self.evaluation.run.proc.wait(30)
+            self._scheduler.shutdown(wait=True)  # lets a running job finish; none starts after
+        self.evaluation.terminate()
         self._ready_sent = True  # never READY=1 on the way out
         if self.worker.running:
             self.notifier.stopping(f"stopping: worker checkpointing (pid {self.worker.pid})")
-            self._set_phase(Phase.STOPPING, pid=self.worker.pid)
+            self.lifecycle.stopping_for_good()
             self.publish(force=True)
             self._stop_worker()
         else:
             self.notifier.stopping()
             if (ended := self.worker.poll()) is not None:
-                self._record_exit(ended)
-        self.state.trainer.pid = None
-        self._read_heartbeat()
-        if self.state.trainer.activity == "completed" and not self.phase.is_terminal():
-            # It finished all epochs just as we were stopping it (it may have been killed by
-            # our SIGTERM during interpreter exit): the run is complete, not stopped.
-            self._set_phase(Phase.COMPLETED, checkpoint_step=self._checkpoint_step())
-        if not self.phase.is_terminal():
-            self._set_phase(Phase.STOPPED, checkpoint_step=self._checkpoint_step())
-        self.guards.wait_uploads(self.cfg.supervisor.stop_timeout)
-        self.guards.accrue()
+                self._on_worker_exit(ended, self.clock.monotonic())
+        self._absorb(heartbeat.read(self.cfg.heartbeat_file))
+        # It may have finished all epochs just as we stopped it: the run is complete, not stopped.
+        self.lifecycle.stopped(self.state.trainer.activity == "completed", checkpoint_step=self._checkpoint_step())
+        self.mirror.wait(self.cfg.supervisor.stop_timeout)
+        self.money.accrue()
         self.publish(force=True)
-        self.guards.close()
+        self.outbox.close()
+        self.tb.close()
         self.log.info("supervisor.stopped", phase=self.phase.value, checkpoint_step=self._checkpoint_step())
 
     def _stop_worker(self) -> None:
@@ -330,11 +428,11 @@ class Supervisor:
             self.worker.signal(signal.SIGKILL)
             ended = self.worker.wait(30)
         if ended is not None:
-            self._record_exit(ended)
+            self._on_worker_exit(ended, self.clock.monotonic())
             self.log.info("worker.stopped", reason=ended.describe(), checkpoint_step=self._checkpoint_step())
 
     def run(self) -> int:
-        """Foreground: handle SIGTERM/SIGINT, run until stopped or completed. Returns the exit code."""
+        """Foreground: handle SIGTERM/SIGINT; run until systemd (or a person) stops us."""
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         self.start()
@@ -343,3 +441,4 @@ class Supervisor:
         finally:
             self.shutdown()
         return 0
+

@@ -118,6 +118,17 @@ class SupervisorConfig:
     crash_window: Duration = field(default=Duration(3600), metadata=POSITIVE)
     # How long SIGTERM waits for the worker's emergency checkpoint before SIGKILL.
     stop_timeout: Duration = field(default=Duration(90), metadata=POSITIVE)
+    # A heartbeat older than this (while training) is a hung worker: dumped, killed, restarted.
+    heartbeat_timeout: Duration = field(default=Duration(600), metadata=POSITIVE)
+    # Longer allowances for the slow activities; each grows to 3x the longest one measured.
+    loading_timeout: Duration = field(default=Duration(1800), metadata=POSITIVE)
+    validation_timeout: Duration = field(default=Duration(1800), metadata=POSITIVE)
+    checkpoint_timeout: Duration = field(default=Duration(900), metadata=POSITIVE)
+    # A failed shutdown (StopInstances refused, poweroff denied) is retried with backoff.
+    shutdown_retry_initial: Duration = field(default=Duration(30), metadata=POSITIVE)
+    shutdown_retry_max: Duration = field(default=Duration(900), metadata=POSITIVE)
+    # The fallback when StopInstances fails (and the "poweroff" action itself).
+    poweroff_command: list[str] = field(default_factory=lambda: ["systemctl", "poweroff"])
 
 
 ShutdownAction = Literal["ec2-stop", "poweroff", "none"]
@@ -141,6 +152,9 @@ class BudgetConfig:
     max_usd: float = field(default=600.0, metadata=POSITIVE)
     # 0: the live Spot price for this instance's type and zone (EC2 DescribeSpotPriceHistory).
     hourly_rate_usd: float = field(default=0.0, metadata=NON_NEGATIVE)
+    # While the live price is unknown (IMDS or EC2 not answering yet), spend is charged at this
+    # ceiling, never at $0: an unknown price must not switch the cap off.
+    ceiling_usd_per_hour: float = field(default=1.0, metadata=POSITIVE)
     alert_fractions: list[float] = field(default_factory=lambda: [0.5, 0.8])
     ebs_gb: float = field(default=0.0, metadata=NON_NEGATIVE)
     ebs_usd_per_gb_month: float = field(default=0.08, metadata=NON_NEGATIVE)

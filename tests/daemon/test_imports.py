@@ -18,7 +18,7 @@ def heavy_after(code: str) -> list[str]:
 
 
 def test_supervisor_modules_do_not_import_torch():
-    assert heavy_after("import daemon.cli, daemon.supervisor, daemon.guards, daemon.demo, daemon.status") == []
+    assert heavy_after("import daemon.cli, daemon.supervisor, daemon.executor, daemon.lifecycle, daemon.demo, daemon.status") == []
 
 
 @pytest.mark.parametrize("module", ["trainer.worker.cli", "trainer.dataset.cli", "trainer.evaluation.cli",

@@ -36,7 +36,7 @@ def test_killed_before_due_started_after_it_runs_once_and_go_goes_on(tmp_path, d
     state = d.wait_state(lambda s: (s.get("milestone") or {}).get("status") == "scheduled", timeout=60)
     due = state["milestone"]["due_at"]
     d.kill()  # SIGKILL, well before the milestone
-    assert (tmp_path / "state" / "jobs.sqlite").exists()
+    assert not (tmp_path / "state" / "jobs.sqlite").exists()  # the due time is plain data in state.json
     time.sleep(9)  # the due time passes while the daemon is down
     d2 = daemons(config)
     done = d2.wait_state(lambda s: (s.get("milestone") or {}).get("status") == "done", timeout=120)
@@ -60,8 +60,10 @@ def test_no_go_writes_the_abort_report_stops_the_worker_and_mails(tmp_path, daem
     smtp_sink.up()
     config = milestone_config(tmp_path, smtp_sink, after="3s", max_val_loss=0.001)
     d = daemons(config)
-    assert d.proc.wait(180) == 0  # NO-GO: checkpoint, stop, shutdown action (none here), done
-    state = d.state()
+    # NO-GO: checkpoint, stop, shutdown action (none here); the daemon stays up, watching
+    state = d.wait_state(lambda s: s["phase"] == "HALTED" and (s.get("shutdown") or {}).get("stage") == "done",
+                         timeout=180)
+    assert d.stop() == 0
     assert state["milestone"]["decision"] == "NO-GO" and state["phase"] == "HALTED"
     assert state["shutdown"]["reason"] == "milestone NO-GO"
     t = state["trainer"]

@@ -55,6 +55,11 @@ def wait_until(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def halted(d, timeout: float) -> dict:
+    """Wait until a rule's shutdown has been carried out (the daemon itself stays up)."""
+    return d.wait_state(lambda s: (s.get("shutdown") or {}).get("stage") == "done", timeout=timeout)
+
+
 def test_idle_warns_by_email_then_stops_the_instance(tmp_path, daemons, instance, aws, imds, smtp_sink):
     iid, ec2_state = instance
     smtp_sink.up()
@@ -71,12 +76,13 @@ def test_idle_warns_by_email_then_stops_the_instance(tmp_path, daemons, instance
     assert ec2_state() == "running", "the warning comes before the stop"
     assert warning[0]["Subject"] == "[amapiano-train] idle shutdown in 3 s"
     assert "amapiano-train hold" in warning[0].get_payload()  # says how to cancel
-    assert d.proc.wait(60) == 0  # the daemon's work is done once it has stopped the instance
+    state = halted(d, 60)
     assert ec2_state() in ("stopping", "stopped")
-    state = d.state()
+    assert d.proc.poll() is None  # it outlives its decision: still watching until systemd stops it
     assert state["shutdown"]["reason"].startswith("idle") and "StopInstances" in state["shutdown"]["result"]
     assert not state["shutdown"]["warning_undelivered"]
     assert subjects(smtp_sink)[-1].startswith("[amapiano-train] stopping the instance now")
+    assert d.stop() == 0
     assert 1.0 < warned_after < 6.5  # deadline (6 s) minus lead (3 s), give or take the checks and start-up
 
 
@@ -103,8 +109,9 @@ def test_budget_alerts_once_each_then_checkpoints_and_stops_at_the_cap(tmp_path,
         aws, imds, smtp_sink, budget={"max_usd": 4.0, "hourly_rate_usd": 1800.0, "alert_fractions": [0.5, 0.8],
                                       "check_every": "200ms", "action": "ec2-stop"}))
     d = daemons(config, AWS_ENV)
-    assert d.proc.wait(120) == 0
+    halted(d, 120)
     assert ec2_state() in ("stopping", "stopped")
+    assert d.stop() == 0
     got = subjects(smtp_sink)
     assert got.count("[amapiano-train] 50 % of the budget spent") == 1
     assert got.count("[amapiano-train] 80 % of the budget spent") == 1
@@ -149,7 +156,8 @@ def test_spot_notice_checkpoints_uploads_and_the_next_start_resumes_there(tmp_pa
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="runs", Prefix="demo/")["Contents"]}
     assert f"demo/checkpoints/step_{upload['step']:08d}.pt" in keys and "demo/state.json" in keys
     assert any("Spot interruption" in s for s in subjects(smtp_sink))
-    assert d.proc.wait(30) == 0 and d.state()["phase"] == "HALTED"
+    d.wait_state(lambda s: s["phase"] == "HALTED", timeout=30)
+    assert d.stop() == 0
 
     # A replacement instance: no local checkpoints, no notice. It resumes from S3 at that step.
     shutil.rmtree(tmp_path / "state" / "checkpoints")
@@ -193,8 +201,8 @@ def test_a_dead_mail_server_delays_the_shutdown_a_bounded_time_and_says_so(tmp_p
                   "smtp_port": smtp_sink.port, "smtp_starttls": False, "retry_every": "300ms",
                   "shutdown_wait": "2s"}})
     d = daemons(config)
-    assert d.proc.wait(90) == 0
-    state = d.state()
+    state = halted(d, 90)
+    assert d.stop() == 0
     assert state["shutdown"]["reason"].startswith("idle")
     undelivered = state["shutdown"]["warning_undelivered"]
     assert any("idle shutdown in" in s for s in undelivered)
@@ -213,7 +221,8 @@ def test_s3_refusing_the_upload_is_an_error_and_an_alert_not_a_crash(tmp_path, d
     imds.announce_interruption("stop")
     state = d.wait_state(lambda s: ((s.get("spot") or {}).get("interruption") or {}).get("upload"), timeout=60)
     assert "NoSuchBucket" in state["spot"]["interruption"]["upload"]["error"]
-    assert d.proc.wait(60) == 0  # it still checkpointed locally and halted cleanly
+    d.wait_state(lambda s: s["phase"] == "HALTED" and s["trainer"]["pid"] is None, timeout=60)
+    assert d.stop() == 0  # it still checkpointed locally and halted cleanly
     # both at error level: the restore at start-up and the upload (the bucket is not there)
     assert [e["event"] for p, e in d.events() if p == 3] == ["s3.restore_failed", "spot.upload_failed"]
     wait_until(lambda: "[amapiano-train] checkpoint upload to S3 failed" in subjects(smtp_sink), 20, "the alert")

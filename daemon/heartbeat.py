@@ -1,0 +1,43 @@
+"""The worker's heartbeat as the supervisor reads it: every field type-checked, so a torn,
+tampered or garbage file can only make fields unknown, never make a job raise."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .common.atomic import read_json
+
+INT_FIELDS = ("step", "total_steps", "epoch", "last_checkpoint_step", "resumed_from_step", "pid")
+FLOAT_FIELDS = ("train_loss", "val_loss", "best_val_loss", "lr", "samples_per_s")
+STR_FIELDS = ("activity", "last_checkpoint", "time")
+MAX_STR = 4096
+
+
+@dataclass(frozen=True)
+class Beat:
+    fields: dict[str, Any]      # only well-typed values
+    written_s: float            # the file's mtime (wall seconds)
+
+
+def _ok(key: str, v: Any) -> bool:
+    if key in INT_FIELDS:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 62
+    if key in FLOAT_FIELDS:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if key in STR_FIELDS:
+        return isinstance(v, str) and len(v) <= MAX_STR
+    return False
+
+
+def read(path: Path) -> Beat | None:
+    try:
+        written = os.stat(path).st_mtime
+    except OSError:
+        return None
+    data = read_json(path)
+    if data is None:
+        return None
+    return Beat({k: (float(v) if k in FLOAT_FIELDS else v) for k, v in data.items() if _ok(k, v)}, written)

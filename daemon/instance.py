@@ -1,0 +1,67 @@
+"""Where we run: the EC2 instance identity (IMDSv2) and the AWS clients for its region.
+
+IMDS can answer 503 or time out at start, or at any time. The identity is re-tried with backoff
+for the daemon's whole life (never "not EC2" for good after one miss); until it is known, Spot
+notices cannot be read and ec2-stop cannot be called, and both say so at warning level.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .aws import Aws
+from .common.config import Config
+from .imds import Imds, ImdsError
+
+RETRY_MAX_S = 300.0
+
+
+class Instance:
+    def __init__(self, cfg: Config, log: Any, clock: Any):
+        self.cfg, self.log, self.clock = cfg, log, clock
+        self.imds = Imds(cfg.aws.imds_url, cfg.aws.imds_timeout, clock) if cfg.aws.imds_url else None
+        self.identity: dict | None = None
+        self.aws: Aws | None = Aws(cfg.aws, cfg.aws.region) if cfg.aws.region else None
+        self.misses = 0
+        self._next_try = 0.0
+
+    @property
+    def on_ec2(self) -> bool:
+        return self.identity is not None
+
+    def refresh(self) -> bool:
+        """Try to learn the identity (if due); True once it is known."""
+        if self.identity is not None or self.imds is None:
+            return self.identity is not None
+        now = self.clock.monotonic()
+        if now < self._next_try:
+            return False
+        try:
+            doc = self.imds.identity()
+        except ImdsError as e:
+            self.misses += 1
+            delay = min(RETRY_MAX_S, 2.0 ** min(self.misses, 9))
+            self._next_try = now + delay
+            level = "info" if self.misses == 1 and not self.cfg.aws.region else "warning"
+            getattr(self.log, level)("aws.identity_unknown", reason=str(e), attempt=self.misses,
+                                     retry_in_s=delay, note="no Spot notices, no live price, no ec2-stop until known")
+            return False
+        for key in ("instanceId", "instanceType", "availabilityZone"):
+            if not isinstance(doc.get(key), str):
+                self.log.error("aws.identity_invalid", field=key)
+                return False
+        self.identity = doc
+        if self.aws is None and isinstance(doc.get("region"), str):
+            self.aws = Aws(self.cfg.aws, doc["region"])
+        self.log.info("aws.instance", instance_id=doc["instanceId"], instance_type=doc["instanceType"],
+                      zone=doc["availabilityZone"], after_misses=self.misses)
+        return True
+
+    def ec2_stop(self) -> str:
+        if self.identity is None or self.aws is None:
+            raise RuntimeError("not on EC2 (no instance identity yet)")
+        return self.aws.stop_instance(self.identity["instanceId"])
+
+    def spot_notices(self) -> tuple[dict | None, dict | None]:
+        """(interruption, rebalance) from IMDS; raises ImdsError when it cannot tell."""
+        assert self.imds is not None
+        return self.imds.spot_action(), self.imds.rebalance()

@@ -1,0 +1,87 @@
+"""The liveness rule: a worker whose heartbeat is older than its activity's deadline is hung. Pure.
+
+    decide(snapshot, allowances, memory) -> (kill_reason | None, memory)
+
+A frozen worker (SIGSTOP, a deadlocked data loader, a hung CUDA call) still "runs" as a process
+and its last heartbeat may say "validating" forever; it is never busy, it is dead. Each activity
+has an allowance from the config; loading, validation and checkpointing grow to three times the
+longest such span this run has measured, so a slow disk is not mistaken for a hang. A heartbeat
+from an earlier worker (another pid) counts as "loading" since this worker started.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+LEARNED = ("loading", "validating", "checkpointing")
+LEARN_FACTOR = 3.0
+
+
+@dataclass(frozen=True)
+class Allowances:
+    training: float
+    loading: float
+    validating: float
+    checkpointing: float
+
+    def base(self, activity: str | None) -> float:
+        if activity in ("validating",):
+            return self.validating
+        if activity in ("checkpointing", "completed", "stopped"):
+            return self.checkpointing
+        if activity in (None, "loading"):
+            return self.loading
+        return self.training
+
+
+@dataclass(frozen=True)
+class LivenessSnapshot:
+    now_s: float                   # wall seconds (the heartbeat's mtime is wall time too)
+    worker_pid: int | None         # None: no worker running
+    worker_started_s: float | None
+    beat_pid: int | None
+    beat_activity: str | None
+    beat_written_s: float | None   # the heartbeat file's mtime
+
+
+@dataclass(frozen=True)
+class LivenessMemory:
+    longest: dict[str, float] = field(default_factory=dict)   # activity -> longest span measured
+    current: tuple[int, str, float] | None = None             # (pid, activity, since)
+
+
+def deadline(activity: str | None, allow: Allowances, memory: LivenessMemory) -> float:
+    learned = LEARN_FACTOR * memory.longest.get(activity or "loading", 0.0)
+    return max(allow.base(activity), learned)
+
+
+def _observe(s: LivenessSnapshot, activity: str, memory: LivenessMemory) -> LivenessMemory:
+    """Record how long the previous activity lasted, when the activity changes."""
+    cur = memory.current
+    if cur is not None and cur[0] == s.worker_pid and cur[1] == activity:
+        return memory
+    longest = dict(memory.longest)
+    if cur is not None and cur[0] == s.worker_pid and cur[1] in LEARNED:
+        longest[cur[1]] = max(longest.get(cur[1], 0.0), s.now_s - cur[2])
+    return LivenessMemory(longest, (s.worker_pid, activity, s.now_s)) if s.worker_pid is not None else \
+        replace(memory, current=None)
+
+
+def decide(s: LivenessSnapshot, allow: Allowances, memory: LivenessMemory) -> tuple[str | None, LivenessMemory]:
+    if s.worker_pid is None or s.worker_started_s is None:
+        return None, replace(memory, current=None)
+    ours = s.beat_pid == s.worker_pid and s.beat_written_s is not None and s.beat_written_s >= s.worker_started_s - 1
+    activity = s.beat_activity if ours else "loading"
+    since = s.beat_written_s if ours else s.worker_started_s
+    memory = _observe(s, activity or "loading", memory)
+    age, limit = s.now_s - since, deadline(activity, allow, memory)
+    if age > limit:
+        return (f"hung: no heartbeat for {age:.0f} s while {activity or 'loading'} "
+                f"(deadline {limit:.0f} s)"), memory
+    return None, memory
+
+
+def is_fresh(s: LivenessSnapshot, allow: Allowances, memory: LivenessMemory) -> bool:
+    """The heartbeat is this worker's and within its deadline: its activity can be believed."""
+    if s.worker_pid is None or s.beat_pid != s.worker_pid or s.beat_written_s is None:
+        return False
+    return s.now_s - s.beat_written_s <= deadline(s.beat_activity, allow, memory)

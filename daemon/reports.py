@@ -1,0 +1,114 @@
+"""What the milestone and completion leave behind: the decision applied to the evaluation's
+figures, week_5_metrics.json, abort_report.json and completion_report.json, and the actions
+each outcome asks for. Pure functions of their inputs, except the atomic report writes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .actions import Action, ReleaseWorker, SendAlert, Shutdown, StopWorker
+from .common import checkpoints
+from .common.atomic import write_json_atomic
+from .common.config import Config
+from .milestone import CONDITIONAL, GO, NO_GO, MilestoneSnapshot, decide
+
+DECISION_SCALAR = {GO: 2, CONDITIONAL: 1, NO_GO: 0}
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What the reports need to know of the run, read by the supervisor."""
+
+    started_at: str
+    step: int | None
+    total_steps: int | None
+    best_val_loss: float | None
+    spent_usd: float | None
+    cost: dict | None
+
+
+def milestone(cfg: Config, metrics: dict, run: RunView, paused: bool, now: str,
+              due_at: str | None) -> tuple[dict, list[Action]]:
+    """Decide on the evaluation's figures; write the reports; return (state update, actions)."""
+    m = cfg.milestone
+    auth = metrics["model"]["authenticity"]
+    snap = MilestoneSnapshot(auth.get("mean_pct"), tuple(auth["ci95_pct"]) if auth.get("mean_pct") is not None
+                             else None, run.spent_usd, metrics["model"].get("val_loss"),
+                             m.min_authenticity_pct, m.max_cost_usd, m.max_val_loss, m.margin_pct / 100)
+    verdict = decide(snap)
+    report = {**metrics, "thresholds": {"min_authenticity_pct": m.min_authenticity_pct,
+                                        "max_cost_usd": m.max_cost_usd, "max_val_loss": m.max_val_loss,
+                                        "margin_pct": m.margin_pct},
+              "cost_usd": snap.cost_usd, "decision": verdict.decision, "reasons": list(verdict.reasons),
+              "checks": verdict.checks, "decided_at": now, "dry_run": m.dry_run}
+    path = cfg.reports_dir / "week_5_metrics.json"
+    write_json_atomic(path, report)
+    update: dict[str, Any] = {"status": "done", "decision": verdict.decision, "reasons": list(verdict.reasons),
+                              "report": str(path), "decided_at": now, "authenticity_pct": auth.get("mean_pct")}
+    body = f"Decision: {verdict.decision}\n" + "\n".join(f"- {r}" for r in verdict.reasons) + f"\nReport: {path}"
+    actions: list[Action] = []
+    if verdict.decision == NO_GO:
+        abort = cfg.reports_dir / "abort_report.json"
+        write_json_atomic(abort, abort_report(cfg, report, run, due_at))
+        update["abort_report"] = str(abort)
+        actions.append(SendAlert("milestone", "milestone: NO-GO, stopping the run", body + f"\nAbort report: {abort}"))
+        if not m.dry_run:
+            actions += [StopWorker("milestone NO-GO"), Shutdown(cfg.budget.action, "milestone NO-GO")]
+        elif paused:
+            actions.append(ReleaseWorker("milestone dry run"))
+    else:
+        what = "training goes on" if verdict.decision == GO else (
+            f"training goes on with a new evaluation every {m.conditional_every / 86400:g} days")
+        actions.append(SendAlert("milestone", f"milestone: {verdict.decision}", f"{body}\n{what}."))
+        if paused:
+            actions.append(ReleaseWorker(f"milestone {verdict.decision}"))
+    return update, actions
+
+
+def abort_report(cfg: Config, report: dict, run: RunView, due_at: str | None) -> dict:
+    top = checkpoints.best(cfg.checkpoint_dir)
+    newest = checkpoints.newest(cfg.checkpoint_dir)
+    return {"decision": NO_GO, "reasons": report["reasons"],
+            "metrics": {k: report[k] for k in ("model", "baseline", "checkpoint") if k in report},
+            "spend": run.cost, "timeline": {"started_at": run.started_at, "milestone_due_at": due_at,
+                                            "decided_at": report["decided_at"], "step": run.step,
+                                            "total_steps": run.total_steps},
+            "best_checkpoint": top and {"path": str(top.path), "step": top.step, "val_loss": top.val_loss},
+            "newest_checkpoint": str(newest.path) if newest else None,
+            "recommended_next_step": recommend(report["checks"])}
+
+
+def recommend(checks: dict) -> str:
+    if checks.get("authenticity") == "miss":
+        return ("The model does not sound Amapiano-like enough: review the proxy tags (`dataset select` counts), "
+                "add real Amapiano reference clips, or change the conditioning before spending more.")
+    if checks.get("val_loss") == "miss":
+        return "Validation loss is too high: check the data and the learning rate on a short run before resuming."
+    return "Spend is over the milestone cap: raise [milestone] max_cost_usd deliberately, or stop here."
+
+
+def completion(cfg: Config, metrics: dict | None, exported: bool, run: RunView, milestone_state: dict,
+               now: str) -> tuple[dict, list[Action]]:
+    """The completion report and mail, and the completion action."""
+    export_dir = cfg.reports_dir / "export"
+    cost = run.cost or {}
+    report = {"completed_at": now, "steps": run.step, "best_val_loss": run.best_val_loss,
+              "final_evaluation": metrics,
+              "export": {"transformers": str(export_dir / "best_model"),
+                         "audiocraft": str(export_dir / "state_dict.bin")} if exported else None,
+              "spend": cost, "started_at": run.started_at, "milestone": milestone_state}
+    path: Path = cfg.reports_dir / "completion_report.json"
+    write_json_atomic(path, report)
+    auth = ((metrics or {}).get("model") or {}).get("authenticity") or {}
+    action = cfg.milestone.completion_action
+    body = (f"All {run.total_steps} steps done; best validation loss {run.best_val_loss}; authenticity "
+            f"{auth.get('mean_pct')}; spent ${cost.get('total_usd', 0):,.2f}.\nReport: {path}\n"
+            + (f"Model: {export_dir}/best_model (transformers) and state_dict.bin (audiocraft)\n" if exported
+               else "The export FAILED: see the journal.\n")
+            + (f"Next: the shutdown action '{action}'." if action != "none" else
+               "The instance stays up (completion action 'none'); the idle rule applies."))
+    actions: list[Action] = [SendAlert("completed", "training completed", body)]
+    if action != "none":
+        actions.append(Shutdown(action, "training completed"))
+    return {"status": "done", "report": str(path), "exported": exported}, actions

@@ -1,0 +1,135 @@
+"""Stopping the instance: the stages of a shutdown and the mechanism that carries it out.
+
+A shutdown never blocks the scheduler thread: `advance` moves it one stage per call (ask the
+worker to checkpoint and exit, wait for it within stop_timeout, send the "stopping now" mail
+and wait a bounded time for delivery, act). Acting may fail: StopInstances is refused for a
+one-time Spot request's instance, `systemctl poweroff` may be denied. A failure is an error
+and an alert each time, and is retried with backoff, falling back from ec2-stop to poweroff,
+for as long as the daemon runs: while the instance bills, something keeps trying.
+"""
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .actions import Action, KillWorker, SendAlert, StopWorker
+from .common.config import Config
+
+OK_PREFIXES = ("StopInstances:", "poweroff requested", "skipped")
+
+
+@dataclass
+class Halt:
+    action: str
+    reason: str
+    started_mono: float
+    stage: str = "stopping-worker"     # -> "mailing" -> "acting" -> "done"
+    killed: bool = False
+    mail_since_mono: float | None = None
+    attempts: int = 0
+    next_try_mono: float = 0.0
+    result: str | None = None
+    undelivered: list[str] = field(default_factory=list)
+
+    def to_json(self, at: str) -> dict:
+        return {"reason": self.reason, "action": self.action, "at": at, "result": self.result,
+                "stage": self.stage, "attempts": self.attempts, "warning_undelivered": self.undelivered or None}
+
+
+class Machine:
+    """The stop mechanism: EC2 StopInstances, or the poweroff command."""
+
+    def __init__(self, cfg: Config, log: Any, ec2_stop: Callable[[], str] | None):
+        self.cfg, self.log = cfg, log
+        self.ec2_stop = ec2_stop   # None: not on EC2 (identity unknown yet)
+
+    def perform(self, action: str) -> tuple[bool, str]:
+        if action == "none":
+            self.log.warning("shutdown.skipped", action=action, note="action 'none': the instance keeps running")
+            return True, "skipped (action none)"
+        if action == "poweroff":
+            cmd = self.cfg.supervisor.poweroff_command
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                return False, f"failed: {' '.join(cmd)}: {e}"
+            if done.returncode != 0:
+                return False, f"failed: {' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()[:200]}"
+            return True, "poweroff requested"
+        if self.ec2_stop is None:
+            return False, "failed: not on EC2 (no instance identity yet)"
+        try:
+            return True, f"StopInstances: {self.ec2_stop()}"
+        except Exception as e:
+            return False, f"failed: {type(e).__name__}: {e}"
+
+
+class ShutdownStages:
+    def __init__(self, cfg: Config, log: Any, machine: Machine):
+        self.cfg, self.log, self.machine = cfg, log, machine
+        self.halt: Halt | None = None
+
+    @property
+    def in_progress(self) -> bool:
+        return self.halt is not None and self.halt.stage != "done"
+
+    def begin(self, action: str, reason: str, now: float) -> bool:
+        """Start a shutdown unless one is under way; after a finished one only a real action
+        (not 'none') may start another (idle may stop what a budget cap with 'none' left up)."""
+        h = self.halt
+        if h is not None and (h.stage != "done" or action == "none" or h.action != "none"):
+            return False
+        self.halt = Halt(action, reason, now)
+        self.log.warning("shutdown.started", reason=reason, action=action)
+        return True
+
+    def advance(self, now: float, worker_running: bool, pending_mail: bool, undelivered: list[str],
+                newest_checkpoint: str | None) -> tuple[list[Action], bool]:
+        """One step; returns (actions, finished_now)."""
+        h = self.halt
+        if h is None or h.stage == "done":
+            return [], False
+        actions: list[Action] = []
+        if h.stage == "stopping-worker":
+            if worker_running:
+                actions.append(StopWorker(h.reason))
+                if now - h.started_mono > self.cfg.supervisor.stop_timeout and not h.killed:
+                    h.killed = True
+                    actions.append(KillWorker(f"no checkpoint within stop_timeout while stopping ({h.reason})"))
+                return actions, False
+            actions.append(SendAlert("shutdown", f"stopping the instance now ({h.reason})",
+                                     f"Reason: {h.reason}. Action: {h.action}. The newest checkpoint is "
+                                     f"{newest_checkpoint or 'none'}."))
+            h.stage, h.mail_since_mono = "mailing", now
+            return actions, False
+        if h.stage == "mailing":
+            if pending_mail and now - h.mail_since_mono < self.cfg.email.shutdown_wait:
+                return [], False
+            if undelivered:
+                self.log.error("shutdown.warning_undelivered", subjects=undelivered,
+                               waited_s=round(now - h.mail_since_mono, 1))
+            h.undelivered, h.stage = undelivered, "acting"
+        if h.stage == "acting" and now >= h.next_try_mono:
+            return self._act(h, now)
+        return [], False
+
+    def _act(self, h: Halt, now: float) -> tuple[list[Action], bool]:
+        action = h.action
+        if action == "ec2-stop" and h.attempts % 2 == 1 and self.cfg.supervisor.poweroff_command:
+            action = "poweroff"   # every other retry falls back to powering off from inside
+        ok, result = self.machine.perform(action)
+        h.attempts += 1
+        h.result = result
+        if ok:
+            h.stage = "done"
+            self.log.warning("shutdown.done", action=action, result=result, reason=h.reason)
+            return [], True
+        s = self.cfg.supervisor
+        delay = min(s.shutdown_retry_max, s.shutdown_retry_initial * 2 ** (h.attempts - 1))
+        h.next_try_mono = now + delay
+        self.log.error("shutdown.failed", action=action, error=result, attempt=h.attempts, retry_in_s=round(delay, 1))
+        return [SendAlert("shutdown", f"could not stop the instance ({action}), retrying",
+                          f"{h.reason}: {action} failed: {result}\nAttempt {h.attempts}; the next in "
+                          f"{delay:.0f} s. THE INSTANCE IS STILL RUNNING AND BILLING: stop it by hand "
+                          "if this goes on.")], False
