@@ -5,7 +5,7 @@ The milestone's due time lives in state.json (`milestone.due_at`), never in a pi
 store: a restart keeps it, a daemon that was down when it came due runs it once at start-up,
 and nothing a bucket or a person's file can hold is ever unpickled. While an evaluation runs
 (a few stages advanced by the tick, never blocking the scheduler thread): pause the worker when
-it shares a GPU, run `trainer.evaluation.evaluate`, decide, report, act.
+it shares a GPU, run `python -m trainer.evaluation evaluate`, decide, report, act.
 """
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ from .common.config import Config
 from .common.launch import python_command, spawn
 from .milestone import CONDITIONAL
 
-EVALUATE = "trainer.evaluation.evaluate"
-EXPORT = "trainer.evaluation.export"
+CHILD = "trainer.evaluation"   # python -m trainer.evaluation evaluate|export ...
 
 
 @dataclass
@@ -116,7 +115,7 @@ class Evaluation:
             return []
         self.cfg.reports_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         r.out = str(self.cfg.reports_dir / ("final_eval.json" if r.final else "milestone_eval.json"))
-        r.proc = spawn(python_command(EVALUATE, "--config", str(self.cfg.source), "--out", r.out,
+        r.proc = spawn(python_command(CHILD, "evaluate", "--config", str(self.cfg.source), "--out", r.out,
                                       "--no-progress", "--log-format", self.log_format))
         r.stage = "evaluating"
         return []
@@ -149,7 +148,7 @@ class Evaluation:
             r.metrics = read_json(Path(r.out)) if r.proc.returncode == 0 else None
             if r.metrics is None:
                 self.log.error("completion.evaluation_failed", exit=r.proc.returncode)
-            r.proc = spawn(python_command(EXPORT, "--config", str(self.cfg.source),
+            r.proc = spawn(python_command(CHILD, "export", "--config", str(self.cfg.source),
                                           "--out", str(self.cfg.reports_dir / "export"), "--log-format", self.log_format),
                            stdout=subprocess.DEVNULL)
             r.stage = "exporting"

@@ -1,5 +1,5 @@
 """`amapiano-train evaluate` and `amapiano-train export`, and the same as module entry points for
-the supervisor's children (`python -m trainer.evaluation.evaluate|export`): one set of flags.
+the supervisor's children (`python -m trainer.evaluation evaluate|export`): one set of flags.
 
 A bad config is one line and exit 78; a missing, damaged or unloadable checkpoint, one line and
 exit 65. Nothing heavy is imported until a command runs: the supervisor builds this parser too.

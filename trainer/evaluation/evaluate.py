@@ -1,4 +1,4 @@
-"""`amapiano-train evaluate` (`python -m trainer.evaluation.evaluate`): the figures the milestone decides on, for a checkpoint and the baseline.
+"""`amapiano-train evaluate` (`python -m trainer.evaluation evaluate`): the figures the milestone decides on, for a checkpoint and the baseline.
 
 Validation loss over the valid split; `[milestone] samples` clips generated from the Amapiano
 prompts by the checkpoint AND by the pre-trained model the run started from, decoded to audio
@@ -9,7 +9,6 @@ it by hand on any checkpoint.
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -105,14 +104,3 @@ def evaluate(cfg, log: Any, checkpoint_path: Path | None, out: Path, progress: b
              authenticity=results["model"]["authenticity"]["mean_pct"],
              baseline_authenticity=results["baseline"]["authenticity"]["mean_pct"])
     return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m trainer.evaluation.evaluate`: what the supervisor launches at the milestone."""
-    from .cli import cmd_evaluate, evaluate_parser
-
-    return cmd_evaluate(evaluate_parser("python -m trainer.evaluation.evaluate").parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

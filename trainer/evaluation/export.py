@@ -1,4 +1,4 @@
-"""`amapiano-train export` (`python -m trainer.evaluation.export`): the best checkpoint as a model people can load.
+"""`amapiano-train export` (`python -m trainer.evaluation export`): the best checkpoint as a model people can load.
 
 Two layouts in the output directory:
 
@@ -16,7 +16,6 @@ when given (--audiocraft-base), else left None and the README says how to add it
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +108,3 @@ def _xp_cfg(path: Path):
     if not isinstance(blob, dict):
         raise CheckpointError(f"{path}: not audiocraft's state_dict.bin (no \"xp.cfg\" table)")
     return blob.get("xp.cfg")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m trainer.evaluation.export`: what the supervisor launches at completion."""
-    from .cli import cmd_export, export_parser
-
-    return cmd_export(export_parser("python -m trainer.evaluation.export", config_required=True).parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -56,7 +56,7 @@ def test_export_of_the_best_checkpoint_loads_with_from_pretrained(tmp_path):
     assert subprocess.run([*AMAPIANO_TRAIN, "train", "--config", str(config)], capture_output=True,
                           timeout=300).returncode == 0
     out = tmp_path / "export"
-    r = subprocess.run([sys.executable, "-m", "trainer.evaluation.export", "--config", str(config), "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "trainer.evaluation", "export", "--config", str(config), "--out", str(out),
                         "--log-format", "json"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
