@@ -95,6 +95,18 @@ class Executor:
         self.worker.signal(signal.SIGQUIT)
         time.sleep(0.5)
 
+    def stop_now(self, timeout: float):
+        """systemctl stop: SIGTERM (the worker checkpoints), SIGKILL after `timeout`. Returns its exit."""
+        self.worker.signal(signal.SIGTERM)
+        self.log.info("worker.stop_requested", pid=self.worker.pid, timeout_s=timeout)
+        ended = self.worker.wait(timeout)
+        if ended is None:
+            self.log.error("worker.stop_timeout", pid=self.worker.pid, timeout_s=timeout,
+                           note="sending SIGKILL; work since the last checkpoint is lost")
+            self.worker.signal(signal.SIGKILL)
+            ended = self.worker.wait(30)
+        return ended
+
     # -- the world -----------------------------------------------------------------------------
     def _SendAlert(self, a: A.SendAlert) -> None:
         self.outbox.send(a.kind, a.subject, a.body)

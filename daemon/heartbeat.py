@@ -41,3 +41,17 @@ def read(path: Path) -> Beat | None:
     if data is None:
         return None
     return Beat({k: (float(v) if k in FLOAT_FIELDS else v) for k, v in data.items() if _ok(k, v)}, written)
+
+
+ABSORBED = ("step", "total_steps", "epoch", "train_loss", "val_loss", "best_val_loss", "lr", "samples_per_s",
+            "activity", "last_checkpoint", "last_checkpoint_step", "resumed_from_step")
+
+
+def absorb(trainer: Any, beat: Beat | None) -> None:
+    """Copy the heartbeat's well-typed fields into state.json's `trainer` section."""
+    if beat is None:
+        return
+    for key in ABSORBED:
+        if key in beat.fields:
+            setattr(trainer, key, beat.fields[key])
+    trainer.heartbeat_at = beat.fields.get("time", trainer.heartbeat_at)

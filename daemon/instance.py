@@ -6,7 +6,7 @@ notices cannot be read and ec2-stop cannot be called, and both say so at warning
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from .aws import Aws
 from .common.config import Config
@@ -65,3 +65,10 @@ class Instance:
         """(interruption, rebalance) from IMDS; raises ImdsError when it cannot tell."""
         assert self.imds is not None
         return self.imds.spot_action(), self.imds.rebalance()
+
+    def ses_factory(self) -> Callable[[], Any] | None:
+        """A factory for the SES client (mail through SES), in our region once it is known."""
+        if self.cfg.email.transport != "ses":
+            return None
+        region = self.cfg.aws.region or (self.identity or {}).get("region") or "us-east-1"
+        return lambda: Aws(self.cfg.aws, region).client("ses")

@@ -11,6 +11,7 @@ from an earlier worker (another pid) counts as "loading" since this worker start
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 LEARNED = ("loading", "validating", "checkpointing")
 LEARN_FACTOR = 3.0
@@ -22,6 +23,11 @@ class Allowances:
     loading: float
     validating: float
     checkpointing: float
+
+    @classmethod
+    def of(cls, s: Any) -> "Allowances":
+        """From the config's [supervisor] section."""
+        return cls(s.heartbeat_timeout, s.loading_timeout, s.validation_timeout, s.checkpoint_timeout)
 
     def base(self, activity: str | None) -> float:
         if activity in ("validating",):

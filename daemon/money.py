@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any
 
 from . import budget as budget_rule
-from .actions import Action
+from .actions import Action, SendAlert, StopWorker
 from .common.clock import iso
 from .common.config import Config
 from .cost import Forecast, Ledger, accrue, ebs_usd_per_hour, forecast, new_ledger
@@ -102,6 +102,15 @@ class Money:
             rate_usd_per_h=self.rate, action=self.cfg.budget.action)
         actions, self.fired = budget_rule.decide(snap, self.fired)
         return actions
+
+    def held_over_cap(self) -> list[Action]:
+        """Restarted over the cap (the instance was started again): the worker stays stopped and
+        the person hears why; the idle rule, with its warning, stops the instance later."""
+        spent, cap = self.spent or 0.0, self.cfg.budget.max_usd
+        return [StopWorker("budget cap reached"),
+                SendAlert("budget", "budget cap reached: the worker stays stopped",
+                          f"Spent ${spent:,.2f} of ${cap:,.2f}. Raise [budget] max_usd and restart the service "
+                          "to go on.")]
 
     def scalars(self) -> dict[str, float | None]:
         return {"cost/total_usd": self.spent, "cost/rate_usd_per_h": self.rate}

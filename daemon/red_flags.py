@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from .actions import SendAlert
 
@@ -89,3 +90,15 @@ def record(history: list[tuple[float, float]], now_s: float, val_loss: float | N
     if val_loss is None or not math.isfinite(val_loss) or (history and history[-1][1] == val_loss):
         return history
     return (history + [(now_s, float(val_loss))])[-HISTORY_MAX:]
+
+
+def snapshot(cfg: Any, now_s: float, history: list[tuple[float, float]], gpu_util_1h_pct: float | None,
+             spent_usd: float | None, training: bool, milestone_decided: bool) -> RedFlagSnapshot:
+    """The snapshot for [red_flags] `cfg`."""
+    return RedFlagSnapshot(now_s, tuple(history), gpu_util_1h_pct, training, spent_usd, milestone_decided,
+                           cfg.val_loss_stall, cfg.min_gpu_util_pct, cfg.max_cost_before_milestone_usd)
+
+
+def section(raised: frozenset[str], history: list[tuple[float, float]]) -> dict:
+    """state.json's `red_flags` section."""
+    return {"raised": sorted(raised), "val_history": [list(p) for p in history[-HISTORY_MAX:]]}

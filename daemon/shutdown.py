@@ -133,3 +133,12 @@ class ShutdownStages:
                           f"{h.reason}: {action} failed: {result}\nAttempt {h.attempts}; the next in "
                           f"{delay:.0f} s. THE INSTANCE IS STILL RUNNING AND BILLING: stop it by hand "
                           "if this goes on.")], False
+
+
+WARNED_KINDS = ("idle", "budget", "shutdown")
+
+
+def mail_status(alerts: list[dict]) -> tuple[bool, list[str]]:
+    """(any mail still pending, the warnings not delivered) from the outbox's list."""
+    pending = any(a["status"] == "pending" for a in alerts)
+    return pending, [a["subject"] for a in alerts if a["kind"] in WARNED_KINDS and a["status"] in ("pending", "failed")]

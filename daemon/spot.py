@@ -38,3 +38,15 @@ def decide(s: SpotSnapshot, seen: frozenset[str]) -> tuple[list[Action], frozens
                           "now and training goes on."),
                 Upload("rebalance", s.step)], seen | {"rebalance"}
     return [], seen
+
+
+def notes(new: frozenset[str], s: SpotSnapshot, now: str) -> dict[str, dict]:
+    """What state.json records of each notice when it is first seen."""
+    return {k: {"notice": s.interruption if k == "interruption" else s.rebalance, "seen_at": now, "step": s.step}
+            for k in new}
+
+
+def section(notes_seen: dict[str, dict], uploads: dict[str, dict]) -> dict | None:
+    """state.json's `spot` section: each notice with its upload's record."""
+    out = {k: {**v, **({"upload": uploads[k]} if k in uploads else {})} for k, v in notes_seen.items()}
+    return out or None

@@ -151,3 +151,18 @@ def load_state(path: Path) -> State | None:
 def save_state(path: Path, state: State, now: datetime) -> None:
     state.updated_at = iso(now)
     write_json_atomic(path, state.to_json())
+
+
+def open_run(path: Path, now: datetime, log: Any) -> State:
+    """The run's state at a daemon start: the same run_id and started_at across restarts (a new
+    run record only when there is none). Raises StateError if the file is unusable."""
+    state = load_state(path)
+    if state is None:
+        state = State.new(now)
+        log.info("run.created", run_id=state.run_id, state_file=str(path))
+    else:
+        log.info("run.resumed", run_id=state.run_id, started_at=state.started_at, previous_phase=state.phase)
+    state.phase, state.phase_since, state.failure = Phase.STARTING.value, iso(now), None
+    state.trainer.pid = None
+    state.shutdown = None  # a restart re-checks everything (the budget before the worker starts)
+    return state

@@ -1,16 +1,14 @@
 """The supervisor: keeps the trainer worker running and every rule in force while the instance bills.
 
-APScheduler runs each job on one worker thread; every job is the same three lines: read the
-world into a snapshot, let a pure rule decide (daemon/lifecycle.py, restart.py, liveness.py,
-budget.py, idle.py, spot.py, red_flags.py, milestone.py), hand the actions to the one executor
-(daemon/executor.py). The watchdog ping is a job too, and is withheld when the tick stalls, so it
+APScheduler runs each job on one thread; every job reads the world into a snapshot, lets a pure
+rule decide (lifecycle, restart, liveness, budget, idle, spot, red_flags, milestone) and hands the
+actions to the one executor. The watchdog ping is a job too, withheld when the tick stalls: it
 reflects the scheduler's health, not the disk's. The daemon outlives its decisions: after a halt,
 a failed shutdown or a completed run it stays up, retrying the shutdown and keeping the idle and
 budget rules watching, until systemd stops it.
 """
 from __future__ import annotations
 
-import json
 import random
 import signal
 import threading
@@ -21,7 +19,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from . import heartbeat, idle, liveness, red_flags, spot
-from .actions import KillWorker, SendAlert, StartWorker, StopWorker
+from .actions import KillWorker, StartWorker
 from .common import checkpoints
 from .common.clock import Clock, iso, parse_iso
 from .common.config import Config
@@ -36,16 +34,12 @@ from .mirror import Mirror
 from .money import Money
 from .notify import Notifier
 from .reports import RunView
-from .shutdown import Machine, ShutdownStages
-from .state import Failure, State, load_state, save_state
+from .shutdown import Machine, ShutdownStages, mail_status
+from .state import Failure, open_run
 from .states import Phase
-from .status import status_line
+from .publisher import StateWriter
 from .tensorboard import ScalarWriter
 from .worker import WorkerProcess
-
-HEARTBEAT_FIELDS = ("step", "total_steps", "epoch", "train_loss", "val_loss", "best_val_loss", "lr",
-                    "samples_per_s", "activity", "last_checkpoint", "last_checkpoint_step", "resumed_from_step")
-STATE_REFRESH_S = 30.0  # rewrite state.json at least this often, so updated_at shows we are alive
 
 
 class Supervisor:
@@ -62,12 +56,9 @@ class Supervisor:
         self.finished = threading.Event()  # a rule's shutdown was carried out (the demo waits on it)
         self.job_failures: dict[str, int] = {}
         self._scheduler: BackgroundScheduler | None = None
-        self._ready_sent = False
         self._last_tick: float | None = None
-        self._last_written: tuple[str, float] | None = None
-        self._write_failed: str | None = None
         self._worker_started_s: float | None = None
-        self.state = self._load_or_create_state()
+        self.state = open_run(cfg.state_file, self.clock.now(), log)  # StateError: the CLI exits 65
         s = self.state
         self.lifecycle = Lifecycle(log, lambda: iso(self.clock.now()), cfg.supervisor, self._checkpoint_step(),
                                    restarts=s.trainer.restarts)
@@ -80,6 +71,7 @@ class Supervisor:
         self.executor = Executor(log, self.clock, self.lifecycle, self.worker, self.outbox, self.shutdown_stages,
                                  self.mirror, self._checkpoint_step)
         self.evaluation = Evaluation(cfg, log, self.clock, s.milestone, s.started_at, log_format)
+        self.writer = StateWriter(cfg.state_file, log, self.clock, self.notifier, self.outbox)
         self.tb = ScalarWriter(cfg.tensorboard_dir / "supervisor", parse_iso(s.started_at), log)
         self.idle_timer = idle.load_timer(s.idle)
         self._idle_json: dict | None = None
@@ -92,20 +84,6 @@ class Supervisor:
         self.spot_notes: dict = dict(s.spot or {})
 
     # -- the world -------------------------------------------------------------------------------
-    def _load_or_create_state(self) -> State:
-        """Keep run_id and started_at across daemon restarts: it is the same run."""
-        now = self.clock.now()
-        state = load_state(self.cfg.state_file)  # StateError propagates: the CLI exits 65
-        if state is None:
-            state = State.new(now)
-            self.log.info("run.created", run_id=state.run_id, state_file=str(self.cfg.state_file))
-        else:
-            self.log.info("run.resumed", run_id=state.run_id, started_at=state.started_at, previous_phase=state.phase)
-        state.phase, state.phase_since, state.failure = Phase.STARTING.value, iso(now), None
-        state.trainer.pid = None
-        state.shutdown = None  # a restart re-checks everything (the budget before the worker starts)
-        return state
-
     def _checkpoint_step(self) -> int | None:
         newest = checkpoints.newest(self.cfg.checkpoint_dir)
         return newest.step if newest else None
@@ -125,10 +103,6 @@ class Supervisor:
             now_s=self.clock.now().timestamp(), worker_pid=self.worker.pid if self.worker.running else None,
             worker_started_s=self._worker_started_s, beat_pid=f.get("pid"), beat_activity=f.get("activity"),
             beat_written_s=beat.written_s if beat else None)
-
-    def _allowances(self) -> liveness.Allowances:
-        s = self.cfg.supervisor
-        return liveness.Allowances(s.heartbeat_timeout, s.loading_timeout, s.validation_timeout, s.checkpoint_timeout)
 
     # -- jobs ------------------------------------------------------------------------------------
     def _guard(self, name: str, fn: Callable[[], None]) -> Callable[[], None]:
@@ -151,38 +125,24 @@ class Supervisor:
             self.executor.execute([StartWorker()])
             self._worker_started_s = self.clock.now().timestamp()
         beat = heartbeat.read(self.cfg.heartbeat_file)
-        self._absorb(beat)
-        hung, self.liveness = liveness.decide(self._liveness_snapshot(beat), self._allowances(), self.liveness)
+        heartbeat.absorb(self.state.trainer, beat)
+        hung, self.liveness = liveness.decide(self._liveness_snapshot(beat), liveness.Allowances.of(self.cfg.supervisor), self.liveness)
         if hung:
             self.executor.execute([KillWorker(hung)])
         self.executor.execute(self.evaluation.step(self.worker.running, self.gpu.available, self._run_view()))
         self.publish()
 
-    def _absorb(self, beat: heartbeat.Beat | None) -> None:
-        if beat is None:
-            return
-        t = self.state.trainer
-        for key in HEARTBEAT_FIELDS:
-            if key in beat.fields:
-                setattr(t, key, beat.fields[key])
-        t.heartbeat_at = beat.fields.get("time", t.heartbeat_at)
-
     def _may_start_worker(self) -> bool:
         """A (re)start waits for an S3 restore and re-checks the budget."""
         if self.mirror.restore_pending:
             return False
-        if self.money.over_cap:
-            self.cost_job()  # the cap alert and the shutdown, once; over the cap on a restart: held
-            if "cap" in self.money.fired and not self.shutdown_stages.in_progress and self.lifecycle.hold is None:
-                # Restarted over the cap (the instance was started again): the worker stays stopped;
-                # the idle rule, with its warning, stops the instance later.
-                spent, cap = self.money.spent or 0.0, self.cfg.budget.max_usd
-                self.executor.execute([StopWorker("budget cap reached"), SendAlert(
-                    "budget", "budget cap reached: the worker stays stopped",
-                    f"Spent ${spent:,.2f} of ${cap:,.2f}. Raise [budget] max_usd and restart the service to go on.")])
-                self.lifecycle.halted("budget cap reached")
-            return False
-        return True
+        if not self.money.over_cap:
+            return True
+        self.cost_job()  # the cap alert and the shutdown, once; over the cap on a restart: held
+        if "cap" in self.money.fired and not self.shutdown_stages.in_progress and self.lifecycle.hold is None:
+            self.executor.execute(self.money.held_over_cap())
+            self.lifecycle.halted("budget cap reached")
+        return False
 
     def _on_worker_exit(self, ended: Any, now: float) -> None:
         t = self.state.trainer
@@ -214,7 +174,7 @@ class Supervisor:
     def idle_job(self) -> None:
         now_mono, now_s, t = self.clock.monotonic(), self.clock.boottime(), self.state.trainer
         beat = heartbeat.read(self.cfg.heartbeat_file)
-        fresh = liveness.is_fresh(self._liveness_snapshot(beat), self._allowances(), self.liveness)
+        fresh = liveness.is_fresh(self._liveness_snapshot(beat), liveness.Allowances.of(self.cfg.supervisor), self.liveness)
         evaluating = self.evaluation.busy  # the milestone evaluation is work too
         snap = idle.IdleSnapshot(
             boot_id=self.clock.boot_id(), now_s=now_s, step=t.step,
@@ -230,12 +190,9 @@ class Supervisor:
         self.executor.execute(actions)
 
     def halt_job(self) -> None:
-        alerts = self.outbox.to_json()
-        undelivered = [a["subject"] for a in alerts
-                       if a["kind"] in ("idle", "budget", "shutdown") and a["status"] in ("pending", "failed")]
-        actions, finished = self.shutdown_stages.advance(
-            self.clock.monotonic(), self.worker.running, any(a["status"] == "pending" for a in alerts),
-            undelivered, self.state.trainer.last_checkpoint)
+        pending, undelivered = mail_status(self.outbox.to_json())
+        actions, finished = self.shutdown_stages.advance(self.clock.monotonic(), self.worker.running, pending,
+                                                         undelivered, self.state.trainer.last_checkpoint)
         self.executor.execute(actions)
         if finished:
             self.lifecycle.halted(self.shutdown_stages.halt.reason)
@@ -243,17 +200,13 @@ class Supervisor:
             self.finished.set()
 
     def red_flags_job(self) -> None:
-        t, now, rf = self.state.trainer, self.clock.now(), self.cfg.red_flags
-        self.val_history = red_flags.record(self.val_history, now.timestamp(), t.val_loss)
-        snap = red_flags.RedFlagSnapshot(
-            now_s=now.timestamp(), val_history=tuple(self.val_history),
-            gpu_util_1h_pct=self.gpu.average(3600, self.clock.monotonic()) if self.gpu.available else None,
-            training=self.worker.running and t.activity == "training", spent_usd=self.money.spent,
-            milestone_decided=bool(self.evaluation.state.get("decision")), stall_s=rf.val_loss_stall,
-            min_gpu_util_pct=rf.min_gpu_util_pct, max_cost_before_milestone_usd=rf.max_cost_before_milestone_usd)
+        t, now = self.state.trainer, self.clock.now().timestamp()
+        self.val_history = red_flags.record(self.val_history, now, t.val_loss)
+        gpu_1h = self.gpu.average(3600, self.clock.monotonic()) if self.gpu.available else None
+        snap = red_flags.snapshot(self.cfg.red_flags, now, self.val_history, gpu_1h, self.money.spent,
+                                  training=self.worker.running and t.activity == "training",
+                                  milestone_decided=bool(self.evaluation.state.get("decision")))
         alerts, self.raised = red_flags.decide(snap, self.raised)
-        for a in alerts:
-            self.log.warning("red_flag", subject=a.subject)
         self.executor.execute(alerts)
 
     def gpu_job(self) -> None:
@@ -270,9 +223,7 @@ class Supervisor:
             return
         snap = spot.SpotSnapshot(interruption, rebalance, self.state.trainer.step or 0, self.mirror.enabled)
         actions, seen = spot.decide(snap, self.spot_seen)
-        for key in seen - self.spot_seen:
-            notice = interruption if key == "interruption" else rebalance
-            self.spot_notes[key] = {"notice": notice, "seen_at": iso(self.clock.now()), "step": snap.step}
+        self.spot_notes.update(spot.notes(seen - self.spot_seen, snap, iso(self.clock.now())))
         self.spot_seen = seen
         self.executor.execute(actions)
 
@@ -285,10 +236,9 @@ class Supervisor:
         s.cost, s.budget = self.money.to_json()
         s.gpu = self.gpu.to_json(self.clock.monotonic())
         s.idle = self._idle_json or s.idle
-        uploads = self.mirror.upload_records()
-        s.spot = {k: {**v, **({"upload": uploads[k]} if k in uploads else {})} for k, v in self.spot_notes.items()} or None
+        s.spot = spot.section(self.spot_notes, self.mirror.upload_records())
         s.alerts = self.outbox.to_json()
-        s.red_flags = {"raised": sorted(self.raised), "val_history": [list(p) for p in self.val_history[-2000:]]}
+        s.red_flags = red_flags.section(self.raised, self.val_history)
         s.milestone = self.evaluation.to_json()
         halt = self.shutdown_stages.halt
         if halt is not None:
@@ -298,32 +248,8 @@ class Supervisor:
                           "at": iso(self.clock.now()), "result": None}
 
     def publish(self, force: bool = False) -> None:
-        """state.json when it changed (or every STATE_REFRESH_S), and systemd's STATUS line. A
-        write that fails (disk full, read-only) is an error and one alert, and is tried again."""
         self._collect()
-        body = json.dumps({k: v for k, v in self.state.to_json().items() if k != "updated_at"}, sort_keys=True,
-                          default=str)
-        now = self.clock.monotonic()
-        if force or self._last_written is None or self._last_written[0] != body \
-                or now - self._last_written[1] >= STATE_REFRESH_S:
-            try:
-                save_state(self.cfg.state_file, self.state, self.clock.now())
-                self._last_written = (body, now)
-                if self._write_failed:
-                    self.log.info("state.write_recovered", state_file=str(self.cfg.state_file))
-                self._write_failed = None
-            except (OSError, ValueError) as e:
-                if self._write_failed is None:
-                    self.outbox.send("storage", "cannot write state.json",
-                                     f"{self.cfg.state_file}: {e}. The daemon keeps watching and retries.")
-                self._write_failed = str(e)
-                self.log.error("state.write_failed", state_file=str(self.cfg.state_file), error=str(e))
-        if not self._ready_sent:  # the first tick has run: we are up, even if the disk is not
-            self._ready_sent = True
-            self.notifier.ready(status_line(self.state))
-            self.log.info("supervisor.ready", watchdog_interval_s=self.notifier.watchdog_interval)
-        else:
-            self.notifier.status(status_line(self.state))
+        self.writer.publish(self.state, force)
 
     def watchdog(self) -> None:
         """WATCHDOG=1, but only while the tick job is alive: a hung scheduler stops the pings."""
@@ -359,7 +285,7 @@ class Supervisor:
 
     def start(self) -> None:
         """Find out where we run, bring the ledger to now, start the jobs (non-blocking)."""
-        self.outbox.transport = make_transport(self.cfg.email, self._ses_factory())
+        self.outbox.transport = make_transport(self.cfg.email, self.instance.ses_factory())
         self.gpu.start()
         self.instance.refresh()
         self.money.refresh_price()
@@ -373,14 +299,6 @@ class Supervisor:
         self.log.info("supervisor.started", config=str(self.cfg.source), run_id=self.state.run_id,
                       checkpoint_step=self._checkpoint_step(), poll_interval_s=self.cfg.supervisor.poll_interval,
                       milestone_due_at=self.evaluation.state.get("due_at"))
-
-    def _ses_factory(self) -> Callable[[], Any] | None:
-        if self.cfg.email.transport != "ses":
-            return None
-        from .aws import Aws
-
-        region = self.cfg.aws.region or (self.instance.identity or {}).get("region") or "us-east-1"
-        return lambda: Aws(self.cfg.aws, region).client("ses")
 
     def request_stop(self, signum: int | None = None, _frame: Any = None) -> None:
         if signum is not None and not self.stop_requested.is_set():
@@ -397,17 +315,19 @@ class Supervisor:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)  # lets a running job finish; none starts after
         self.evaluation.terminate()
-        self._ready_sent = True  # never READY=1 on the way out
+        self.writer.ready_sent = True  # never READY=1 on the way out
         if self.worker.running:
             self.notifier.stopping(f"stopping: worker checkpointing (pid {self.worker.pid})")
             self.lifecycle.stopping_for_good()
             self.publish(force=True)
-            self._stop_worker()
+            if (ended := self.executor.stop_now(self.cfg.supervisor.stop_timeout)) is not None:
+                self._on_worker_exit(ended, self.clock.monotonic())
+                self.log.info("worker.stopped", reason=ended.describe(), checkpoint_step=self._checkpoint_step())
         else:
             self.notifier.stopping()
             if (ended := self.worker.poll()) is not None:
                 self._on_worker_exit(ended, self.clock.monotonic())
-        self._absorb(heartbeat.read(self.cfg.heartbeat_file))
+        heartbeat.absorb(self.state.trainer, heartbeat.read(self.cfg.heartbeat_file))
         # It may have finished all epochs just as we stopped it: the run is complete, not stopped.
         self.lifecycle.stopped(self.state.trainer.activity == "completed", checkpoint_step=self._checkpoint_step())
         self.mirror.wait(self.cfg.supervisor.stop_timeout)
@@ -416,20 +336,6 @@ class Supervisor:
         self.outbox.close()
         self.tb.close()
         self.log.info("supervisor.stopped", phase=self.phase.value, checkpoint_step=self._checkpoint_step())
-
-    def _stop_worker(self) -> None:
-        timeout = self.cfg.supervisor.stop_timeout
-        self.worker.signal(signal.SIGTERM)
-        self.log.info("worker.stop_requested", pid=self.worker.pid, timeout_s=timeout)
-        ended = self.worker.wait(timeout)
-        if ended is None:
-            self.log.error("worker.stop_timeout", pid=self.worker.pid, timeout_s=timeout,
-                           note="sending SIGKILL; work since the last checkpoint is lost")
-            self.worker.signal(signal.SIGKILL)
-            ended = self.worker.wait(30)
-        if ended is not None:
-            self._on_worker_exit(ended, self.clock.monotonic())
-            self.log.info("worker.stopped", reason=ended.describe(), checkpoint_step=self._checkpoint_step())
 
     def run(self) -> int:
         """Foreground: handle SIGTERM/SIGINT; run until systemd (or a person) stops us."""
