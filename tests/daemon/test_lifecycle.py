@@ -1,0 +1,88 @@
+"""The lifecycle: every allowed transition is taken, a disallowed one is refused and logged at
+error level, holds rank as they should, and an exit means what the table says."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from daemon.common.config import SupervisorConfig
+from daemon.lifecycle import ALLOWED, HoldKind, Lifecycle
+from daemon.restart import WorkerExit
+from daemon.states import Phase
+
+
+class Log:
+    def __init__(self):
+        self.lines: list[tuple[str, str, dict]] = []
+
+    def __getattr__(self, level):
+        return lambda event, **kw: self.lines.append((level, event, kw))
+
+
+def make(phase: Phase = Phase.STARTING) -> tuple[Lifecycle, Log]:
+    log = Log()
+    return Lifecycle(log, lambda: "2026-01-01T00:00:00Z", SupervisorConfig(), None, phase=phase), log
+
+
+PAIRS = [(a, b) for a in Phase for b in Phase if a is not b]
+
+
+@pytest.mark.parametrize("old,new", [(a, b) for a, b in PAIRS if b in ALLOWED[a]],
+                         ids=lambda p: p.value)
+def test_every_allowed_transition_is_taken_and_logged(old, new):
+    lc, log = make(old)
+    assert lc.to(new, reason="test") is True and lc.phase is new
+    assert [e for _, e, _ in log.lines] == ["phase.changed"]
+
+
+@pytest.mark.parametrize("old,new", [(a, b) for a, b in PAIRS if b not in ALLOWED[a]],
+                         ids=lambda p: p.value)
+def test_a_disallowed_transition_is_refused_at_error_level(old, new):
+    lc, log = make(old)
+    assert lc.to(new) is False and lc.phase is old and lc.refused == 1
+    assert log.lines[0][:2] == ("error", "lifecycle.refused")
+
+
+def test_terminal_phases_have_no_way_out_and_live_ones_can_always_stop():
+    for p in Phase:
+        assert (not ALLOWED[p]) == p.is_terminal()
+        if not p.is_terminal():
+            assert Phase.STOPPED in ALLOWED[p] or Phase.STOPPING in ALLOWED[p]
+
+
+def test_a_halt_outranks_a_pause_and_not_the_other_way():
+    lc, _ = make()
+    assert lc.hold_worker(HoldKind.PAUSE, "milestone")
+    assert lc.hold_worker(HoldKind.HALT, "budget cap reached")
+    assert not lc.hold_worker(HoldKind.PAUSE, "milestone again")
+    assert lc.hold.kind is HoldKind.HALT and not lc.release(0.0)
+
+
+@pytest.mark.parametrize("hold,code,phase", [
+    (HoldKind.PAUSE, 75, Phase.PAUSED), (HoldKind.SPOT, 75, Phase.HALTED), (HoldKind.HALT, 75, Phase.STOPPING),
+    (HoldKind.HALT, 0, Phase.COMPLETED), (None, 0, Phase.COMPLETED), (None, 78, Phase.FAILED),
+    (None, 75, Phase.STARTING), (None, 1, Phase.BACKOFF)])
+def test_what_an_exit_means(hold, code, phase):
+    lc, _ = make()
+    lc.started(123, None)
+    if hold:
+        lc.hold_worker(hold, "why")
+    outcome, _ = lc.worker_exited(WorkerExit(code=code), 10, 100.0, 0.5)
+    assert lc.phase is phase
+    assert outcome == {Phase.COMPLETED: "complete", Phase.FAILED: "fail"}.get(
+        phase, "held" if hold else "restart")
+
+
+def test_a_pause_released_starts_again_at_once():
+    lc, _ = make()
+    lc.started(1, None)
+    lc.hold_worker(HoldKind.PAUSE, "milestone")
+    lc.worker_exited(WorkerExit(code=75), 10, 50.0, 0.5)
+    assert not lc.may_start(60.0)
+    assert lc.release(60.0) and lc.phase is Phase.STARTING and lc.may_start(60.0)
+
+
+def test_the_table_covers_every_phase():
+    assert set(ALLOWED) == set(Phase)
+    assert all(b in Phase for b in itertools.chain(*ALLOWED.values()))
