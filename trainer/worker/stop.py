@@ -7,6 +7,7 @@ process with the default action. The training loop reads it at step boundaries.
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 from typing import Any
@@ -20,6 +21,9 @@ class StopRequest:
         for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGUSR2, self._on_checkpoint)
+        # A hung worker is sent SIGQUIT before SIGKILL: every thread's stack goes to stderr (the
+        # journal), from C, so it works even when the Python main loop is stuck.
+        faulthandler.register(signal.SIGQUIT, all_threads=True)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.reason = signal.Signals(signum).name
