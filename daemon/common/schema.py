@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from pathlib import Path
@@ -19,6 +20,8 @@ class Duration(float):
 
     UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+    MAX_S = 3650 * 86400.0   # ten years: past that a number is a typo, and datetime arithmetic overflows
+    MIN_PERIOD_S = 0.1       # a job period below this would busy-loop the daemon
 
     @classmethod
     def parse(cls, text: str) -> "Duration":
@@ -26,7 +29,13 @@ class Duration(float):
         parts = cls._PART.findall(compact)
         if not compact or "".join(n + u for n, u in parts) != compact:
             raise ValueError(f"must be a duration like \"90s\", \"15m\", \"2h\" or \"35d\" (got {text!r})")
-        return cls(sum(float(n) * cls.UNITS[u] for n, u in parts))
+        seconds = sum(float(n) * cls.UNITS[u] for n, u in parts)
+        if not math.isfinite(seconds) or seconds > cls.MAX_S:
+            raise ValueError(f"must be at most 3650d (got {text!r})")
+        return cls(seconds)
+
+
+PERIOD = re.compile(r"(interval|every|poll|refresh)$")
 
 
 def _check(predicate, message: str) -> dict:
@@ -69,8 +78,12 @@ def _convert(tp: Any, value: Any, base_dir: Path) -> Any:
         ok = isinstance(value, bool)
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and abs(value) >= 2 ** 31:
+            raise ValueError("is out of range")
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ValueError("must be a finite number")
         value = float(value) if ok else value
     elif tp in (str, Path, Duration):
         ok = isinstance(value, str)
@@ -111,6 +124,9 @@ def _build(cls: type, table: dict, where: str, file: str, base_dir: Path) -> Any
             converted = _convert(tp, value, base_dir)
         except ValueError as e:
             raise ConfigError(f"{file}: {where}{name} {e} (got {_describe(value)})") from None
+        if tp is Duration and PERIOD.search(name) and 0 < converted < Duration.MIN_PERIOD_S:
+            raise ConfigError(f"{file}: {where}{name} must be at least 100ms: a shorter period would busy-loop "
+                              f"the daemon (got {_describe(value)})")
         check = f.metadata.get("check")
         if check and not check[0](converted):
             raise ConfigError(f"{file}: {where}{name} {check[1]} (got {_describe(value)})")

@@ -97,3 +97,24 @@ def test_supervise_refuses_a_bad_config_before_doing_anything(tmp_path):
     assert result.returncode == 78
     assert "[supervisor] max_crashes must be > 0 (got -1)" in result.stderr
     assert not (tmp_path / "state").exists()  # nothing created, nothing half-written
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[budget]\nmax_usd = inf\n", "[budget] max_usd must be a finite number (got inf)"),
+    ("[budget]\nhourly_rate_usd = inf\n", "[budget] hourly_rate_usd must be a finite number (got inf)"),
+    ("[budget]\nmax_usd = nan\n", "[budget] max_usd must be a finite number (got nan)"),
+    ("[idle]\ntimeout = \"99999999999d\"\n", "[idle] timeout must be at most 3650d"),
+    ("[supervisor]\npoll_interval = \"0.001ms\"\n", "[supervisor] poll_interval must be at least 100ms"),
+    ("[budget]\ncheck_every = \"1ms\"\n", "[budget] check_every must be at least 100ms"),
+    ("[train]\nepochs = 99999999999999\n", "[train] epochs is out of range"),
+])
+def test_numbers_are_finite_durations_bounded_and_periods_sane(tmp_path, text, expected):
+    """Each of these once passed: an infinite cap never fires, an infinite rate writes invalid
+    JSON, an unbounded duration overflows, a microsecond poll burns a core."""
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+    r = cli("config", "check", str(path))
+    assert r.returncode == 78 and expected in r.stderr and "Traceback" not in r.stderr
