@@ -8,13 +8,14 @@ Stdlib only: the supervisor and the trainer both read it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .schema import FRACTION, NON_NEGATIVE, PERCENT, POSITIVE, ConfigError, Duration, _build  # noqa: F401
+from .schema import FRACTION, NON_NEGATIVE, PERCENT, POSITIVE, ConfigError, Duration, _build, _check  # noqa: F401
 
 
 
@@ -198,22 +199,58 @@ class EmailConfig:
     shutdown_wait: Duration = field(default=Duration(120), metadata=POSITIVE)
 
 
+AT_FORMS = "a duration (\"35d\"), a share of training (\"62.5%\") or an epoch (\"epoch 12\")"
+
+
+def parse_milestone_at(text: str) -> tuple[str, float]:
+    """`[milestone] at`: "35d" -> ("duration", s), "62.5%" -> ("share", 0.625), "epoch 12" -> ("epoch", 12)."""
+    t = text.strip().lower()
+    with contextlib.suppress(ValueError):
+        kind, value = (("share", float(t[:-1]) / 100) if t.endswith("%") else ("epoch", int(t[5:]))
+                       if t.startswith("epoch") else ("duration", float(Duration.parse(t))))
+        if value > 0 and (kind != "share" or value <= 1):
+            return kind, float(value)
+    raise ValueError(f"must be {AT_FORMS}")
+
+
+def _is_at(text: str) -> bool:
+    with contextlib.suppress(ValueError):
+        return bool(parse_milestone_at(text))
+    return False
+
+
 @dataclass(frozen=True)
 class MilestoneConfig:
-    """The day-35 go/no-go: `amapiano-train evaluate`, then GO / CONDITIONAL GO / NO-GO."""
+    """The go/no-go: `amapiano-train evaluate`, then GO / CONDITIONAL GO / NO-GO / INCONCLUSIVE."""
 
-    after: Duration = field(default=Duration(35 * 86400), metadata=POSITIVE)
+    # When: a duration after the run started ("35d"), a share of the training steps ("62.5%",
+    # week 5 of 8), or the end of an epoch ("epoch 12"). `after` is the older duration-only key.
+    at: str = field(default="62.5%", metadata=_check(lambda t: _is_at(t), f"must be {AT_FORMS}"))
+    after: Duration = field(default=Duration(0), metadata=NON_NEGATIVE)   # set (> 0): it wins over `at`
     min_authenticity_pct: float = field(default=35.0, metadata=PERCENT)
     max_cost_usd: float = field(default=600.0, metadata=POSITIVE)
     max_val_loss: float = field(default=3.5, metadata=POSITIVE)
     margin_pct: float = field(default=5.0, metadata=PERCENT)   # "close to a threshold"
-    samples: int = field(default=8, metadata=POSITIVE)         # generated per model (and baseline)
+    samples: int = field(default=32, metadata=POSITIVE)        # generated per model (and baseline), paired
+    keep_wavs: int = field(default=10, metadata=NON_NEGATIVE)  # the first of those kept as WAV, to listen to
     sample_seconds: float = field(default=10.0, metadata=POSITIVE)
+    alpha: float = field(default=0.05, metadata=_check(lambda v: 0 < v < 1, "must be between 0 and 1, exclusive"))
     prompts: list[str] = field(default_factory=lambda: [
         "amapiano, house, piano, drums, deep log drum bass, shakers",
         "amapiano, deep house, jazzy piano chords, percussion",
         "amapiano, electronic, dance, beat, bass, synth"])
+    # The scorer (trainer/evaluation/score.py). An empty clap_model: the librosa descriptors alone.
+    clap_model: str = "laion/larger_clap_music"
+    reference_dir: str = ""    # real Amapiano clips (WAV/FLAC/OGG/MP3); relative to this file
+    genres: list[str] = field(default_factory=lambda: [
+        "amapiano", "deep house", "techno", "hip hop", "jazz", "rock", "pop", "classical", "reggae", "afrobeats",
+        "gqom", "kwaito", "drum and bass", "ambient"])
+    descriptions: list[str] = field(default_factory=lambda: [
+        "an amapiano track with a deep log drum bassline, shakers and jazzy piano chords",
+        "south african amapiano, slow house groove around 113 bpm with percussive sub-bass log drums",
+        "amapiano dance music with airy pads, piano stabs and syncopated log drum hits"])
     conditional_every: Duration = field(default=Duration(3 * 86400), metadata=POSITIVE)
+    retry_every: Duration = field(default=Duration(86400), metadata=POSITIVE)  # after INCONCLUSIVE
     dry_run: bool = False      # log each decision and its evidence without acting on it
     # When all epochs are done: a final evaluation, the export, a report, an email, then this.
     completion_action: ShutdownAction = "ec2-stop"
@@ -226,6 +263,11 @@ class RedFlagsConfig:
     val_loss_stall: Duration = field(default=Duration(3 * 86400), metadata=POSITIVE)
     min_gpu_util_pct: float = field(default=50.0, metadata=PERCENT)
     max_cost_before_milestone_usd: float = field(default=400.0, metadata=POSITIVE)
+
+    @property
+    def when(self) -> tuple[str, float]:
+        """("duration", seconds) | ("share", 0-1) | ("epoch", n)."""
+        return ("duration", float(self.after)) if self.after > 0 else parse_milestone_at(self.at)
 
 
 @dataclass(frozen=True)

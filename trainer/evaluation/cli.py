@@ -1,4 +1,4 @@
-"""`amapiano-train evaluate` and `amapiano-train export`, and the same as module entry points for
+"""`amapiano-train evaluate`, `amapiano-train export` and `amapiano-train score`, and the same as module entry points for
 the supervisor's children (`python -m trainer.evaluation evaluate|export`): one set of flags.
 
 A bad config is one line and exit 78; a missing, damaged or unloadable checkpoint, one line and
@@ -18,6 +18,9 @@ EVALUATE = ("Validation loss, generated samples (model and baseline, the same pr
 EXPORT = ("Write a checkpoint (the best by validation loss, else the newest) as a model people can load: "
           "<out>/best_model/ (transformers' save_pretrained, with its tokenizer) and <out>/state_dict.bin "
           "(audiocraft's MusicGen layout). Prints one JSON line saying what was written.")
+SCORE = ("Score audio files for how Amapiano-like they sound (0-100 %) with the milestone's scorer, and print "
+         "each file's authenticity_pct and its parts. --offline (or no CLAP weights on disk): the librosa "
+         "descriptors alone, and it says so. Use it to sanity-check the scorer on your own clips.")
 EXITS = "exit statuses: 0 ok, 65 no usable checkpoint, 78 bad config"
 
 
@@ -51,7 +54,15 @@ def export_parser(prog: str, config_required: bool = False) -> argparse.Argument
 
 
 def add_parsers(sub) -> None:
-    """`amapiano-train evaluate` and `amapiano-train export`."""
+    """`amapiano-train evaluate`, `amapiano-train export` and `amapiano-train score`."""
+    sc = sub.add_parser("score", help="how Amapiano-like audio files sound, 0-100 %%", description=SCORE,
+                        epilog="exit statuses: 0 ok, 65 an unreadable file, 78 bad config")
+    sc.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio files or directories of them")
+    sc.add_argument("--offline", action="store_true", help="no CLAP: the librosa descriptors alone")
+    sc.add_argument("--json", action="store_true", help="a JSON list of {file, authenticity_pct, parts, ...}")
+    sc.add_argument("--config", type=Path, metavar="FILE",
+                    help="take [milestone] clap_model, reference_dir, genres and descriptions from it")
+    sc.set_defaults(func=cmd_score)
     ev = sub.add_parser("evaluate", help="the milestone figures for a checkpoint and the baseline",
                         description=EVALUATE, epilog=EXITS)
     _evaluate_args(ev)
@@ -95,9 +106,15 @@ def cmd_evaluate(args) -> int:
         print(f"amapiano-train evaluate: {e}", file=sys.stderr)
         return exits.DATAERR
     a, b = results["model"]["authenticity"], results["baseline"]["authenticity"]
+    c = results["comparison"]
+
+    def pct(x):
+        return "n/a" if x is None else f"{x:.1f}"
+    ci = c.get("ci95_pct") or [None, None]
     line = (f"{out}: step {results['checkpoint']['step']}  val loss {results['model']['val_loss']:.4f} "
-            f"(baseline {results['baseline']['val_loss']:.4f})  authenticity {a['mean_pct']:.1f} % "
-            f"[{a['ci95_pct'][0]:.1f}, {a['ci95_pct'][1]:.1f}] (baseline {b['mean_pct']:.1f} %)")
+            f"(baseline {results['baseline']['val_loss']:.4f})  authenticity {pct(a['mean_pct'])} % "
+            f"(baseline {pct(b['mean_pct'])} %)  improvement {pct(c['improvement_pct'])} [{pct(ci[0])}, {pct(ci[1])}] "
+            f"p={c['p_value'] if c['p_value'] is not None else 'n/a'}  scorer: {results['scorer']['mode']}")
     if fmt == "json":  # under the supervisor every stdout line is a journald event
         log.info("evaluate.summary", summary=line)
     else:
@@ -124,3 +141,39 @@ def cmd_export(args) -> int:
         return exits.DATAERR
     print(json.dumps(result))
     return exits.OK
+
+
+def cmd_score(args) -> int:
+    import json
+
+    from daemon.common import exits
+    from daemon.common.config import ConfigError, MilestoneConfig, load_config
+
+    try:
+        cfg = load_config(args.config) if args.config else None
+    except ConfigError as e:
+        print(f"amapiano-train score: {e}", file=sys.stderr)
+        return exits.CONFIG
+    from .score import audio_files, build_scorer, read_audio
+
+    scorer = build_scorer(cfg.milestone if cfg else MilestoneConfig(), args.offline,
+                          base=cfg.source.parent if cfg and cfg.source else None)
+    rows, status = [], exits.OK
+    for path in audio_files(args.files):
+        try:
+            wave, sr = read_audio(path)
+        except Exception as e:  # one bad file is reported, the others are still scored
+            print(f"amapiano-train score: {path}: cannot read ({type(e).__name__}: {e})", file=sys.stderr)
+            status = exits.DATAERR
+            continue
+        r = scorer.score(wave, sr)
+        r.pop("embedding", None)
+        rows.append({"file": str(path), "authenticity_pct": round(r.pop("authenticity_pct"), 2), "mode": scorer.mode, **r})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(f"scorer: {scorer.mode}" + "".join(f"; {n}" for n in scorer.notes))
+        for row in rows:
+            parts = "  ".join(f"{k} {v:.2f}" for k, v in row["parts"].items())
+            print(f"{row['authenticity_pct']:6.1f} %  {row['file']}  (gate {row['gate']:.2f}; {parts})")
+    return status

@@ -44,6 +44,18 @@ def tiny_musicgen_config(tiny: TinyModelConfig):
     return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
 
 
+def seed_codebooks(codec, seed: int) -> None:
+    """Seeded random codebooks for a tiny EnCodec: transformers leaves them at zero, so every code
+    would decode to the same waveform and model and baseline samples could never differ."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in codec.quantizer.layers:
+            embed = layer.codebook.embed
+            embed.copy_(torch.randn(embed.shape, generator=g, dtype=embed.dtype))
+            layer.codebook.embed_avg.copy_(embed)
+            layer.codebook.cluster_size.fill_(1.0)
+
+
 def load_base_model(cfg: Config):
     """(model, tokenizer) as the run starts from: the pretrained weights, or a seeded tiny one."""
     import transformers
@@ -53,6 +65,7 @@ def load_base_model(cfg: Config):
     if cfg.model.source == "tiny":
         torch.manual_seed(cfg.run.seed)
         model = MusicgenForConditionalGeneration(tiny_musicgen_config(cfg.model.tiny))
+        seed_codebooks(model.audio_encoder, cfg.run.seed)
         return model, ByT5Tokenizer()
     from transformers import AutoTokenizer
 

@@ -70,3 +70,26 @@ def not_amapiano(seed: int, seconds: float = 8.0) -> np.ndarray:
             f = rng.choice([392.0, 440.0, 523.3])
             y[i:i + m] += 0.3 * np.sin(2 * np.pi * f * np.arange(m) / SR) * _env(m, 0.5)
     return (y / (np.max(np.abs(y)) + 1e-9) * 0.8).astype(np.float32)
+
+
+def noise(colour: str, seconds: float = 8.0, seed: int = 0) -> np.ndarray:
+    """White (flat), pink (1/f power) or brown (1/f^2 power) noise at -6 dBFS peak."""
+    n = int(seconds * SR)
+    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+    k = np.maximum(np.arange(spectrum.size), 1)
+    alpha = {"white": 0, "pink": 1, "brown": 2}[colour]
+    y = np.fft.irfft(spectrum / k ** (alpha / 2), n)
+    return (0.5 * y / np.max(np.abs(y))).astype(np.float32)
+
+
+def non_music(seconds: float = 8.0) -> dict[str, np.ndarray]:
+    """What a collapsed model might emit: noise of three colours, silence, a held sine, a bare
+    113 BPM click track."""
+    n = int(seconds * SR)
+    t = np.arange(n) / SR
+    click = np.zeros(n, dtype=np.float32)
+    for k in np.arange(0, seconds, 60 / 113):
+        click[int(k * SR):int(k * SR) + 50] = 0.8
+    return {"white": noise("white", seconds), "pink": noise("pink", seconds), "brown": noise("brown", seconds),
+            "silence": np.zeros(n, dtype=np.float32), "sine": (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32),
+            "click": click}
