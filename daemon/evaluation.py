@@ -3,7 +3,10 @@ and the export run as child processes, their figures handed to daemon/reports.py
 
 The milestone's due time lives in state.json (`milestone.due_at`), never in a pickled job
 store: a restart keeps it, a daemon that was down when it came due runs it once at start-up,
-and nothing a bucket or a person's file can hold is ever unpickled. While an evaluation runs
+and nothing a bucket or a person's file can hold is ever unpickled. `[milestone] at` as a share
+of training or an epoch has no time until the heartbeat's step reaches it (daemon/milestone.py
+decides; `due_forecast` says when); after a CONDITIONAL GO or an INCONCLUSIVE, `due_at` is the
+next attempt's time. While an evaluation runs
 (a few stages advanced by the tick, never blocking the scheduler thread): pause the worker when
 it shares a GPU, run `python -m trainer.evaluation evaluate`, decide, report, act.
 """
@@ -22,7 +25,9 @@ from .common.atomic import read_json
 from .common.clock import iso, parse_iso
 from .common.config import Config
 from .common.launch import python_command, spawn
-from .milestone import CONDITIONAL
+from .milestone import CONDITIONAL, INCONCLUSIVE, Progress, forecast, is_due
+
+AGAIN = (CONDITIONAL, INCONCLUSIVE)  # decisions after which the milestone runs again
 
 CHILD = "trainer.evaluation"   # python -m trainer.evaluation evaluate|export ...
 
@@ -46,30 +51,41 @@ class Evaluation:
         self.state: dict = dict(state or {})
         self.run: Run | None = None
         self.final_pending = False
-        self._schedule(parse_iso(started_at))
+        self.started = parse_iso(started_at)
+        self._schedule(self.started)
 
     def _schedule(self, started: datetime) -> None:
         s = self.state
         if s.get("status") == "running":   # the daemon died mid-evaluation: run it again
             s["status"] = "scheduled"
-        if s.get("status") == "done" and s.get("decision") != CONDITIONAL:
+        if s.get("status") == "done" and s.get("decision") not in AGAIN:
             return
-        if not isinstance(s.get("due_at"), str):
-            s["due_at"] = iso(started + timedelta(seconds=self.cfg.milestone.after))
+        kind, value = self.cfg.milestone.when
+        s["at"] = self.cfg.milestone.at if kind != "duration" or self.cfg.milestone.after <= 0 else f"{value:g}s"
+        if not isinstance(s.get("due_at"), str) and kind == "duration":
+            s["due_at"] = iso(started + timedelta(seconds=value))
         s.setdefault("status", "scheduled")
-        self.log.info("milestone.scheduled", due_at=s["due_at"], status=s["status"])
+        self.log.info("milestone.scheduled", due_at=s.get("due_at"), at=s["at"], status=s["status"])
 
     @property
     def busy(self) -> bool:
         return self.run is not None
 
-    def due(self, now: datetime) -> bool:
+    def due(self, now: datetime, run: reports.RunView | None = None) -> bool:
+        """A set due time has passed, or (none set) the heartbeat's step reached `[milestone] at`."""
         s = self.state
-        if self.run is not None or not isinstance(s.get("due_at"), str):
+        if self.run is not None or not (s.get("status") == "scheduled" or
+                                        (s.get("status") == "done" and s.get("decision") in AGAIN)):
             return False
-        if s.get("status") == "scheduled" or (s.get("status") == "done" and s.get("decision") == CONDITIONAL):
+        if isinstance(s.get("due_at"), str):
             return now >= parse_iso(s["due_at"])
-        return False
+        progress = Progress(now, self.started, run.step if run else None, run.total_steps if run else None,
+                            self.cfg.train.epochs)
+        when = self.cfg.milestone.when
+        if s.get("status") == "scheduled":
+            at = forecast(when, progress)
+            s["due_forecast"] = iso(at) if at else None
+        return is_due(when, progress)
 
     def complete(self) -> None:
         """All epochs done: the final evaluation and the export, then the completion report
@@ -91,7 +107,7 @@ class Evaluation:
             self.state["completion"] = {"status": "running", "started_at": iso(self.clock.now())}
             self.log.info("completion.evaluating")
             self.run = Run(stage="pausing", paused=False, final=True)
-        if self.run is None and self.due(self.clock.now()):
+        if self.run is None and self.due(self.clock.now(), run):
             return self.begin(worker_running, gpu_available)
         r = self.run
         if r is None:
@@ -134,8 +150,9 @@ class Evaluation:
         now = iso(self.clock.now())
         update, actions = reports.milestone(self.cfg, metrics, run, r.paused, now, self.state.get("due_at"))
         self.state.update(update)
-        if update["decision"] == CONDITIONAL:
-            self.state["due_at"] = iso(self.clock.now() + timedelta(seconds=self.cfg.milestone.conditional_every))
+        if update["decision"] in AGAIN:
+            again = self.cfg.milestone.conditional_every if update["decision"] == CONDITIONAL else self.cfg.milestone.retry_every
+            self.state["due_at"] = iso(self.clock.now() + timedelta(seconds=again))
         self.log.warning("milestone.decided", decision=update["decision"], reasons=update["reasons"],
                          report=update["report"], dry_run=self.cfg.milestone.dry_run)
         if update["decision"] == "NO-GO" and self.cfg.milestone.dry_run:

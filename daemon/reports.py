@@ -11,9 +11,9 @@ from .actions import Action, ReleaseWorker, SendAlert, Shutdown, StopWorker
 from .common import checkpoints
 from .common.atomic import write_json_atomic
 from .common.config import Config
-from .milestone import CONDITIONAL, GO, NO_GO, MilestoneSnapshot, decide
+from .milestone import CONDITIONAL, GO, INCONCLUSIVE, NO_GO, Evidence, MilestoneSnapshot, decide
 
-DECISION_SCALAR = {GO: 2, CONDITIONAL: 1, NO_GO: 0}
+DECISION_SCALAR = {GO: 2, CONDITIONAL: 1, NO_GO: 0, INCONCLUSIVE: -1}
 
 
 @dataclass(frozen=True)
@@ -28,27 +28,55 @@ class RunView:
     cost: dict | None
 
 
+def _pair(value: Any) -> tuple[float, float] | None:
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+    return (float(value[0]), float(value[1])) if ok else None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def snapshot(cfg: Config, metrics: dict, spent_usd: float | None) -> MilestoneSnapshot:
+    """The evaluation's JSON (a child's output: checked, never trusted) as the rule's input."""
+    m, auth = cfg.milestone, (metrics.get("model") or {}).get("authenticity") or {}
+    c = metrics.get("comparison") if isinstance(metrics.get("comparison"), dict) else {}
+    count = lambda key: int(c[key]) if isinstance(c.get(key), int) else 0  # noqa: E731
+    evidence = Evidence(n=count("n"), failed=count("failed"), identical=count("identical"), silent=count("silent"),
+                        improvement_mean=_number(c.get("improvement_pct")), improvement_ci=_pair(c.get("ci95_pct")),
+                        p_value=_number(c.get("p_value")))
+    mean = _number(auth.get("mean_pct"))
+    return MilestoneSnapshot(mean, _pair(auth.get("ci95_pct")) if mean is not None else None, spent_usd,
+                             _number(metrics["model"].get("val_loss")), m.min_authenticity_pct, m.max_cost_usd,
+                             m.max_val_loss, m.margin_pct / 100, evidence, m.alpha)
+
+
 def milestone(cfg: Config, metrics: dict, run: RunView, paused: bool, now: str,
               due_at: str | None) -> tuple[dict, list[Action]]:
     """Decide on the evaluation's figures; write the reports; return (state update, actions)."""
     m = cfg.milestone
     auth = metrics["model"]["authenticity"]
-    snap = MilestoneSnapshot(auth.get("mean_pct"), tuple(auth["ci95_pct"]) if auth.get("mean_pct") is not None
-                             else None, run.spent_usd, metrics["model"].get("val_loss"),
-                             m.min_authenticity_pct, m.max_cost_usd, m.max_val_loss, m.margin_pct / 100)
+    snap = snapshot(cfg, metrics, run.spent_usd)
     verdict = decide(snap)
     report = {**metrics, "thresholds": {"min_authenticity_pct": m.min_authenticity_pct,
                                         "max_cost_usd": m.max_cost_usd, "max_val_loss": m.max_val_loss,
-                                        "margin_pct": m.margin_pct},
+                                        "margin_pct": m.margin_pct, "alpha": m.alpha},
               "cost_usd": snap.cost_usd, "decision": verdict.decision, "reasons": list(verdict.reasons),
               "checks": verdict.checks, "decided_at": now, "dry_run": m.dry_run}
     path = cfg.reports_dir / "week_5_metrics.json"
     write_json_atomic(path, report)
     update: dict[str, Any] = {"status": "done", "decision": verdict.decision, "reasons": list(verdict.reasons),
-                              "report": str(path), "decided_at": now, "authenticity_pct": auth.get("mean_pct")}
+                              "report": str(path), "decided_at": now, "authenticity_pct": auth.get("mean_pct"),
+                              "improvement_pct": snap.evidence.improvement_mean, "p_value": snap.evidence.p_value}
     body = f"Decision: {verdict.decision}\n" + "\n".join(f"- {r}" for r in verdict.reasons) + f"\nReport: {path}"
     actions: list[Action] = []
-    if verdict.decision == NO_GO:
+    if verdict.decision == INCONCLUSIVE:
+        actions.append(SendAlert("milestone", "milestone: INCONCLUSIVE, evaluating again later",
+                                 f"{body}\nNo decision was taken; the evaluation runs again in "
+                                 f"{m.retry_every / 3600:g} h. Listen to the samples beside the report."))
+        if paused:
+            actions.append(ReleaseWorker("milestone INCONCLUSIVE"))
+    elif verdict.decision == NO_GO:
         abort = cfg.reports_dir / "abort_report.json"
         write_json_atomic(abort, abort_report(cfg, report, run, due_at))
         update["abort_report"] = str(abort)
