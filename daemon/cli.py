@@ -63,9 +63,18 @@ def cmd_supervise(args) -> int:
     from .state import StateError
     from .supervisor import Supervisor
 
+    from .common.rundir import RunDirError, check_dirs, hold_lock
+
     cfg = _load(args.config)
     fmt = logs.configure(args.log_format, args.log_level)
     log = logs.get("supervisor")
+    try:
+        check_dirs(cfg.run.state_dir, cfg.run.log_dir, cfg.run.cache_dir)
+        lock = hold_lock(cfg.run.state_dir)  # noqa: F841 - held (open) for the daemon's life
+    except RunDirError as e:
+        log.error("supervisor.refused", error=str(e))
+        print(f"amapiano-train: {e}", file=sys.stderr)
+        return exits.CONFIG
     try:
         supervisor = Supervisor(cfg, log, log_format=fmt, log_level=args.log_level)
     except StateError as e:

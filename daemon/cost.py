@@ -13,6 +13,7 @@ Everything here is a pure function of its arguments.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -59,11 +60,20 @@ class Ledger:
                 raise ValueError(f"cost.{name}: missing or not a string")
         for name in ("accounted_boottime_s", "compute_usd", "storage_usd", "unpriced_s"):
             v = values.get(name, 0.0)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"cost.{name}: must be a number >= 0 (got {v!r})")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"cost.{name}: must be a finite number >= 0 (got {v!r})")
+        rate = values.get("rate_usd_per_h")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
+                                 or not math.isfinite(rate) or rate < 0):
+            raise ValueError(f"cost.rate_usd_per_h: must be a finite number >= 0 or null (got {rate!r})")
+        if not isinstance(values.get("boots", 1), int) or isinstance(values.get("boots"), bool):
+            raise ValueError("cost.boots: must be an integer")
         for name in ("hourly", "daily"):
-            if not isinstance(values.get(name, {}), dict):
-                raise ValueError(f"cost.{name}: must be an object")
+            table = values.get(name, {})
+            if not isinstance(table, dict) or not all(
+                    isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for k, v in table.items()):
+                raise ValueError(f"cost.{name}: must be an object of finite numbers")
         try:
             parse_iso(values["storage_accounted_at"])
         except ValueError:

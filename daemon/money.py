@@ -12,8 +12,9 @@ from collections import deque
 from typing import Any
 
 from . import budget as budget_rule
+from . import journal
 from .actions import Action, SendAlert, StopWorker
-from .common.clock import iso
+from .common.clock import iso, parse_iso
 from .common.config import Config
 from .cost import Forecast, Ledger, accrue, ebs_usd_per_hour, forecast, new_ledger
 from .instance import Instance
@@ -23,8 +24,11 @@ PACE_WINDOW_S = 1800.0
 
 class Money:
     def __init__(self, cfg: Config, log: Any, clock: Any, instance: Instance, cost: dict | None,
-                 budget: dict | None):
+                 budget: dict | None, run: tuple[str, str] = ("", "")):
         self.cfg, self.log, self.clock, self.instance = cfg, log, clock, instance
+        self.run_id, self.started_at = run
+        self.journal_path = cfg.state_file.with_name(journal.NAME)
+        self._journal_failed = False
         b = cfg.budget
         self.rate: float = b.hourly_rate_usd or b.ceiling_usd_per_hour
         self.rate_source = "config" if b.hourly_rate_usd else "ceiling (price unknown)"
@@ -90,9 +94,12 @@ class Money:
         (t0, s0), (t1, s1) = self._pace[0], self._pace[-1]
         return (s1 - s0) / (t1 - t0) if t1 - t0 >= 5 and s1 > s0 else None
 
-    def check(self, step: int | None, total_steps: int | None, hours_to_milestone: float | None) -> list[Action]:
-        """Bring the ledger to now, forecast, and let the budget rule decide."""
+    def check(self, step: int | None, total_steps: int | None, milestone: dict | None) -> list[Action]:
+        """Bring the ledger to now, journal it, forecast, and let the budget rule decide."""
         ledger = self.accrue()
+        due = (milestone or {}).get("due_at")
+        hours_to_milestone = ((parse_iso(due) - self.clock.now()).total_seconds() / 3600
+                              if isinstance(due, str) else None)
         left = total_steps - step if total_steps is not None and step is not None else None
         self.forecast = forecast(ledger.total_usd, self.rate, self.ebs_per_h, self._steps_per_s(step), left,
                                  hours_to_milestone if hours_to_milestone and hours_to_milestone > 0 else None)
@@ -101,7 +108,20 @@ class Money:
             fractions=tuple(self.cfg.budget.alert_fractions), projected_usd=self.forecast.at_completion_usd,
             rate_usd_per_h=self.rate, action=self.cfg.budget.action)
         actions, self.fired = budget_rule.decide(snap, self.fired)
+        self._journal(milestone)
         return actions
+
+    def _journal(self, milestone: dict | None) -> None:
+        """The second copy of the ledger (daemon/journal.py); a failure is logged once, never fatal."""
+        rec = journal.record(self.run_id, self.started_at, self.ledger, sorted(self.fired), milestone,
+                             iso(self.clock.now()))
+        try:
+            journal.append(self.journal_path, rec)
+            self._journal_failed = False
+        except (OSError, ValueError) as e:
+            if not self._journal_failed:
+                self.log.error("journal.write_failed", path=str(self.journal_path), error=str(e))
+            self._journal_failed = True
 
     def held_over_cap(self) -> list[Action]:
         """Restarted over the cap (the instance was started again): the worker stays stopped and

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +20,14 @@ from .common.clock import iso
 from .states import Phase
 
 SCHEMA_VERSION = 1
+MAX_BYTES = 16 * 1024 * 1024
+MAX_EXTRA_BYTES = 64 * 1024
+MOVE_ASIDE = ("move it aside (mv state.json state.json.bad) and start again: the run (its id, spend, milestone "
+              "date and budget alerts) is rebuilt from ledger.journal beside it")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 class StateError(Exception):
@@ -94,10 +103,26 @@ def _fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
+def _well_typed(cls: type, key: str, value: Any) -> bool:
+    """A value of the declared type (None allowed where the default is None); finite numbers only."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == key)
+    if value is None:
+        return f.default is None
+    hint = str(f.type)
+    if "int" in hint and "float" not in hint:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if "float" in hint:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if "str" in hint:
+        return isinstance(value, str) and len(value) <= 4096
+    return True
+
+
 def _typed(cls: type, data: Any, where: str, path: Path) -> Any:
+    """A section as its dataclass; an ill-typed optional field reads as unknown (its default)."""
     if not isinstance(data, dict):
         raise StateError(f"{path}: field '{where}' must be an object")
-    known = {k: v for k, v in data.items() if k in _fields(cls)}
+    known = {k: v for k, v in data.items() if k in _fields(cls) and _well_typed(cls, k, v)}
     try:
         return cls(**known)
     except TypeError as e:
@@ -107,14 +132,19 @@ def _typed(cls: type, data: Any, where: str, path: Path) -> Any:
 def load_state(path: Path) -> State | None:
     """The state file, or None when there is none yet. Raises StateError if unusable."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as e:
+        raise StateError(f"{path}: cannot read ({e.strerror})") from None
+    if len(raw) > MAX_BYTES:
+        raise StateError(f"{path}: {len(raw)} bytes, more than a state file can be ({MAX_BYTES}); {MOVE_ASIDE}")
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise StateError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); "
-                         "move it aside to start a new run record") from None
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise StateError(f"{path}: not UTF-8 text; {MOVE_ASIDE}") from None
+    except (json.JSONDecodeError, ValueError) as e:
+        raise StateError(f"{path}: not valid JSON ({getattr(e, 'msg', e)}); {MOVE_ASIDE}") from None
     if not isinstance(data, dict):
         raise StateError(f"{path}: must hold a JSON object")
     version = data.get("schema_version")
@@ -127,7 +157,7 @@ def load_state(path: Path) -> State | None:
         if not isinstance(data.get(key), str):
             raise StateError(f"{path}: field '{key}' is missing or not a string")
     if data.get("phase") not in {p.value for p in Phase}:
-        raise StateError(f"{path}: field 'phase' is {data.get('phase')!r}, not a known phase")
+        raise StateError(f"{path}: field 'phase' is {data.get('phase')!r}, not a known phase; {MOVE_ASIDE}")
     trainer = _typed(TrainerState, data.get("trainer") or {}, "trainer", path)
     for name in ("cost", "budget", "gpu", "idle", "spot", "shutdown", "milestone", "red_flags"):
         if data.get(name) is not None and not isinstance(data[name], dict):
@@ -138,13 +168,17 @@ def load_state(path: Path) -> State | None:
         try:
             Ledger.from_json(data["cost"])
         except ValueError as e:
-            raise StateError(f"{path}: field {e}") from None
-    if not isinstance(data.get("alerts", []), list):
-        raise StateError(f"{path}: field 'alerts' must be a list")
+            raise StateError(f"{path}: field {e}; {MOVE_ASIDE}") from None
+    alerts = data.get("alerts", [])
+    if not isinstance(alerts, list) or not all(isinstance(a, dict) and isinstance(a.get("subject"), str)
+                                               and isinstance(a.get("status"), str) for a in alerts):
+        raise StateError(f"{path}: field 'alerts' must be a list of alert objects")
     failure = data.get("failure")
     failure = _typed(Failure, failure, "failure", path) if failure is not None else None
     top = {k: v for k, v in data.items() if k in _fields(State) and k not in ("trainer", "failure", "extra")}
-    extra = {k: v for k, v in data.items() if k not in _fields(State)}
+    # Sections from newer code are kept verbatim, unless one is too large to rewrite every tick.
+    extra = {k: v for k, v in data.items() if k not in _fields(State)
+             and len(json.dumps(v, default=str)) <= MAX_EXTRA_BYTES}
     return State(**top, trainer=trainer, failure=failure, extra=extra)
 
 
@@ -154,10 +188,22 @@ def save_state(path: Path, state: State, now: datetime) -> None:
 
 
 def open_run(path: Path, now: datetime, log: Any) -> State:
-    """The run's state at a daemon start: the same run_id and started_at across restarts (a new
-    run record only when there is none). Raises StateError if the file is unusable."""
+    """The run's state at a daemon start: the same run_id and started_at across restarts. With no
+    state.json, the run is rebuilt from the journal beside it if there is one (a state file lost or
+    moved aside), else a new run begins. Raises StateError if the file is unusable."""
+    from . import journal
+
     state = load_state(path)
-    if state is None:
+    rec = journal.last(path.with_name(journal.NAME)) if state is None else None
+    if rec is not None:
+        state = State(run_id=rec["run_id"], started_at=rec["started_at"], phase_since=iso(now))
+        ledger = journal.ledger_of(rec)
+        state.cost = ledger.to_json() if ledger else None
+        state.budget = {"fired": [x for x in rec.get("budget_fired") or [] if isinstance(x, str)]}
+        ms = {k: v for k, v in (rec.get("milestone") or {}).items() if isinstance(v, str)}
+        state.milestone = ms or None
+        log.warning("run.rebuilt_from_journal", state_file=str(path), summary=journal.describe(rec))
+    elif state is None:
         state = State.new(now)
         log.info("run.created", run_id=state.run_id, state_file=str(path))
     else:

@@ -63,7 +63,7 @@ class Supervisor:
         self.lifecycle = Lifecycle(log, lambda: iso(self.clock.now()), cfg.supervisor, self._checkpoint_step(),
                                    restarts=s.trainer.restarts)
         self.instance = Instance(cfg, log, self.clock)
-        self.money = Money(cfg, log, self.clock, self.instance, s.cost, s.budget)
+        self.money = Money(cfg, log, self.clock, self.instance, s.cost, s.budget, (s.run_id, s.started_at))
         self.outbox = Outbox(cfg.email, None, log, self.clock, previous=s.alerts, run_name=s.run_id)
         self.gpu = GpuMonitor(log, nvml)
         self.mirror = Mirror(cfg, log, self.clock, self.instance, lambda: self.worker.running, self.outbox.send)
@@ -166,9 +166,7 @@ class Supervisor:
 
     def cost_job(self) -> None:
         t = self.state.trainer
-        due = self.evaluation.state.get("due_at")
-        hours = (parse_iso(due) - self.clock.now()).total_seconds() / 3600 if isinstance(due, str) else None
-        self.executor.execute(self.money.check(t.step, t.total_steps, hours))
+        self.executor.execute(self.money.check(t.step, t.total_steps, self.evaluation.state))
         self.tb.write(self.money.scalars(), self.clock.now())
 
     def idle_job(self) -> None:

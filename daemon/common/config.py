@@ -96,8 +96,15 @@ class TrainConfig:
     min_lr_ratio: float = field(default=0.1, metadata=FRACTION)
     weight_decay: float = field(default=0.01, metadata=NON_NEGATIVE)
     max_grad_norm: float = field(default=1.0, metadata=POSITIVE)
+    # "auto": bf16 where the GPU computes it natively (compute capability >= 8.0), else fp16 with
+    # a grad scaler; fp32 on the CPU (trainer/worker/precision.py).
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Recompute each decoder layer in the backward pass instead of keeping its activations
+    # (about a third more compute). "auto": on where `amapiano-train plan` finds that the
+    # micro-batch does not fit this GPU without it.
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False  # torch.compile the model (minutes of start-up, faster steps on a GPU)
     log_every: int = field(default=10, metadata=POSITIVE)  # steps between heartbeats
     val_every: int = field(default=500, metadata=POSITIVE)
     val_batches: int = field(default=0, metadata=NON_NEGATIVE)  # 0: the whole valid split
@@ -255,6 +262,11 @@ class MilestoneConfig:
     # When all epochs are done: a final evaluation, the export, a report, an email, then this.
     completion_action: ShutdownAction = "ec2-stop"
 
+    @property
+    def when(self) -> tuple[str, float]:
+        """("duration", seconds) | ("share", 0-1) | ("epoch", n)."""
+        return ("duration", float(self.after)) if self.after > 0 else parse_milestone_at(self.at)
+
 
 @dataclass(frozen=True)
 class RedFlagsConfig:
@@ -263,11 +275,6 @@ class RedFlagsConfig:
     val_loss_stall: Duration = field(default=Duration(3 * 86400), metadata=POSITIVE)
     min_gpu_util_pct: float = field(default=50.0, metadata=PERCENT)
     max_cost_before_milestone_usd: float = field(default=400.0, metadata=POSITIVE)
-
-    @property
-    def when(self) -> tuple[str, float]:
-        """("duration", seconds) | ("share", 0-1) | ("epoch", n)."""
-        return ("duration", float(self.after)) if self.after > 0 else parse_milestone_at(self.at)
 
 
 @dataclass(frozen=True)

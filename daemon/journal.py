@@ -1,0 +1,74 @@
+"""The run journal: an append-only copy, beside state.json, of what must never be lost.
+
+state.json is rewritten every tick; if it is lost, damaged or moved aside (the exit-65 advice),
+the run must not start over at $0 with a new run_id and a new milestone date. Each cost check
+appends one line (run_id, started_at, the ledger's totals, the budget alerts already sent, the
+milestone's due time and decision), fsynced. A torn last line is skipped. Past MAX_BYTES the
+journal is compacted to its last line (atomically), so it stays small on a weeks-long run.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .common.atomic import FILE_MODE, write_bytes_atomic
+from .cost import Ledger
+
+NAME = "ledger.journal"
+MAX_BYTES = 256 * 1024
+
+
+def record(run_id: str, started_at: str, ledger: Ledger | None, budget_fired: list[str],
+           milestone: dict | None, at: str) -> dict:
+    led = None if ledger is None else {k: v for k, v in ledger.to_json().items() if k not in ("hourly", "daily")}
+    m = {k: (milestone or {}).get(k) for k in ("due_at", "status", "decision", "decided_at")}
+    return {"run_id": run_id, "started_at": started_at, "at": at, "ledger": led, "budget_fired": budget_fired,
+            "milestone": m}
+
+
+def append(path: Path, rec: dict) -> None:
+    line = (json.dumps(rec, allow_nan=False, separators=(",", ":")) + "\n").encode()
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = 0
+    if size + len(line) > MAX_BYTES:
+        write_bytes_atomic(path, line)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def last(path: Path) -> dict | None:
+    """The newest complete, well-formed record, or None."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError:
+        return None
+    for raw in reversed(lines):
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("run_id"), str) and isinstance(rec.get("started_at"), str):
+            return rec
+    return None
+
+
+def ledger_of(rec: dict) -> Ledger | None:
+    """The ledger a record carries (its totals; the hourly breakdown starts afresh), if valid."""
+    try:
+        return Ledger.from_json(rec.get("ledger")) if rec.get("ledger") else None
+    except ValueError:
+        return None
+
+
+def describe(rec: dict[str, Any]) -> str:
+    total = (rec.get("ledger") or {}).get("total_usd")
+    return f"run {rec['run_id']} started {rec['started_at']}, spend ${total if total is not None else 0:,.2f}"
