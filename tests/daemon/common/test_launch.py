@@ -35,7 +35,14 @@ class Clock:
 
 
 def environ_of(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    """The child's environment as the kernel holds it (read again while exec is still settling)."""
+    import time
+
+    for _ in range(200):
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+        if raw:
+            break
+        time.sleep(0.01)
     return dict(kv.split("=", 1) for kv in raw.decode().split("\0") if "=" in kv)
 
 
