@@ -28,6 +28,13 @@ def test_demo_runs_the_whole_lifecycle(tmp_path):
     assert list((workdir / "logs" / "tensorboard" / "train").glob("events.out.tfevents.*"))
     status = cli("status", "--config", str(workdir / "config.toml"))
     assert status.returncode == 0 and "COMPLETED" in status.stdout
+    # The milestone compared two different models: distinct scores, a paired interval, a p-value.
+    week5 = json.loads((workdir / "state" / "reports" / "week_5_metrics.json").read_text())
+    model = [s["score_pct"] for s in week5["model"]["samples"]]
+    baseline = [s["score_pct"] for s in week5["baseline"]["samples"]]
+    assert model != baseline and week5["comparison"]["identical"] == 0, (model, baseline)
+    lo, hi = week5["comparison"]["ci95_pct"]
+    assert lo < hi and 0 <= week5["comparison"]["p_value"] <= 1, week5["comparison"]
 
 
 def _burn(seconds: float) -> None:
