@@ -23,7 +23,7 @@ from .actions import Action, PauseWorker, ReleaseWorker, SendAlert
 from .common import checkpoints
 from .common.atomic import read_json
 from .common.clock import iso, parse_iso
-from .common.config import Config
+from .common.config import Config, parse_milestone_at
 from .common.launch import python_command, spawn
 from .milestone import CONDITIONAL, INCONCLUSIVE, Progress, forecast, is_due
 
@@ -61,7 +61,7 @@ class Evaluation:
         if s.get("status") == "done" and s.get("decision") not in AGAIN:
             return
         kind, value = self.cfg.milestone.when
-        s["at"] = self.cfg.milestone.at if kind != "duration" or self.cfg.milestone.after <= 0 else f"{value:g}s"
+        s["at"] = self.cfg.milestone.at if (kind, value) == parse_milestone_at(self.cfg.milestone.at) else f"{value:g}s"
         if not isinstance(s.get("due_at"), str) and kind == "duration":
             s["due_at"] = iso(started + timedelta(seconds=value))
         s.setdefault("status", "scheduled")

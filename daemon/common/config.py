@@ -233,7 +233,7 @@ class MilestoneConfig:
     # When: a duration after the run started ("35d"), a share of the training steps ("62.5%",
     # week 5 of 8), or the end of an epoch ("epoch 12"). `after` is the older duration-only key.
     at: str = field(default="62.5%", metadata=_check(lambda t: _is_at(t), f"must be {AT_FORMS}"))
-    after: Duration = field(default=Duration(0), metadata=NON_NEGATIVE)   # set (> 0): it wins over `at`
+    after: Duration = field(default=Duration(0), metadata=NON_NEGATIVE)   # counts only while `at` is unset
     min_authenticity_pct: float = field(default=35.0, metadata=PERCENT)
     max_cost_usd: float = field(default=600.0, metadata=POSITIVE)
     max_val_loss: float = field(default=3.5, metadata=POSITIVE)

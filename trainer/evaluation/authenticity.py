@@ -133,7 +133,7 @@ def features(y: np.ndarray, sr: int) -> Features:
     import librosa
 
     y = np.asarray(y, dtype=np.float32)
-    if y.size < sr // 2 or not np.all(np.isfinite(y)):
+    if y.size < sr // 4 or not np.all(np.isfinite(y)):
         return SILENT
     rms = float(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
     sound = _ramp(20 * np.log10(rms + 1e-12), -60.0, -50.0)
