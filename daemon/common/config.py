@@ -265,7 +265,8 @@ class MilestoneConfig:
     @property
     def when(self) -> tuple[str, float]:
         """("duration", seconds) | ("share", 0-1) | ("epoch", n)."""
-        return ("duration", float(self.after)) if self.after > 0 else parse_milestone_at(self.at)
+        legacy = self.after > 0 and self.at == MilestoneConfig.at
+        return ("duration", float(self.after)) if legacy else parse_milestone_at(self.at)
 
 
 @dataclass(frozen=True)
