@@ -3,11 +3,11 @@
 A small port: production talks to AWS, tests to moto's server on 127.0.0.1 through
 `[aws] endpoint_url`. The S3 mirror follows the local commit rule: the .pt first, then its
 .json marker, so a bucket listing never shows a checkpoint whose bytes are not all there, and
-an upload counts only once head_object confirms the size.
+an upload counts only once head_object confirms its size and SHA-256. What comes back from the
+bucket is read with a size limit and never unpickled.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -15,7 +15,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .common import checkpoints
+from .common.atomic import fsync_dir, write_json_atomic
 from .common.config import AwsConfig
+
+MARKER_LIMIT = 64 * 1024
+STATE_LIMIT = 16 * 1024 * 1024
 
 
 def parse_spot_price(response: dict) -> tuple[float, datetime] | None:
@@ -64,70 +69,111 @@ class Aws:
         response = self.client("ec2").describe_instances(InstanceIds=[instance_id])
         return response["Reservations"][0]["Instances"][0]["State"]["Name"]
 
-    # -- S3 checkpoint mirror --------------------------------------------------------------
+    def terminate_instance(self, instance_id: str) -> str:
+        response = self.client("ec2").terminate_instances(InstanceIds=[instance_id])
+        return response["TerminatingInstances"][0]["CurrentState"]["Name"]
+
+    def instance_facts(self, instance_id: str) -> dict[str, Any]:
+        """What stopping this instance can do: its market (spot/on-demand), its Spot request's type
+        and interruption behaviour, and what a shutdown from inside does (stop or terminate)."""
+        ec2 = self.client("ec2")
+        inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+        facts: dict[str, Any] = {"lifecycle": inst.get("InstanceLifecycle") or "on-demand",
+                                 "spot_request_type": None, "interruption_behavior": None}
+        if facts["lifecycle"] == "spot":
+            request_id = inst.get("SpotInstanceRequestId")
+            found = ec2.describe_spot_instance_requests(
+                **({"SpotInstanceRequestIds": [request_id]} if request_id else
+                   {"Filters": [{"Name": "instance-id", "Values": [instance_id]}]}))["SpotInstanceRequests"]
+            if found:
+                facts["spot_request_type"] = found[0].get("Type")
+                facts["interruption_behavior"] = found[0].get("InstanceInterruptionBehavior") or "terminate"
+        attr = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="instanceInitiatedShutdownBehavior")
+        facts["shutdown_behavior"] = (attr.get("InstanceInitiatedShutdownBehavior") or {}).get("Value") or "stop"
+        return facts
+
+    # -- S3: the run's mirror ----------------------------------------------------------------
     def _key(self, name: str) -> str:
         return f"{self.cfg.s3_prefix}/checkpoints/{name}" if self.cfg.s3_prefix else f"checkpoints/{name}"
 
-    def upload_checkpoint(self, pt: Path) -> dict:
-        """Upload step_N.pt then step_N.json; returns what was confirmed in the bucket."""
-        s3, bucket = self.client("s3"), self.cfg.s3_bucket
-        marker = pt.with_suffix(".json")
-        confirmed = {}
-        for path in (pt, marker):  # bytes first, then the marker that commits them
-            key = self._key(path.name)
-            s3.upload_file(str(path), bucket, key)
-            head = s3.head_object(Bucket=bucket, Key=key)
-            if head["ContentLength"] != path.stat().st_size:
-                raise IOError(f"s3://{bucket}/{key}: {head['ContentLength']} bytes in the bucket, "
-                              f"{path.stat().st_size} on disk")
-            confirmed[key] = head["ContentLength"]
-        return confirmed
+    def _state_key(self) -> str:
+        return f"{self.cfg.s3_prefix}/state.json" if self.cfg.s3_prefix else "state.json"
 
-    def upload_file(self, path: Path, name: str) -> None:
-        self.client("s3").upload_file(str(path), self.cfg.s3_bucket, f"{self.cfg.s3_prefix}/{name}")
-
-    def newest_s3_checkpoint(self) -> tuple[int, dict] | None:
-        """(step, marker) of the newest committed checkpoint in the bucket."""
+    def put_confirmed(self, path: Path, key: str) -> dict:
+        """Upload one file with its SHA-256 as metadata, then confirm size and checksum in the
+        bucket before it counts. Returns {key, bytes, sha256}."""
         s3, bucket = self.client("s3"), self.cfg.s3_bucket
-        prefix = self._key("step_")
-        best = None
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        sha = checkpoints.sha256_file(path)
+        size = path.stat().st_size
+        s3.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}})
+        head = s3.head_object(Bucket=bucket, Key=key)
+        if head["ContentLength"] != size or (head.get("Metadata") or {}).get("sha256") != sha:
+            raise IOError(f"s3://{bucket}/{key}: {head['ContentLength']} bytes / checksum "
+                          f"{(head.get('Metadata') or {}).get('sha256')} in the bucket, {size} / {sha} on disk")
+        return {"key": key, "bytes": size, "sha256": sha}
+
+    def upload_checkpoint(self, marker: checkpoints.Marker) -> list[dict]:
+        """The .pt, then the marker that commits it; both confirmed."""
+        return [self.put_confirmed(marker.path, self._key(marker.path.name)),
+                self.put_confirmed(marker.marker, self._key(marker.marker.name))]
+
+    def upload_state(self, path: Path) -> dict:
+        return self.put_confirmed(path, self._state_key())
+
+    def bucket_steps(self) -> list[int]:
+        """Steps with a committed marker in the bucket, oldest first (other keys are ignored)."""
+        s3, steps = self.client("s3"), set()
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.cfg.s3_bucket, Prefix=self._key("step_")):
             for obj in page.get("Contents", []):
                 name = obj["Key"].rsplit("/", 1)[-1]
-                if name.endswith(".json"):
-                    try:
-                        step = int(name[5:-5])
-                    except ValueError:
-                        continue
-                    if best is None or step > best[0]:
-                        best = (step, obj["Key"])
-        if best is None:
+                step = checkpoints.step_of(name)
+                if step is not None and name == checkpoints.marker_path(Path("."), step).name:
+                    steps.add(step)
+        return sorted(steps)
+
+    def _get_small(self, key: str, limit: int) -> bytes | None:
+        s3 = self.client("s3")
+        try:
+            obj = s3.get_object(Bucket=self.cfg.s3_bucket, Key=key)
+        except s3.exceptions.NoSuchKey:
             return None
-        marker = json.loads(s3.get_object(Bucket=bucket, Key=best[1])["Body"].read())
-        return best[0], marker
+        if obj["ContentLength"] > limit:
+            raise IOError(f"s3://{self.cfg.s3_bucket}/{key}: {obj['ContentLength']} bytes, more than {limit}")
+        return obj["Body"].read(limit + 1)[:limit]
+
+    def get_marker(self, step: int) -> Any:
+        raw = self._get_small(self._key(checkpoints.marker_path(Path("."), step).name), MARKER_LIMIT)
+        return None if raw is None else json.loads(raw)
+
+    def get_state(self) -> bytes | None:
+        return self._get_small(self._state_key(), STATE_LIMIT)
+
+    def delete_checkpoint(self, step: int) -> None:
+        """Un-commit first (the marker), then the bytes."""
+        s3 = self.client("s3")
+        for path in (checkpoints.marker_path(Path("."), step), checkpoints.data_path(Path("."), step)):
+            s3.delete_object(Bucket=self.cfg.s3_bucket, Key=self._key(path.name))
 
     def download_checkpoint(self, marker: dict, directory: Path) -> Path:
-        """Fetch a checkpoint and commit it locally (verified by the marker's SHA-256)."""
-        from .common.atomic import fsync_dir, write_json_atomic
-
-        s3, bucket = self.client("s3"), self.cfg.s3_bucket
-        directory.mkdir(parents=True, exist_ok=True)
-        name = marker["file"]
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        """Fetch a checkpoint whose marker was checked, and commit it locally after its SHA-256."""
+        step = marker["step"]
+        target = checkpoints.data_path(directory, step)
+        if checkpoints.inside(directory, target.name) is None:
+            raise IOError(f"{target}: outside {directory}")
+        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
         os.close(fd)
         try:
-            s3.download_file(bucket, self._key(name), tmp)
-            sha = hashlib.sha256()
+            self.client("s3").download_file(self.cfg.s3_bucket, self._key(target.name), tmp)
             with open(tmp, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    sha.update(chunk)
                 os.fsync(f.fileno())
-            if sha.hexdigest() != marker.get("sha256"):
-                raise IOError(f"s3://{bucket}/{self._key(name)}: SHA-256 does not match its marker")
-            os.replace(tmp, directory / name)
+            if checkpoints.sha256_file(Path(tmp)) != marker.get("sha256"):
+                raise IOError(f"s3://{self.cfg.s3_bucket}/{self._key(target.name)}: SHA-256 does not match its marker")
+            os.chmod(tmp, 0o640)
+            os.replace(tmp, target)
             fsync_dir(directory)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        write_json_atomic((directory / name).with_suffix(".json"), marker)
-        return directory / name
+        write_json_atomic(checkpoints.marker_path(directory, step), marker)
+        return target

@@ -23,6 +23,7 @@ class Instance:
         self.aws: Aws | None = Aws(cfg.aws, cfg.aws.region) if cfg.aws.region else None
         self.misses = 0
         self._next_try = 0.0
+        self.facts: dict | None = None   # what stopping can do here (aws.instance_facts), once known
 
     @property
     def on_ec2(self) -> bool:
@@ -60,6 +61,39 @@ class Instance:
         if self.identity is None or self.aws is None:
             raise RuntimeError("not on EC2 (no instance identity yet)")
         return self.aws.stop_instance(self.identity["instanceId"])
+
+    def terminate(self) -> str:
+        if self.identity is None or self.aws is None:
+            raise RuntimeError("not on EC2 (no instance identity yet)")
+        return self.aws.terminate_instance(self.identity["instanceId"])
+
+    def learn_facts(self) -> dict | None:
+        """Market, Spot request type and interruption behaviour, shutdown behaviour (read once)."""
+        if self.facts is None and self.refresh() and self.aws is not None:
+            try:
+                self.facts = self.aws.instance_facts(self.identity["instanceId"])
+                self.log.info("aws.instance_facts", **self.facts, can_stop=self.can_stop)
+            except Exception as e:
+                self.log.warning("aws.instance_facts_failed", error=f"{type(e).__name__}: {e}")
+        return self.facts
+
+    @property
+    def can_stop(self) -> bool | None:
+        """StopInstances works for on-demand and for a persistent Spot request that stops on
+        interruption; a one-time Spot instance can only be terminated. None: not known yet."""
+        f = self.facts
+        if f is None:
+            return None
+        return f["lifecycle"] != "spot" or (f["spot_request_type"] == "persistent"
+                                             and f["interruption_behavior"] == "stop")
+
+    def section(self) -> dict | None:
+        """state.json's `instance` section (shown by `status`)."""
+        if self.identity is None:
+            return None
+        i = self.identity
+        return {"instance_id": i.get("instanceId"), "instance_type": i.get("instanceType"),
+                "zone": i.get("availabilityZone"), **(self.facts or {}), "can_stop": self.can_stop}
 
     def spot_notices(self) -> tuple[dict | None, dict | None]:
         """(interruption, rebalance) from IMDS; raises ImdsError when it cannot tell."""

@@ -1,37 +1,85 @@
-"""The S3 mirror of the run: committed checkpoints and state.json go up, and come back on a
-fresh disk. Transfers run on their own threads; the scheduler thread only starts them.
+"""The S3 mirror of the run: every committed checkpoint and state.json go up continuously (and at
+once on a Spot notice), and come back on a fresh disk. Transfers run on their own threads; the
+scheduler thread only starts them.
 
-Nothing from the bucket is trusted: a marker's step must match its key, its `file` must be its
-own .pt, every local path is resolved inside the checkpoint directory, and the bytes are
-checked against the marker's SHA-256 before they are committed. Nothing from it is unpickled.
+An upload counts once the bucket confirms its size and SHA-256. The bucket is pruned like the
+local directory (the last K plus the best). Nothing from the bucket is trusted: a marker's step
+must match its key and its `file` must be its own .pt, every local path is resolved inside the
+checkpoint directory, bytes are checked against the marker's SHA-256 before they are committed,
+a state.json must load as one before it replaces anything, and nothing is unpickled.
 """
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
+from . import journal
 from .common import checkpoints
-from .common.clock import iso
+from .common.atomic import read_json, write_bytes_atomic
+from .common.clock import iso, parse_iso
 from .common.config import Config
 from .instance import Instance
+from .state import load_state
+
+
+def marker_ok(marker: Any, step: int) -> bool:
+    return (isinstance(marker, dict) and marker.get("step") == step and not isinstance(marker.get("step"), bool)
+            and marker.get("file") == checkpoints.data_path(Path("."), step).name
+            and isinstance(marker.get("bytes"), int) and isinstance(marker.get("sha256"), str))
+
+
+def restore_state(cfg: Config, log: Any, instance: Instance) -> str | None:
+    """Before the run opens: a missing or older local state.json is replaced by the bucket's (same
+    run_id, ledger, milestone, alerts sent, red flags). A newer local state wins. Never raises."""
+    if not cfg.aws.s3_bucket:
+        return None
+    instance.refresh()
+    if instance.aws is None:
+        log.warning("s3.state_restore_skipped", note="no AWS region known yet (IMDS down and no [aws] region)")
+        return None
+    try:
+        raw = instance.aws.get_state()
+        if raw is None:
+            return None
+        tmp = cfg.state_file.with_name(".state.from-s3.json")
+        write_bytes_atomic(tmp, raw)
+        try:
+            theirs = load_state(tmp)  # must be a state file this version understands
+        finally:
+            tmp.unlink(missing_ok=True)
+        local = read_json(cfg.state_file) or {}
+        mine = local.get("updated_at") or (journal.last(cfg.state_file.with_name(journal.NAME)) or {}).get("at")
+        if isinstance(mine, str) and theirs.updated_at and parse_iso(mine) >= parse_iso(theirs.updated_at):
+            log.info("s3.state_not_needed", local_updated_at=mine, s3_updated_at=theirs.updated_at)
+            return None
+        write_bytes_atomic(cfg.state_file, raw)
+        log.warning("s3.state_restored", run_id=theirs.run_id, updated_at=theirs.updated_at,
+                    spend_usd=(theirs.cost or {}).get("total_usd"))
+        return theirs.run_id
+    except Exception as e:  # StateError, OSError, botocore's: the bucket is outside, anything may come
+        log.error("s3.state_restore_failed", error=f"{type(e).__name__}: {e}", note="starting from the local state")
+        return None
 
 
 class Mirror:
     def __init__(self, cfg: Config, log: Any, clock: Any, instance: Instance,
-                 worker_running: Callable[[], bool], alert: Callable[[str, str, str], Any]):
+                 worker_running: Callable[[], bool], alert: Callable[[str, str, str], Any], section: dict | None):
         self.cfg, self.log, self.clock, self.instance = cfg, log, clock, instance
         self._worker_running, self._alert = worker_running, alert
         self.records: dict[str, dict] = {}
+        self.confirmed: dict = {k: v for k, v in (section or {}).items() if k in ("step", "at", "state_at")}
         self._lock = threading.Lock()
         self.uploads: list[threading.Thread] = []
         self.restoring: threading.Thread | None = None
+        self._failed = False
 
     @property
     def enabled(self) -> bool:
         return bool(self.cfg.aws.s3_bucket) and self.instance.aws is not None
 
-    # -- restore ---------------------------------------------------------------------------
+    # -- restore ------------------------------------------------------------------------------
     def start_restore(self) -> None:
         if self.enabled:
             self.restoring = threading.Thread(target=self._restore, name="s3-restore", daemon=True)
@@ -43,30 +91,45 @@ class Mirror:
 
     def _restore(self) -> None:
         try:
-            found = self.instance.aws.newest_s3_checkpoint()
-            local = checkpoints.newest(self.cfg.checkpoint_dir)
-            if found is None or (local is not None and local.step >= found[0]):
-                self.log.info("s3.restore_not_needed", s3_step=found[0] if found else None,
-                              local_step=local.step if local else None)
+            aws, local = self.instance.aws, checkpoints.newest(self.cfg.checkpoint_dir)
+            for step in reversed(aws.bucket_steps()):
+                if local is not None and local.step >= step:
+                    self.log.info("s3.restore_not_needed", s3_step=step, local_step=local.step)
+                    return
+                marker = aws.get_marker(step)
+                if not marker_ok(marker, step):
+                    self.log.error("s3.marker_refused", step=step, note="its step or file field does not match its key")
+                    continue
+                self.log.info("s3.restoring", step=step, bucket=self.cfg.aws.s3_bucket)
+                path = aws.download_checkpoint(marker, self.cfg.checkpoint_dir)
+                self.log.info("s3.restored", step=step, path=str(path))
                 return
-            step, marker = found
-            if (not isinstance(marker, dict) or marker.get("step") != step
-                    or marker.get("file") != checkpoints.data_path(self.cfg.checkpoint_dir, step).name
-                    or checkpoints.inside(self.cfg.checkpoint_dir, str(marker.get("file"))) is None):
-                raise ValueError(f"s3 marker for step {step}: its step or file field does not match its key")
-            self.log.info("s3.restoring", step=step, bucket=self.cfg.aws.s3_bucket)
-            path = self.instance.aws.download_checkpoint(marker, self.cfg.checkpoint_dir)
-            self.log.info("s3.restored", step=step, path=str(path))
         except Exception as e:
             self.log.error("s3.restore_failed", error=f"{type(e).__name__}: {e}",
                            note="starting from the newest local checkpoint")
 
-    # -- upload ----------------------------------------------------------------------------
-    def upload_after(self, min_step: int, why: str) -> None:
-        if not self.enabled:
+    # -- upload -------------------------------------------------------------------------------
+    def sync(self) -> None:
+        """The continuous mirror's job: upload what is newer than the bucket's copy (one at a time)."""
+        newest = checkpoints.newest(self.cfg.checkpoint_dir)
+        if not self.enabled or newest is None or self.uploads_pending:
             return
-        thread = threading.Thread(target=self._upload, args=(min_step, why), name=f"s3-upload-{why}", daemon=True)
+        if newest.step > (self.confirmed.get("step") or -1) or self._state_due():
+            self._start(newest.step, "mirror", wait=False)
+
+    def _state_due(self) -> bool:
+        at = self.confirmed.get("state_at")
+        return at is None or (self.clock.now() - parse_iso(at)).total_seconds() >= self.cfg.aws.mirror_every
+
+    def upload_after(self, min_step: int, why: str) -> None:
+        """A notice: the checkpoint the worker is writing now, as soon as it is committed."""
+        if self.enabled:
+            self._start(min_step, why, wait=True)
+
+    def _start(self, min_step: int, why: str, wait: bool) -> None:
+        thread = threading.Thread(target=self._upload, args=(min_step, why, wait), name=f"s3-{why}", daemon=True)
         self.uploads.append(thread)
+        self.uploads = [t for t in self.uploads if t.is_alive() or t is thread]
         thread.start()
 
     @property
@@ -75,8 +138,9 @@ class Mirror:
 
     def wait(self, timeout: float) -> None:
         """On the way out: an upload in flight is what saves the run on a replacement instance."""
-        for t in self.uploads:
-            t.join(max(0.0, timeout))
+        deadline = time.monotonic() + timeout
+        for t in list(self.uploads):
+            t.join(max(0.0, deadline - time.monotonic()))
 
     def _wait_for_checkpoint(self, min_step: int, why: str) -> checkpoints.Marker | None:
         deadline = self.clock.monotonic() + max(120.0, self.cfg.supervisor.stop_timeout)
@@ -88,26 +152,67 @@ class Mirror:
             time.sleep(0.2)
         return checkpoints.newest(self.cfg.checkpoint_dir)
 
-    def _upload(self, min_step: int, why: str) -> None:
-        """Wait for a checkpoint at or past `min_step`, then put it (and state.json) in the bucket."""
-        newest = self._wait_for_checkpoint(min_step, why)
+    def _upload(self, min_step: int, why: str, wait: bool) -> None:
+        newest = self._wait_for_checkpoint(min_step, why) if wait else checkpoints.newest(self.cfg.checkpoint_dir)
         record: dict[str, Any] = {"step": newest.step if newest else None, "started_at": iso(self.clock.now())}
         started = self.clock.monotonic()
         try:
             if newest is None:
                 raise FileNotFoundError(f"{self.cfg.checkpoint_dir}: no checkpoint to upload")
-            record["objects"] = self.instance.aws.upload_checkpoint(newest.path)
-            self.instance.aws.upload_file(self.cfg.state_file, "state.json")
-            record.update(confirmed_at=iso(self.clock.now()), seconds=round(self.clock.monotonic() - started, 2))
-            self.log.info("spot.uploaded", why=why, step=record["step"], seconds=record["seconds"],
-                          bucket=self.cfg.aws.s3_bucket)
+            aws = self.instance.aws
+            if newest.step > (self.confirmed.get("step") or -1):
+                record["objects"] = aws.upload_checkpoint(newest)
+            aws.upload_state(self.cfg.state_file)
+            pruned = self._prune(aws)
+            now = iso(self.clock.now())
+            with self._lock:
+                self.confirmed = {"step": max(newest.step, self.confirmed.get("step") or -1), "at": now,
+                                  "state_at": now}
+            record.update(confirmed_at=now, seconds=round(self.clock.monotonic() - started, 2), pruned=pruned)
+            self.log.info("s3.uploaded", why=why, step=record["step"], seconds=record["seconds"],
+                          bucket=self.cfg.aws.s3_bucket, pruned=pruned or None)
+            self._failed = False
         except Exception as e:
             record["error"] = f"{type(e).__name__}: {e}"
-            self.log.error("spot.upload_failed", why=why, error=record["error"])
-            self._alert("spot", "checkpoint upload to S3 failed", record["error"])
+            self.log.error("s3.upload_failed", why=why, error=record["error"])
+            if why != "mirror" or not self._failed:  # the continuous mirror alerts once per outage
+                self._alert("spot" if why != "mirror" else "storage", "checkpoint upload to S3 failed", record["error"])
+            self._failed = True
         with self._lock:
             self.records[why] = record
+
+    def _prune(self, aws: Any) -> list[int]:
+        """The bucket keeps what the local directory keeps: the last K and the best."""
+        steps = aws.bucket_steps()
+        if len(steps) <= self.cfg.train.keep_checkpoints:
+            return []
+        markers = []
+        for step in steps:
+            meta = aws.get_marker(step)
+            if marker_ok(meta, step):
+                markers.append(checkpoints.Marker(step, checkpoints.data_path(Path("."), step), meta))
+        keep = checkpoints.kept(markers, self.cfg.train.keep_checkpoints) | {steps[-1]}
+        gone = [s for s in steps if s not in keep]
+        for step in gone:
+            aws.delete_checkpoint(step)
+        return gone
+
+    def confirmed_newest(self) -> bool:
+        """The newest local checkpoint and a state.json written after it are confirmed in the bucket."""
+        newest = checkpoints.newest(self.cfg.checkpoint_dir)
+        with self._lock:
+            step, state_at = self.confirmed.get("step"), self.confirmed.get("state_at")
+        return self.enabled and newest is not None and step is not None and step >= newest.step and state_at is not None
 
     def upload_records(self) -> dict[str, dict]:
         with self._lock:
             return {k: dict(v) for k, v in self.records.items()}
+
+    def section(self) -> dict | None:
+        """state.json's `mirror` section."""
+        if not self.cfg.aws.s3_bucket:
+            return None
+        with self._lock:
+            return {"bucket": self.cfg.aws.s3_bucket, "prefix": self.cfg.aws.s3_prefix, **self.confirmed,
+                    "last": self.records.get("mirror"), "enabled": self.enabled}
+

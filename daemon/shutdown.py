@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .actions import Action, KillWorker, SendAlert, StopWorker
+from .actions import Action, KillWorker, SendAlert, StopWorker, Upload
 from .common.config import Config
 
 OK_PREFIXES = ("StopInstances:", "poweroff requested", "skipped")
@@ -38,31 +38,49 @@ class Halt:
 
 
 class Machine:
-    """The stop mechanism: EC2 StopInstances, or the poweroff command."""
+    """The stop mechanism: EC2 StopInstances or TerminateInstances, or the poweroff command.
 
-    def __init__(self, cfg: Config, log: Any, ec2_stop: Callable[[], str] | None):
-        self.cfg, self.log = cfg, log
-        self.ec2_stop = ec2_stop   # None: not on EC2 (identity unknown yet)
+    `auto` stops where stopping is possible (on-demand, or a persistent Spot request that stops on
+    interruption) and otherwise terminates, but only once the S3 mirror has confirmed the newest
+    checkpoint and state: a terminated instance takes its disk with it."""
+
+    def __init__(self, cfg: Config, log: Any, instance: Any, mirror_confirmed: Callable[[], bool]):
+        self.cfg, self.log, self.instance, self.mirror_confirmed = cfg, log, instance, mirror_confirmed
+
+    def resolve(self, action: str) -> str:
+        if action != "auto":
+            return action
+        self.instance.learn_facts()
+        can_stop = self.instance.can_stop
+        return "ec2-stop" if can_stop or can_stop is None else "terminate"
 
     def perform(self, action: str) -> tuple[bool, str]:
         if action == "none":
             self.log.warning("shutdown.skipped", action=action, note="action 'none': the instance keeps running")
             return True, "skipped (action none)"
         if action == "poweroff":
-            cmd = self.cfg.supervisor.poweroff_command
-            try:
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                return False, f"failed: {' '.join(cmd)}: {e}"
-            if done.returncode != 0:
-                return False, f"failed: {' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()[:200]}"
-            return True, "poweroff requested"
-        if self.ec2_stop is None:
-            return False, "failed: not on EC2 (no instance identity yet)"
+            return self._poweroff()
         try:
-            return True, f"StopInstances: {self.ec2_stop()}"
+            if action == "terminate":
+                if not self.mirror_confirmed():
+                    return False, ("not terminating: the newest checkpoint and state are not confirmed in S3 yet "
+                                   "(a terminated instance loses its disk)")
+                return True, f"TerminateInstances: {self.instance.terminate()}"
+            return True, f"StopInstances: {self.instance.ec2_stop()}"
         except Exception as e:
             return False, f"failed: {type(e).__name__}: {e}"
+
+    def _poweroff(self) -> tuple[bool, str]:
+        cmd = self.cfg.supervisor.poweroff_command
+        behaviour = (self.instance.facts or {}).get("shutdown_behavior")
+        what = f" (this instance's shutdown behaviour: {behaviour})" if behaviour else ""
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return False, f"failed: {' '.join(cmd)}: {e}"
+        if done.returncode != 0:
+            return False, f"failed: {' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()[:200]}"
+        return True, f"poweroff requested{what}"
 
 
 class ShutdownStages:
@@ -115,7 +133,7 @@ class ShutdownStages:
         return [], False
 
     def _act(self, h: Halt, now: float) -> tuple[list[Action], bool]:
-        action = h.action
+        action = self.machine.resolve(h.action)
         if action == "ec2-stop" and h.attempts % 2 == 1 and self.cfg.supervisor.poweroff_command:
             action = "poweroff"   # every other retry falls back to powering off from inside
         ok, result = self.machine.perform(action)
@@ -129,7 +147,8 @@ class ShutdownStages:
         delay = min(s.shutdown_retry_max, s.shutdown_retry_initial * 2 ** (h.attempts - 1))
         h.next_try_mono = now + delay
         self.log.error("shutdown.failed", action=action, error=result, attempt=h.attempts, retry_in_s=round(delay, 1))
-        return [SendAlert("shutdown", f"could not stop the instance ({action}), retrying",
+        upload = [Upload("before-terminate")] if action == "terminate" else []
+        return upload + [SendAlert("shutdown", f"could not stop the instance ({action}), retrying",
                           f"{h.reason}: {action} failed: {result}\nAttempt {h.attempts}; the next in "
                           f"{delay:.0f} s. THE INSTANCE IS STILL RUNNING AND BILLING: stop it by hand "
                           "if this goes on.")], False

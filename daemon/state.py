@@ -82,6 +82,8 @@ class State:
     shutdown: dict[str, Any] | None = None   # a shutdown the daemon carried out, and why
     milestone: dict[str, Any] | None = None  # due time, status, decision, report (daemon/evaluation.py)
     red_flags: dict[str, Any] | None = None  # raised flags and the validation-loss history (daemon/red_flags.py)
+    mirror: dict[str, Any] | None = None     # the S3 mirror: what is confirmed in the bucket (daemon/mirror.py)
+    instance: dict[str, Any] | None = None   # where we run and what stopping it can do (daemon/instance.py)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # sections from newer code, kept verbatim
 
@@ -159,7 +161,7 @@ def load_state(path: Path) -> State | None:
     if data.get("phase") not in {p.value for p in Phase}:
         raise StateError(f"{path}: field 'phase' is {data.get('phase')!r}, not a known phase; {MOVE_ASIDE}")
     trainer = _typed(TrainerState, data.get("trainer") or {}, "trainer", path)
-    for name in ("cost", "budget", "gpu", "idle", "spot", "shutdown", "milestone", "red_flags"):
+    for name in ("cost", "budget", "gpu", "idle", "spot", "shutdown", "milestone", "red_flags", "mirror", "instance"):
         if data.get(name) is not None and not isinstance(data[name], dict):
             raise StateError(f"{path}: field '{name}' must be an object")
     if data.get("cost") is not None:

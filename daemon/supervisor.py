@@ -30,7 +30,7 @@ from .imds import ImdsError
 from .instance import Instance
 from .lifecycle import Lifecycle
 from .mail import Outbox, make_transport
-from .mirror import Mirror
+from .mirror import Mirror, restore_state
 from .money import Money
 from .notify import Notifier
 from .reports import RunView
@@ -58,16 +58,18 @@ class Supervisor:
         self._scheduler: BackgroundScheduler | None = None
         self._last_tick: float | None = None
         self._worker_started_s: float | None = None
+        self.instance = Instance(cfg, log, self.clock)
+        restore_state(cfg, log, self.instance)  # a replacement instance: the run comes back from S3
         self.state = open_run(cfg.state_file, self.clock.now(), log)  # StateError: the CLI exits 65
         s = self.state
         self.lifecycle = Lifecycle(log, lambda: iso(self.clock.now()), cfg.supervisor, self._checkpoint_step(),
                                    restarts=s.trainer.restarts)
-        self.instance = Instance(cfg, log, self.clock)
         self.money = Money(cfg, log, self.clock, self.instance, s.cost, s.budget, (s.run_id, s.started_at))
         self.outbox = Outbox(cfg.email, None, log, self.clock, previous=s.alerts, run_name=s.run_id)
         self.gpu = GpuMonitor(log, nvml)
-        self.mirror = Mirror(cfg, log, self.clock, self.instance, lambda: self.worker.running, self.outbox.send)
-        self.shutdown_stages = ShutdownStages(cfg, log, Machine(cfg, log, self.instance.ec2_stop))
+        self.mirror = Mirror(cfg, log, self.clock, self.instance, lambda: self.worker.running, self.outbox.send,
+                             s.mirror)
+        self.shutdown_stages = ShutdownStages(cfg, log, Machine(cfg, log, self.instance, self.mirror.confirmed_newest))
         self.executor = Executor(log, self.clock, self.lifecycle, self.worker, self.outbox, self.shutdown_stages,
                                  self.mirror, self._checkpoint_step)
         self.evaluation = Evaluation(cfg, log, self.clock, s.milestone, s.started_at, log_format)
@@ -234,7 +236,8 @@ class Supervisor:
         s.cost, s.budget = self.money.to_json()
         s.gpu = self.gpu.to_json(self.clock.monotonic())
         s.idle = self._idle_json or s.idle
-        s.spot = spot.section(self.spot_notes, self.mirror.upload_records())
+        s.spot, s.mirror = spot.section(self.spot_notes, self.mirror.upload_records()), self.mirror.section()
+        s.instance = self.instance.section()
         s.alerts = self.outbox.to_json()
         s.red_flags = red_flags.section(self.raised, self.val_history)
         s.milestone = self.evaluation.to_json()
@@ -277,6 +280,8 @@ class Supervisor:
                 (self.spot_job, c.aws.spot_poll, "spot"), (self.money.refresh_price, c.aws.price_refresh, "price")]
         if self.gpu.available:
             jobs.append((self.gpu_job, c.gpu.sample_every, "gpu"))
+        if c.aws.s3_bucket:
+            jobs.append((self.mirror.sync, c.aws.mirror_every, "mirror"))
         if self.notifier.watchdog_interval:
             jobs.append((self.watchdog, self.notifier.watchdog_interval, "watchdog"))
         return jobs

@@ -3,11 +3,14 @@ and the boot's own clock (CLOCK_BOOTTIME and the kernel's boot id) for what must
 daemon restart but not a reboot: the cost ledger and the idle timer."""
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+# Where the kernel keeps this boot's id. AMAPIANO_BOOT_ID_FILE points elsewhere, so a test can play
+# "a replacement instance" (a new boot) with the real daemon.
+BOOT_ID = Path(os.environ.get("AMAPIANO_BOOT_ID_FILE", "/proc/sys/kernel/random/boot_id"))
 
 
 class Clock:

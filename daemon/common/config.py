@@ -139,7 +139,7 @@ class SupervisorConfig:
     poweroff_command: list[str] = field(default_factory=lambda: ["systemctl", "poweroff"])
 
 
-ShutdownAction = Literal["ec2-stop", "poweroff", "none"]
+ShutdownAction = Literal["auto", "ec2-stop", "terminate", "poweroff", "none"]
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class IdleConfig:
     timeout: Duration = field(default=Duration(7200), metadata=POSITIVE)
     gpu_util_threshold_pct: float = field(default=10.0, metadata=PERCENT)
     warn_before: Duration = field(default=Duration(900), metadata=POSITIVE)
-    action: ShutdownAction = "ec2-stop"
+    action: ShutdownAction = "auto"
     check_every: Duration = field(default=Duration(30), metadata=POSITIVE)
 
 
@@ -166,7 +166,7 @@ class BudgetConfig:
     alert_fractions: list[float] = field(default_factory=lambda: [0.5, 0.8])
     ebs_gb: float = field(default=0.0, metadata=NON_NEGATIVE)
     ebs_usd_per_gb_month: float = field(default=0.08, metadata=NON_NEGATIVE)
-    action: ShutdownAction = "ec2-stop"  # at the cap, after the checkpoint and the email
+    action: ShutdownAction = "auto"  # at the cap, after the checkpoint and the email
     check_every: Duration = field(default=Duration(10), metadata=POSITIVE)
 
 
@@ -185,13 +185,15 @@ class AwsConfig:
     price_refresh: Duration = field(default=Duration(3600), metadata=POSITIVE)
     s3_bucket: str = ""         # empty: no S3 mirror of checkpoints
     s3_prefix: str = "amapiano-train"
+    # The continuous mirror: the newest committed checkpoint and state.json go up this often.
+    mirror_every: Duration = field(default=Duration(300), metadata=POSITIVE)
 
 
 @dataclass(frozen=True)
 class EmailConfig:
-    """Alerts. The SMTP password is never here: see daemon/mail.py."""
+    """Alerts. The SMTP password and the apprise URLs are never here: see daemon/mail.py."""
 
-    transport: Literal["smtp", "ses", "none"] = "none"
+    transport: Literal["smtp", "ses", "apprise", "none"] = "none"
     to: list[str] = field(default_factory=list)
     sender: str = "amapiano-train@localhost"
     smtp_host: str = "localhost"
@@ -200,6 +202,7 @@ class EmailConfig:
     smtp_ca_file: str = ""      # a CA bundle for a relay with a private CA; empty: the system's
     smtp_user: str = ""
     password_credential: str = "smtp-password"
+    apprise_credential: str = "apprise-urls"   # or AMAPIANO_APPRISE_URLS in secrets.env
     timeout: Duration = field(default=Duration(20), metadata=POSITIVE)
     retry_every: Duration = field(default=Duration(60), metadata=POSITIVE)
     give_up_after: Duration = field(default=Duration(86400), metadata=POSITIVE)
@@ -260,7 +263,7 @@ class MilestoneConfig:
     retry_every: Duration = field(default=Duration(86400), metadata=POSITIVE)  # after INCONCLUSIVE
     dry_run: bool = False      # log each decision and its evidence without acting on it
     # When all epochs are done: a final evaluation, the export, a report, an email, then this.
-    completion_action: ShutdownAction = "ec2-stop"
+    completion_action: ShutdownAction = "auto"
 
     @property
     def when(self) -> tuple[str, float]:

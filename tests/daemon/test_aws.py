@@ -53,11 +53,16 @@ def test_s3_mirror_commits_marker_last_and_restores_verified(aws, tmp_path):
     (src / "step_00000040.pt").write_bytes(blob)
     marker = {"step": 40, "file": "step_00000040.pt", "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
     (src / "step_00000040.json").write_text(json.dumps(marker))
-    confirmed = port.upload_checkpoint(src / "step_00000040.pt")
-    assert confirmed == {"run1/checkpoints/step_00000040.pt": 100_000,
-                         "run1/checkpoints/step_00000040.json": (src / "step_00000040.json").stat().st_size}
-    step, found = port.newest_s3_checkpoint()
-    assert step == 40 and found == marker
+    from daemon.common import checkpoints
+
+    confirmed = port.upload_checkpoint(checkpoints.newest(src))
+    assert [(c["key"], c["bytes"]) for c in confirmed] == [
+        ("run1/checkpoints/step_00000040.pt", 100_000),
+        ("run1/checkpoints/step_00000040.json", (src / "step_00000040.json").stat().st_size)]
+    assert confirmed[0]["sha256"] == marker["sha256"]  # confirmed by checksum, not size alone
+    assert port.bucket_steps() == [40]
+    found = port.get_marker(40)
+    assert found == marker
     dest = tmp_path / "dest"
     path = port.download_checkpoint(found, dest)
     assert path.read_bytes() == blob and json.loads((dest / "step_00000040.json").read_text()) == marker

@@ -13,7 +13,7 @@ def test_shipped_configs_are_valid_and_carry_the_seed_values():
     assert prod.train.epochs == 20 and prod.train.batch_size == 8 and prod.train.grad_accum_steps > 1
     assert prod.train.val_every == 500 and prod.train.checkpoint_every == 1000
     assert prod.idle.timeout == 2 * 3600
-    assert prod.milestone.after == 35 * 86400
+    assert prod.milestone.at == "62.5%"  # week 5 of 8, as a share of training (it arrives however fast)
     assert prod.milestone.min_authenticity_pct == 35 and prod.milestone.max_cost_usd == 600
     assert prod.milestone.max_val_loss == 3.5
     demo = load_config(DEMO_TOML)
@@ -40,7 +40,7 @@ def test_bad_durations(text):
     ({"train": {"lr": True}}, "[train] lr must be a number (got true)"),
     ({"idle": {"timeout": "2 hours"}}, "[idle] timeout must be a duration"),
     ({"idle": {"timeout": 7200}}, "[idle] timeout must be a duration string"),
-    ({"idle": {"action": "shutdown"}}, "[idle] action must be one of 'ec2-stop', 'poweroff', 'none'"),
+    ({"idle": {"action": "shutdown"}}, "[idle] action must be one of 'auto', 'ec2-stop', 'terminate', 'poweroff', 'none'"),
     ({"milestone": {"min_authenticity_pct": 135}}, "[milestone] min_authenticity_pct must be between 0 and 100"),
     ({"model": {"tiny": {"num_heads": 5}}}, "[model.tiny] hidden_size must be divisible by num_heads"),
     ({"model": {"tiny": {"layers": 5}}}, "[model.tiny] unknown key 'layers'"),

@@ -42,7 +42,7 @@ def test_missing_file_is_no_state_yet(tmp_path):
      "newer than this amapiano-train understands"),
     (json.dumps({"schema_version": 1, "run_id": "x", "started_at": "t", "phase": "RUNNING",
                  "cost": {"boot_id": "b", "storage_accounted_at": "2026-11-25T00:00:00Z", "compute_usd": -3}}),
-     "field cost.compute_usd: must be a number >= 0"),
+     "field cost.compute_usd: must be a finite number >= 0"),
     (json.dumps({"schema_version": 1, "run_id": "x", "started_at": "t", "phase": "RUNNING", "alerts": {}}),
      "field 'alerts' must be a list"),
 ])
