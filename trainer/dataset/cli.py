@@ -15,6 +15,17 @@ from trainer.args import config_arg, load_config_or_exit, log_args
 PROG = "amapiano-train dataset"
 
 
+def _at_least_one(text: str) -> int:
+    """--min-tags 0 once fell back to the default and --top -5 selected nothing: both are refused."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number (got {text!r})") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {n})")
+    return n
+
+
 def add_parser(sub) -> None:
     ds = sub.add_parser("dataset", help="MagnaTagATune -> the Amapiano-proxy subset -> the token cache",
                         description="The dataset, step by step (each resumable): `fetch` the metadata and "
@@ -61,8 +72,8 @@ def _select_parser(dsub) -> None:
     sel.add_argument("--config", type=Path, default=None, help="take [dataset] defaults from this config")
     sel.add_argument("--tags", help="comma-separated proxy tags (default: [dataset] proxy_tags)")
     how = sel.add_mutually_exclusive_group()
-    how.add_argument("--min-tags", type=int, help="at least this many proxy tags (default 3)")
-    how.add_argument("--top", type=int, help="instead: the N clips with the most proxy tags")
+    how.add_argument("--min-tags", type=_at_least_one, help="at least this many proxy tags (default 3)")
+    how.add_argument("--top", type=_at_least_one, help="instead: the N clips with the most proxy tags")
     sel.add_argument("--split", choices=("random", "mtat"), help="seeded random (default), or MTAT's by path")
     sel.add_argument("--train-size", type=int)
     sel.add_argument("--valid-size", type=int)
@@ -95,7 +106,8 @@ def cmd_select(args) -> int:
     ds = load_config_or_exit(args.config, "amapiano-train").dataset if args.config else DatasetConfig()
     tags = args.tags.split(",") if args.tags else ds.proxy_tags
     try:
-        sel = select(args.annotations, tags, min_tags=args.min_tags or ds.min_tags, top_n=args.top or ds.top_n,
+        sel = select(args.annotations, tags, min_tags=args.min_tags if args.min_tags is not None else ds.min_tags,
+                     top_n=args.top if args.top is not None else ds.top_n,
                      split=args.split or ds.split, train_size=args.train_size or ds.train_size,
                      valid_size=args.valid_size or ds.valid_size, seed=args.seed, skip_bad_rows=args.skip_bad_rows)
     except DatasetError as e:

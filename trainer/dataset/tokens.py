@@ -143,7 +143,7 @@ class Tokenizer:
         _check_or_write_index(out_dir, index)
         arrays = layout.arrays(out_dir, "r+")
         status = arrays["status.u8"]
-        todo = [i for i in range(layout.n) if status[i] == TODO]
+        todo = [i for i in range(layout.n) if status[i] not in (DONE, FAILED)]  # a damaged byte: redo the clip
         self.log.info("tokenize.start", clips=layout.n, done=int((status == DONE).sum()), todo=len(todo),
                       device=str(device), sampling_rate=rate, frames=frames)
         failures_path = out_dir / "failures.jsonl"
@@ -201,8 +201,12 @@ def open_cache(directory: Path, cfg, model) -> tuple[dict, dict[str, np.memmap]]
         raise CacheError(f"{index_path}: no token cache; build it with `amapiano-train dataset tokenize`") from None
     except json.JSONDecodeError as e:
         raise CacheError(f"{index_path}: not valid JSON ({e.msg}); rebuild the cache") from None
-    if index.get("format") != FORMAT:
-        raise CacheError(f"{index_path}: format {index.get('format')!r}, this version reads {FORMAT}")
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        got = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise CacheError(f"{index_path}: format {got!r}, this version reads {FORMAT}")
+    if not isinstance(index.get("n"), int) or not isinstance(index.get("clips"), list) \
+            or len(index["clips"]) != index["n"] or not all(isinstance(c, dict) for c in index["clips"]):
+        raise CacheError(f"{index_path}: field 'clips' does not list 'n' clips; rebuild the cache")
     dec = model.config.decoder
     want = {"num_codebooks": dec.num_codebooks, "vocab_size": dec.vocab_size,
             "text_tokens": cfg.data.text_max_tokens, "text_dim": model.config.text_encoder.hidden_size,
@@ -213,4 +217,12 @@ def open_cache(directory: Path, cfg, model) -> tuple[dict, dict[str, np.memmap]]
     if wrong:
         raise CacheError(f"{index_path}: " + "; ".join(wrong) + "; rebuild it with `amapiano-train dataset tokenize`")
     layout = CacheLayout(index["n"], index["num_codebooks"], index["frames"], index["text_tokens"], index["text_dim"])
-    return index, layout.arrays(directory, "r")
+    try:
+        arrays = layout.arrays(directory, "r")
+    except (OSError, ValueError) as e:
+        raise CacheError(f"{directory}: the cache's arrays do not match its index ({e}); rebuild the cache") from None
+    bad = int(np.count_nonzero(np.asarray(arrays["status.u8"]) > FAILED))
+    if bad:
+        raise CacheError(f"{directory / 'status.u8'}: {bad} status bytes are not 0, 1 or 2 (damaged); "
+                         "rebuild the cache with `amapiano-train dataset tokenize`")
+    return index, arrays

@@ -135,3 +135,13 @@ def test_bad_manifest_is_named(tmp_path):
                  '"description": "x"}\n{"clip_id": "2"}\n')
     with pytest.raises(DatasetError, match=r"m.jsonl: line 2: field 'clip_id' missing or not int"):
         read_manifest(m)
+
+
+@pytest.mark.parametrize("flag", [["--top", "-5"], ["--top", "0"], ["--min-tags", "0"], ["--min-tags", "x"]])
+def test_select_refuses_counts_below_one(tmp_path, flag):
+    """--min-tags 0 once fell back to the default 3 and --top -5 selected nothing, silently."""
+    from conftest import cli
+
+    r = cli("dataset", "select", "--annotations", str(tmp_path / "a.csv"), "--out", str(tmp_path / "m.jsonl"), *flag)
+    assert r.returncode == 2 and "must be" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "m.jsonl").exists()

@@ -49,6 +49,16 @@ def test_builds_the_cache_lists_failures_and_the_trainer_trains_from_it(tmp_path
     started = json.loads(next(line[3:] for line in train.stdout.splitlines() if '"train.started"' in line))
     assert started["train_clips"] == 31 and started["valid_clips"] == 8  # 39 usable, split as in the manifest
 
+    # A damaged status byte: the trainer refuses the cache in one line (it once read it as "not done").
+    status = cache / "tokens" / "status.u8"
+    raw = bytearray(status.read_bytes())
+    raw[3] = 0xEE
+    status.write_bytes(bytes(raw))
+    damaged = subprocess.run([*AMAPIANO_TRAIN, "train", "--config", str(config), "--log-format", "json"],
+                             capture_output=True, text=True, timeout=300)
+    assert damaged.returncode == 78 and "status bytes are not 0, 1 or 2" in damaged.stderr + damaged.stdout
+    assert "Traceback" not in damaged.stderr
+
 
 def test_sigkill_mid_build_resumes_without_redoing_or_corrupting(tmp_path):
     config = write_config(tmp_path, CACHE, {"dataset": {"tokenize_batch": 1}})
