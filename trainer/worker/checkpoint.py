@@ -65,8 +65,13 @@ def clean_partial(directory: Path) -> list[str]:
         step = layout.step_of(p.name)
         orphan = p.suffix == layout.DATA_SUFFIX and step is not None and not layout.marker_path(directory, step).exists()
         temp = p.name.startswith(".") and p.name.endswith(".tmp")  # daemon.common.atomic's temp names
-        if p.is_file() and (temp or orphan):
+        if p.is_file() and temp:
             p.unlink()
+            removed.append(p.name)
+        elif p.is_file() and orphan:  # uncommitted, but maybe intact (a lost marker): kept for a look
+            dest = directory / "corrupt"
+            dest.mkdir(exist_ok=True)
+            os.replace(p, dest / p.name)
             removed.append(p.name)
     return removed
 
@@ -138,6 +143,10 @@ def load_latest(directory: Path, log: Any, map_location: str | torch.device = "c
             where = quarantine(marker)
             log.warning("checkpoint.corrupt", step=marker.step, error=str(e), moved_to=str(where),
                         note="falling back to the previous checkpoint")
+    damaged = sorted((directory / "corrupt").glob(f"{layout.PREFIX}*{layout.MARKER_SUFFIX}"))
+    if damaged:  # never start again at step 0 silently when training existed
+        raise CheckpointError(f"{directory}: no intact checkpoint left ({len(damaged)} damaged, in corrupt/); "
+                              f"to start over from step 0 on purpose, move {directory / 'corrupt'} aside")
     return None
 
 
@@ -146,6 +155,9 @@ def prune(directory: Path, keep: int) -> list[int]:
     markers = list_checkpoints(directory)
     keeping = layout.kept(markers, keep)
     removed = []
+    for junk in layout.garbage_markers(directory):  # unreadable markers commit nothing: out of the way
+        (directory / "corrupt").mkdir(exist_ok=True)
+        os.replace(junk, directory / "corrupt" / junk.name)
     for m in markers:
         if m.step not in keeping:
             m.marker.unlink(missing_ok=True)  # un-commit first

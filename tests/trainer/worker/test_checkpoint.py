@@ -51,10 +51,26 @@ def test_damaged_newest_falls_back_to_previous_and_is_quarantined(tmp_path, dama
     assert layout.newest(tmp_path).step == 10
 
 
-def test_every_checkpoint_damaged_means_start_over_not_crash(tmp_path):
+def test_every_checkpoint_damaged_is_an_error_never_a_silent_start_at_step_0(tmp_path):
     p = save(tmp_path, 10).path
     p.write_bytes(b"garbage")
-    assert checkpoint.load_latest(tmp_path, Log()) is None
+    with pytest.raises(checkpoint.CheckpointError, match="no intact checkpoint left .1 damaged, in corrupt/.") as e:
+        checkpoint.load_latest(tmp_path, Log())
+    assert "move" in str(e.value) and (tmp_path / "corrupt" / p.name).read_bytes() == b"garbage"  # kept for a look
+    with pytest.raises(checkpoint.CheckpointError):  # and again at the next start: it does not forget
+        checkpoint.load_latest(tmp_path, Log())
+
+
+def test_a_garbage_marker_is_moved_aside_and_a_lost_markers_pt_is_kept(tmp_path):
+    save(tmp_path, 10)
+    m = save(tmp_path, 20)
+    (tmp_path / "step_00000030.json").write_text("{not json")
+    m.marker.unlink()  # a marker lost: its .pt is intact, only uncommitted
+    checkpoint.clean_partial(tmp_path)
+    checkpoint.prune(tmp_path, keep=3)
+    assert not (tmp_path / "step_00000030.json").exists() and (tmp_path / "corrupt" / "step_00000030.json").exists()
+    assert (tmp_path / "corrupt" / m.path.name).exists()  # not deleted
+    assert [c.step for c in checkpoint.list_checkpoints(tmp_path)] == [10]
 
 
 def test_intact_but_unloadable_is_an_error_not_a_silent_fallback(tmp_path):
