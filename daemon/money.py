@@ -97,7 +97,7 @@ class Money:
     def check(self, step: int | None, total_steps: int | None, milestone: dict | None) -> list[Action]:
         """Bring the ledger to now, journal it, forecast, and let the budget rule decide."""
         ledger = self.accrue()
-        due = (milestone or {}).get("due_at")
+        due = (milestone or {}).get("due_at") or (milestone or {}).get("due_forecast")  # share of training: forecast
         hours_to_milestone = ((parse_iso(due) - self.clock.now()).total_seconds() / 3600
                               if isinstance(due, str) else None)
         left = total_steps - step if total_steps is not None and step is not None else None

@@ -55,7 +55,9 @@ def _money_rows(state: State, now: datetime) -> list[tuple[str, str]]:
         rate = cost.get("rate_usd_per_h")
         rows.append(("spend", f"{_usd(cost.get('total_usd'))}  (compute {_usd(cost.get('compute_usd'))}, "
                               f"storage {_usd(cost.get('storage_usd'))})  rate "
-                              f"{_usd(rate) + '/h' if rate is not None else 'UNKNOWN'} ({cost.get('rate_source')})"))
+                              f"{_usd(rate) + '/h' if rate is not None else 'UNKNOWN'} ({cost.get('rate_source')})"
+                              + ("  PRICE UNKNOWN: charged at the ceiling" if str(cost.get("rate_source")).startswith(
+                                  "ceiling") else "")))
         f = cost.get("forecast") or {}
         rows.append(("forecast", f"at completion {_usd(f.get('at_completion_usd'))}"
                                  + (f" (in {f['hours_to_completion']:.1f} h)" if f.get("hours_to_completion") else "")
@@ -63,6 +65,26 @@ def _money_rows(state: State, now: datetime) -> list[tuple[str, str]]:
     if budget:
         rows.append(("budget", f"{_usd(budget.get('left_usd'))} left of {_usd(budget.get('max_usd'))}"
                                + (f"  alerts sent: {', '.join(budget['fired'])}" if budget.get("fired") else "")))
+    if (state.red_flags or {}).get("raised"):
+        rows.append(("RED FLAGS", ", ".join(state.red_flags["raised"])))
+    ms = state.milestone or {}
+    if ms:
+        due = ms.get("due_at") or (f"~{ms['due_forecast']} (forecast, {ms.get('at')})" if ms.get("due_forecast")
+                                   else f"at {ms.get('at')} of training")
+        line = f"{ms.get('status')}  due {due}"
+        if ms.get("decision"):
+            line += f"  decision {ms['decision']} ({ms.get('report')})"
+        rows.append(("milestone", line))
+    pending = [a for a in state.alerts if a.get("status") in ("pending", "failed")]
+    if state.alerts:
+        last = state.alerts[-1]
+        rows.append(("alerts", f"{len(state.alerts)} (last: {last.get('subject')}, {last.get('status')})"
+                               + (f"  {len(pending)} NOT DELIVERED" if pending else "")))
+    return rows
+
+
+def _machine_rows(state: State) -> list[tuple[str, str]]:
+    rows = []
     gpu = state.gpu or {}
     if gpu:
         if gpu.get("available"):
@@ -80,22 +102,25 @@ def _money_rows(state: State, now: datetime) -> list[tuple[str, str]]:
         if idle.get("hold_until"):
             line += f"  held until {idle['hold_until']}"
         rows.append(("idle", line))
-    if (state.red_flags or {}).get("raised"):
-        rows.append(("RED FLAGS", ", ".join(state.red_flags["raised"])))
-    ms = state.milestone or {}
-    if ms:
-        line = f"{ms.get('status')}  due {ms.get('due_at')}"
-        if ms.get("decision"):
-            line += f"  decision {ms['decision']} ({ms.get('report')})"
-        rows.append(("milestone", line))
+    inst = state.instance or {}
+    if inst:
+        market = inst.get("lifecycle") or "?"
+        if market == "spot":
+            market += f" {inst.get('spot_request_type') or '?'} (on interruption: {inst.get('interruption_behavior')})"
+        stop = {True: "can be stopped", False: "cannot be stopped: auto terminates once S3 holds the newest checkpoint",
+                None: "stop behaviour not known yet"}[inst.get("can_stop")]
+        rows.append(("instance", f"{inst.get('instance_id')} {inst.get('instance_type')} {inst.get('zone')}  {market}"
+                                 f"  {stop}"))
+    mirror = state.mirror or {}
+    if mirror:
+        last = mirror.get("last") or {}
+        rows.append(("s3 mirror", f"s3://{mirror.get('bucket')}/{mirror.get('prefix')}  step {mirror.get('step', '-')} "
+                                  f"confirmed {mirror.get('at') or 'never'}"
+                                  + (f"  LAST UPLOAD FAILED: {last['error']}" if last.get("error") else "")))
     if state.shutdown:
         sd = state.shutdown
-        rows.append(("shutdown", f"{sd.get('reason')}: {sd.get('result') or sd.get('action')} at {sd.get('at')}"))
-    pending = [a for a in state.alerts if a.get("status") in ("pending", "failed")]
-    if state.alerts:
-        last = state.alerts[-1]
-        rows.append(("alerts", f"{len(state.alerts)} (last: {last.get('subject')}, {last.get('status')})"
-                               + (f"  {len(pending)} NOT DELIVERED" if pending else "")))
+        rows.append(("shutdown", f"{sd.get('reason')}: {sd.get('result') or sd.get('action')} at {sd.get('at')}"
+                                 + (f" (attempt {sd['attempts']})" if (sd.get("attempts") or 0) > 1 else "")))
     return rows
 
 
@@ -116,6 +141,7 @@ def render(state: State, now: datetime) -> str:
                        + (f" (step {t.last_checkpoint_step})" if t.last_checkpoint_step is not None else "")),
         ("heartbeat", _age(t.heartbeat_at, now)),
         *_money_rows(state, now),
+        *_machine_rows(state),
         ("state file", f"updated {_age(state.updated_at, now)}"),
     ]
     if state.failure:
