@@ -3,9 +3,9 @@
   amapiano-train demo                      the whole lifecycle on a tiny model, in about a minute
   amapiano-train config check FILE         validate a config (exit 78 and one line if it is wrong)
   amapiano-train supervise --config FILE   the daemon systemd runs (amapiano-train.service)
-  amapiano-train status [--json]           where the run stands, from state.json
+  amapiano-train status [--json] [--watch] where the run stands, from state.json
   amapiano-train hold 2h                   postpone an idle shutdown (hold 0: cancel the hold)
-  amapiano-train alert test                send a test email now, to know mail works before it matters
+  amapiano-train alert test                send a test alert now, to know alerts arrive before it matters
   amapiano-train train --config FILE       one training worker, by hand (the daemon starts its own)
   amapiano-train evaluate --config FILE    the milestone figures for a checkpoint and the baseline
   amapiano-train export --config FILE      the best checkpoint as transformers and audiocraft models
@@ -84,12 +84,24 @@ def cmd_supervise(args) -> int:
     return supervisor.run()
 
 
+def _watch_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0.1 <= seconds <= 3600:  # nan fails too
+        raise argparse.ArgumentTypeError(f"SECONDS must be a number from 0.1 to 3600 (got {text!r})")
+    return seconds
+
+
 def cmd_status(args) -> int:
     from .common.clock import Clock
     from .state import StateError, load_state
     from .status import render
 
     state_file = args.state or _load(args.config).state_file
+    if args.watch is not None:
+        return _watch_status(state_file, args)
     try:
         state = load_state(state_file)
     except StateError as e:
@@ -100,6 +112,38 @@ def cmd_status(args) -> int:
         return 1
     print(json.dumps(state.to_json(), indent=2) if args.json else render(state, Clock().now()))
     return 0
+
+
+def _watch_status(state_file: Path, args) -> int:
+    """The status screen again every --watch seconds until Ctrl-C (exit 0). A missing or unreadable
+    state file is shown as such and watched on: the service may be starting."""
+    import time
+
+    from .common.clock import Clock, iso
+    from .state import StateError, load_state
+    from .status import render
+
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""  # a pipe or a file gets the screens one after another
+    renders = 0
+    try:
+        while True:
+            now = Clock().now()
+            try:
+                state = load_state(state_file)
+                body = (json.dumps(state.to_json(), indent=2) if args.json else render(state, now)) if state \
+                    else f"{state_file}: no state file yet (has the service started?)"
+            except StateError as e:
+                body = f"{e}"
+            sys.stdout.write(f"{clear}amapiano-train status, every {args.watch:g}s, {iso(now)} (Ctrl-C to stop)\n\n"
+                             f"{body}\n")
+            sys.stdout.flush()
+            renders += 1
+            if args.count and renders >= args.count:
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        print()
+        return 0
 
 
 def cmd_hold(args) -> int:
@@ -134,25 +178,36 @@ def cmd_hold(args) -> int:
 def cmd_alert_test(args) -> int:
     from .common import log as logs
     from .aws import Aws
-    from .mail import Outbox, make_transport
+    from .mail import APPRISE_ENV, Outbox, make_transport
 
     cfg = _load(args.config)
     logs.configure("console" if sys.stdout.isatty() else "json", "warning")
-    if cfg.email.transport == "none" or not cfg.email.to:
-        print(f"{cfg.source}: [email] transport is \"none\": alerts are only logged and listed in state.json",
-              file=sys.stderr)
+    if cfg.email.transport == "none" or (cfg.email.transport != "apprise" and not cfg.email.to):
+        print(f"{cfg.source}: [email] transport is \"{cfg.email.transport}\"{'' if cfg.email.to else ' and to is empty'}: "
+              "alerts are only logged and listed in state.json", file=sys.stderr)
         return 1
     region = cfg.aws.region or "us-east-1"
     transport = make_transport(cfg.email, lambda: Aws(cfg.aws, region).client("ses"))
+    for problem in getattr(transport, "unusable", []):
+        print(f"amapiano-train alert test: {problem}", file=sys.stderr)
+    if not transport.destination:
+        # the service reads its secrets from the unit (credential or EnvironmentFile); a shell does not
+        print(f"amapiano-train alert test: no apprise URL: set {APPRISE_ENV} (e.g. sudo sh -c 'set -a; . "
+              f"/etc/amapiano-train/secrets.env; amapiano-train alert test') or the credential "
+              f"{cfg.email.apprise_credential}", file=sys.stderr)
+        return exits.CONFIG
     outbox = Outbox(cfg.email, transport, logs.get("alert-test"))
     alert = outbox.send("test", "test message: mail works",
                         "This is amapiano-train's test message. Budget, idle, Spot and milestone alerts "
-                        "will come to this address.")
+                        "will come here.")
     ok = outbox.wait(alert, timeout=cfg.email.timeout + 5)
     outbox.close()
-    if ok:
-        print(f"sent to {', '.join(cfg.email.to)} via {cfg.email.transport}")
+    if ok and not getattr(transport, "unusable", []):
+        print(f"sent to {transport.destination} via {cfg.email.transport}")
         return 0
+    if ok:  # delivered where it could be; a URL that cannot be used is still a failed test
+        print(f"sent to {transport.destination} via {cfg.email.transport}, but not to every URL", file=sys.stderr)
+        return 1
     print(f"amapiano-train alert test: not delivered via {cfg.email.transport}: {alert.error}", file=sys.stderr)
     return 1
 
@@ -183,10 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_supervise)
 
     st = sub.add_parser("status", help="show where the run stands",
-                        description="Read state.json and print the ten-second screen; --json prints the file.")
+                        description="Read state.json and print the ten-second screen; --json prints the file; "
+                                    "--watch shows it again every few seconds until Ctrl-C.")
     st.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="find state.json through this config")
     st.add_argument("--state", type=Path, help="read this state.json instead")
     st.add_argument("--json", action="store_true", help="print state.json as it is")
+    st.add_argument("--watch", type=_watch_seconds, nargs="?", const=5.0, metavar="SECONDS",
+                    help="clear the screen and show it again every SECONDS (default 5) until Ctrl-C")
+    st.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)  # tests: stop after N screens
     st.set_defaults(func=cmd_status)
 
     h = sub.add_parser("hold", help="postpone an idle shutdown",
@@ -197,9 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     h.set_defaults(func=cmd_hold)
 
-    a = sub.add_parser("alert", help="email tools")
+    a = sub.add_parser("alert", help="alert tools (email, SES, apprise)")
     asub = a.add_subparsers(dest="alert_command", required=True, metavar="ACTION")
-    at = asub.add_parser("test", help="send a test email now (exit 0 once delivered)")
+    at = asub.add_parser("test", help="send a test alert now (exit 0 once delivered)",
+                         description="Send one test alert through [email] transport (smtp, ses or apprise) and "
+                                     "wait for it: exit 0 once delivered, 1 with the reason if not, 78 when "
+                                     "apprise has no URL (the service reads them from its credential or "
+                                     "secrets.env; a shell does not).")
     at.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     at.set_defaults(func=cmd_alert_test)
 

@@ -1,12 +1,14 @@
-"""Alerts by email: queued, retried, listed in state.json, and never able to hold a shutdown.
+"""Alerts by email or apprise: queued, retried, listed in state.json, never able to hold a shutdown.
 
 Every alert is logged at warning level the moment it is raised, whatever happens to the mail.
-A background thread delivers the queue through one transport (SMTP with STARTTLS, or SES via
-boto3), retrying every `[email] retry_every` until `give_up_after`. A shutdown waits for its
-warning at most `[email] shutdown_wait`; an undelivered warning is then logged at error level
-and recorded in the alert itself. The SMTP password comes from a systemd credential
-($CREDENTIALS_DIRECTORY/<password_credential>) or the environment (AMAPIANO_SMTP_PASSWORD, e.g.
-from an EnvironmentFile), never from config.toml.
+A background thread delivers the queue through one transport (SMTP with STARTTLS, SES via
+boto3, or apprise: Slack, Discord, Telegram, SNS, webhooks... one URL each), retrying every
+`[email] retry_every` until `give_up_after`. A shutdown waits for its warning at most
+`[email] shutdown_wait`; an undelivered warning is then logged at error level and recorded in
+the alert itself. Secrets never come from config.toml: the SMTP password and the apprise URLs
+(they carry tokens) come from a systemd credential ($CREDENTIALS_DIRECTORY/<password_credential>,
+<apprise_credential>) or the environment (AMAPIANO_SMTP_PASSWORD, AMAPIANO_APPRISE_URLS, e.g.
+from the unit's EnvironmentFile), and no child process inherits them (common/launch.py).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from .common.config import EmailConfig
 
 SUBJECT_PREFIX = "[amapiano-train] "
 PASSWORD_ENV = "AMAPIANO_SMTP_PASSWORD"
+APPRISE_ENV = "AMAPIANO_APPRISE_URLS"
 KEEP_ALERTS = 50
 
 
@@ -57,9 +60,27 @@ def smtp_password(cfg: EmailConfig, environ: dict | None = None) -> str | None:
     return env.get(PASSWORD_ENV) or None
 
 
+def apprise_urls(cfg: EmailConfig, environ: dict | None = None) -> list[str]:
+    """The apprise URLs: the credential file (one a line, # comments) or $AMAPIANO_APPRISE_URLS
+    (separated by spaces or newlines; a comma belongs to the URL, e.g. mailto://...?to=a,b)."""
+    env = os.environ if environ is None else environ
+    creds = env.get("CREDENTIALS_DIRECTORY")
+    if creds and (Path(creds) / cfg.apprise_credential).is_file():
+        text = (Path(creds) / cfg.apprise_credential).read_text()
+    else:
+        text = env.get(APPRISE_ENV) or ""
+    return [word for line in text.splitlines() if not line.strip().startswith("#") for word in line.split()]
+
+
+def _scheme(url: str) -> str:
+    """What a log may say about an apprise URL: its scheme, never its tokens."""
+    return url.split("://", 1)[0][:20] + "://..." if "://" in url else "(no scheme)"
+
+
 class SmtpTransport:
     def __init__(self, cfg: EmailConfig, password: str | None):
         self.cfg, self._password = cfg, password
+        self.destination = ", ".join(cfg.to)
 
     def send(self, message: EmailMessage) -> None:
         cfg = self.cfg
@@ -76,6 +97,7 @@ class SmtpTransport:
 class SesTransport:
     def __init__(self, cfg: EmailConfig, client: Any):
         self.cfg, self._client = cfg, client
+        self.destination = ", ".join(cfg.to)
 
     def send(self, message: EmailMessage) -> None:
         self._client.send_email(
@@ -84,12 +106,49 @@ class SesTransport:
                      "Body": {"Text": {"Data": message.get_content()}}})
 
 
-def make_transport(cfg: EmailConfig, ses_client_factory: Callable[[], Any] | None = None):
+class AppriseTransport:
+    """Every alert to every apprise URL; a failure anywhere is an error, and the outbox retries.
+    A URL apprise cannot parse is left out and named (by position and scheme) in `unusable`."""
+
+    def __init__(self, cfg: EmailConfig, urls: list[str]):
+        self.cfg = cfg
+        self.unusable: list[str] = []
+        try:
+            import apprise
+        except ImportError:  # a dependency in pyproject; an old venv may lack it
+            self._apprise, self.unusable = None, ["apprise is not installed (pip install apprise)"]
+            self.destination = ""
+            return
+        self._apprise = apprise.Apprise()
+        for n, url in enumerate(urls, 1):
+            if not self._apprise.add(url):
+                self.unusable.append(f"URL {n} ({_scheme(url)}) is not one apprise knows")
+        usable = len(self._apprise)
+        self.destination = f"{usable} apprise URL{'s' if usable != 1 else ''}" if usable else ""
+
+    def send(self, message: EmailMessage) -> None:
+        if not self.destination:
+            raise ValueError("no usable apprise URL: " + ("; ".join(self.unusable) or f"set {APPRISE_ENV}"))
+        import logging
+
+        import apprise
+
+        with apprise.LogCapture(level=logging.WARNING) as captured:
+            delivered = self._apprise.notify(title=message["Subject"], body=message.get_content())
+        if not delivered:
+            lines = [line.split(" - ", 2)[-1] for line in captured.getvalue().splitlines() if line.strip()]
+            raise ConnectionError("apprise: " + (" / ".join(lines[-3:]) or "a service refused the message"))
+
+
+def make_transport(cfg: EmailConfig, ses_client_factory: Callable[[], Any] | None = None,
+                   environ: dict | None = None):
     if cfg.transport == "smtp":
-        return SmtpTransport(cfg, smtp_password(cfg))
+        return SmtpTransport(cfg, smtp_password(cfg, environ))
     if cfg.transport == "ses":
         assert ses_client_factory is not None
         return SesTransport(cfg, ses_client_factory())
+    if cfg.transport == "apprise":
+        return AppriseTransport(cfg, apprise_urls(cfg, environ))
     return None
 
 
@@ -104,6 +163,7 @@ class Outbox:
         self._alerts: list[Alert] = []
         self._cond = threading.Condition()
         self._stopping = False
+        self._said_unusable = False
         for old in previous or []:  # alerts as state.json kept them; pending ones go out again
             fields = {k: v for k, v in old.items() if k in Alert.__dataclass_fields__ and k != "next_try_mono"}
             fields.setdefault("body", fields.get("subject", ""))
@@ -116,11 +176,16 @@ class Outbox:
 
     # -- raising -----------------------------------------------------------------------
     def send(self, kind: str, subject: str, body: str) -> Alert:
+        # apprise URLs name their own destinations; email needs [email] to
+        deliverable = self.transport is not None and bool(getattr(self.transport, "destination", self.cfg.to))
         alert = Alert(id=uuid.uuid4().hex[:8], kind=kind, subject=SUBJECT_PREFIX + subject, body=body,
-                      created_at=iso(self.clock.now()),
-                      status="pending" if self.transport is not None and self.cfg.to else "logged")
+                      created_at=iso(self.clock.now()), status="pending" if deliverable else "logged")
         self.log.warning("alert", kind=kind, subject=alert.subject, alert_id=alert.id,
                          delivery=alert.status if alert.status == "logged" else self.cfg.transport)
+        unusable = getattr(self.transport, "unusable", None)
+        if unusable and not self._said_unusable:  # a typo in one URL: said once, loudly
+            self._said_unusable = True
+            self.log.error("alert.transport_unusable", transport=self.cfg.transport, problems=unusable)
         with self._cond:
             self._alerts.append(alert)
             del self._alerts[:-KEEP_ALERTS]

@@ -353,7 +353,7 @@ def _cross_checks(cfg: Config, file: str) -> None:
     fractions = cfg.budget.alert_fractions
     if any(not 0 < x <= 1 for x in fractions):
         fail(f"[budget] alert_fractions must each be in (0, 1] (got {fractions})")
-    if cfg.email.transport != "none" and not cfg.email.to:
+    if cfg.email.transport in ("smtp", "ses") and not cfg.email.to:  # apprise URLs name their own
         fail(f"[email] to must list at least one address when transport = \"{cfg.email.transport}\"")
     if any("@" not in a for a in cfg.email.to):
         fail(f"[email] to must hold email addresses (got {cfg.email.to})")

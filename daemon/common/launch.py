@@ -19,8 +19,8 @@ PASS_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "
 PASS_PREFIXES = ("LC_", "PYTHON", "AMAPIANO_", "CUDA_", "NVIDIA_", "HF_", "TRANSFORMERS_", "TORCH",
                  "PYTORCH_", "NCCL_", "GLOO_", "OMP_", "MKL_", "OPENBLAS_", "XDG_CACHE_HOME")
 # Never passed, whatever the lists above say.
-NEVER = frozenset({"AMAPIANO_SMTP_PASSWORD", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC",
-                   "WATCHDOG_PID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"})
+NEVER = frozenset({"AMAPIANO_SMTP_PASSWORD", "AMAPIANO_APPRISE_URLS", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET",
+                   "WATCHDOG_USEC", "WATCHDOG_PID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"})
 
 
 def child_environment(environ: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:

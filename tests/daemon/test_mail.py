@@ -8,7 +8,7 @@ import urllib.request
 
 
 from daemon.common.config import Duration, EmailConfig
-from daemon.mail import Outbox, SmtpTransport, make_transport, smtp_password
+from daemon.mail import Outbox, SmtpTransport, apprise_urls, make_transport, smtp_password
 
 
 class Log:
@@ -183,3 +183,91 @@ def test_starttls_with_login_and_a_verified_certificate(tmp_path):
         controller.stop()
     assert len(got) == 1 and logins == [(b"bot", b"s3cret")]
     assert "CERTIFICATE_VERIFY_FAILED" in refused.error
+
+
+# ---------------------------------------------------------------- apprise, to a webhook on 127.0.0.1
+
+def apprise_cfg(**kw) -> EmailConfig:
+    return dataclasses.replace(EmailConfig(transport="apprise", timeout=Duration(2), retry_every=Duration(0.2)), **kw)
+
+
+def test_apprise_to_a_json_webhook(tmp_path):
+    from webhook_sink import WebhookSink
+
+    sink = WebhookSink()
+    sink.up()
+    try:
+        cfg = apprise_cfg()
+        transport = make_transport(cfg, environ={"AMAPIANO_APPRISE_URLS": f"{sink.url('json')} {sink.url('form', '/f')}"})
+        assert transport.destination == "2 apprise URLs" and transport.unusable == []
+        log = Log()
+        outbox = Outbox(cfg, transport, log, run_name="abc123")
+        alert = outbox.send("budget", "80 % of the budget spent", "$480 of $600")
+        assert outbox.wait(alert, timeout=10), alert.error
+        outbox.close()
+    finally:
+        sink.down()
+    by_path = {r["path"]: r["body"] for r in sink.received}
+    assert by_path["/hook"]["title"] == "[amapiano-train] 80 % of the budget spent"
+    assert "$480 of $600" in by_path["/hook"]["message"] and "abc123" in by_path["/hook"]["message"]
+    assert by_path["/f"]["title"] == "[amapiano-train] 80 % of the budget spent"  # form:// too
+    assert outbox.to_json()[0]["status"] == "sent"
+
+
+def test_apprise_endpoint_down_at_first_is_retried_and_delivered_once(fault_report):
+    from webhook_sink import WebhookSink
+
+    sink = WebhookSink()  # not up yet: connection refused
+    cfg = apprise_cfg()
+    outbox = Outbox(cfg, make_transport(cfg, environ={"AMAPIANO_APPRISE_URLS": sink.url()}), Log())
+    alert = outbox.send("spot", "interruption notice", "checkpointing")
+    assert not outbox.wait(alert, timeout=0.6)
+    assert alert.status == "pending" and alert.attempts >= 2 and "apprise" in alert.error  # retried
+    saved = json.loads(json.dumps(outbox.to_json()))  # the supervisor restarts while it is down
+    outbox.close()
+    sink.up()
+    try:
+        second = Outbox(cfg, make_transport(cfg, environ={"AMAPIANO_APPRISE_URLS": sink.url()}), Log(), previous=saved)
+        deadline = time.monotonic() + 10
+        while not sink.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # no second copy follows
+        second.close()
+    finally:
+        sink.down()
+    assert [r["body"]["title"] for r in sink.received] == ["[amapiano-train] interruption notice"]
+    fault_report("apprise webhook down, supervisor restarted, webhook up: the alert delivered once")
+
+
+def test_apprise_urls_come_from_the_credential_or_the_environment_never_the_log(tmp_path):
+    cfg = apprise_cfg()
+    (tmp_path / "apprise-urls").write_text("# alerts\njson://127.0.0.1:1/a\n\n  form://127.0.0.1:1/b  \n")
+    assert apprise_urls(cfg, {"CREDENTIALS_DIRECTORY": str(tmp_path)}) == ["json://127.0.0.1:1/a",
+                                                                          "form://127.0.0.1:1/b"]
+    assert apprise_urls(cfg, {"AMAPIANO_APPRISE_URLS": "json://h/a\ntgram://tok/123,456"}) == [
+        "json://h/a", "tgram://tok/123,456"]  # a comma belongs to its URL
+    assert apprise_urls(cfg, {}) == []
+    # A URL apprise cannot use is named by position and scheme, never with its token.
+    transport = make_transport(cfg, environ={"AMAPIANO_APPRISE_URLS": "json://127.0.0.1:1/a bogus://SECRET-TOKEN"})
+    assert transport.destination == "1 apprise URL"
+    assert transport.unusable == ["URL 2 (bogus://...) is not one apprise knows"]
+    log = Log()
+    outbox = Outbox(cfg, transport, log)
+    outbox.send("test", "x", "y")
+    outbox.send("test", "x", "y")
+    outbox.close()
+    errors = [(ev, kw) for lvl, ev, kw in log.events if lvl == "error"]
+    assert errors == [("alert.transport_unusable", {"transport": "apprise", "problems": transport.unusable})]
+    assert "SECRET" not in repr(log.events)
+    # No URL at all: alerts are logged only, and a send says why.
+    empty = make_transport(cfg, environ={})
+    quiet = Outbox(cfg, empty, Log())
+    assert empty.destination == "" and quiet.send("x", "y", "z").status == "logged"
+    quiet.close()
+
+
+def test_no_child_inherits_the_apprise_urls():
+    from daemon.common.launch import child_environment
+
+    env = child_environment({"AMAPIANO_APPRISE_URLS": "slack://T/B/C", "AMAPIANO_CONFIG": "/etc/x", "PATH": "/bin"})
+    assert "AMAPIANO_APPRISE_URLS" not in env and env["AMAPIANO_CONFIG"] == "/etc/x"

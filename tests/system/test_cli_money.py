@@ -80,3 +80,54 @@ def test_start_and_stop_gpu_scripts_against_moto(aws):
     missing = subprocess.run([str(REPO / "scripts" / "stop-gpu.sh"), "i-00000000000000000"], capture_output=True,
                              text=True, env=env, timeout=120)
     assert missing.returncode == 1 and "i-00000000000000000" in missing.stderr
+
+
+def test_alert_test_through_apprise(tmp_path):
+    from webhook_sink import WebhookSink
+
+    sink = WebhookSink()
+    email = {"transport": "apprise", "timeout": "2s", "retry_every": "200ms"}
+    config = write_config(tmp_path, {"email": email})
+    none = cli("alert", "test", "--config", str(config), env={"AMAPIANO_APPRISE_URLS": ""})
+    assert none.returncode == 78 and "AMAPIANO_APPRISE_URLS" in none.stderr  # says where the URLs go
+    sink.up()
+    try:
+        ok = cli("alert", "test", "--config", str(config), env={"AMAPIANO_APPRISE_URLS": sink.url()})
+    finally:
+        sink.down()
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines()[-1] == "sent to 1 apprise URL via apprise"
+    assert [r["body"]["title"] for r in sink.received] == ["[amapiano-train] test message: mail works"]
+    down = cli("alert", "test", "--config", str(config), env={"AMAPIANO_APPRISE_URLS": sink.url()})
+    assert down.returncode == 1 and "not delivered via apprise" in down.stderr
+    typo = cli("alert", "test", "--config", str(config), env={"AMAPIANO_APPRISE_URLS": "nope://TOKEN"})
+    assert typo.returncode == 78 and "URL 1 (nope://...)" in typo.stderr and "TOKEN" not in typo.stderr
+
+
+def test_status_watch_renders_until_interrupted(tmp_path):
+    import signal
+    import time
+
+    from conftest import AMAPIANO_TRAIN
+
+    config = write_config(tmp_path)
+    state = State.new(NOW)
+    state.phase = "RUNNING"
+    save_state(tmp_path / "state" / "state.json", state, NOW)
+    two = cli("status", "--config", str(config), "--watch", "0.2", "--count", "2")
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("amapiano-train status, every 0.2s") == 2 and two.stdout.count("RUNNING") == 2
+    assert "\x1b[2J" not in two.stdout  # no screen clearing into a pipe
+    # Until Ctrl-C: SIGINT ends it with 0 and no traceback.
+    proc = subprocess.Popen([*AMAPIANO_TRAIN, "status", "--config", str(config), "--watch", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    first = proc.stdout.readline()  # the first screen's header: it is watching
+    assert "every 0.2s" in first and time.monotonic() < deadline
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert (first + out).count("amapiano-train status, every") >= 2
+    bad = cli("status", "--config", str(config), "--watch", "0")
+    assert bad.returncode == 2 and "SECONDS must be a number from 0.1 to 3600" in bad.stderr
