@@ -6,6 +6,12 @@ Restart with exponential backoff and jitter while training makes progress; give 
 after `max_restarts_without_progress` restarts in which the newest checkpoint did not advance,
 or after `max_crashes` crashes within `crash_window`. A preemption exit (the worker
 checkpointed on request) is not a failure; a config error (78) fails at once.
+
+CUDA out of memory comes in two kinds. The worker answers an OOM in training itself (it halves
+the micro-batch, doubles the accumulation and goes on: the supervisor sees only the heartbeat's
+`oom_backoffs`). When nothing is left to halve it exits with a `DoesNotFit` failure: the model
+does not fit this GPU at micro-batch 1, a restart would fail the same way, so it fails at once.
+Any other OOM (outside a training step) is a crash like any other.
 """
 from __future__ import annotations
 
@@ -14,6 +20,9 @@ from typing import Literal
 
 from .common.config import SupervisorConfig
 from .common import exits
+
+
+DOES_NOT_FIT = "DoesNotFit"  # trainer/worker/train.py's exception: OOM at micro-batch 1
 
 
 @dataclass(frozen=True)
@@ -26,13 +35,15 @@ class WorkerExit:
     message: str | None = None
 
     @property
-    def kind(self) -> Literal["completed", "preempted", "config", "killed", "oom", "crash"]:
+    def kind(self) -> Literal["completed", "preempted", "config", "killed", "does_not_fit", "oom", "crash"]:
         if self.code == exits.OK:
             return "completed"
         if self.code == exits.PREEMPTED:
             return "preempted"
         if self.code in (exits.CONFIG, exits.DATAERR):
             return "config"
+        if self.error_type == DOES_NOT_FIT:
+            return "does_not_fit"
         text = f"{self.error_type or ''} {self.message or ''}".lower()
         if "out of memory" in text or "outofmemory" in text:
             return "oom"
@@ -76,6 +87,8 @@ def decide(history: RestartHistory, exit: WorkerExit, checkpoint_step: int | Non
         return Decision("complete", reason="all epochs done"), history
     if kind == "config":
         return Decision("fail", reason=f"worker rejected its config or data: {exit.message or exit.describe()}"), history
+    if kind == "does_not_fit":
+        return Decision("fail", reason=f"the model does not fit this GPU even at micro-batch 1: {exit.message}"), history
 
     progressed = checkpoint_step is not None and (history.checkpoint_step is None
                                                   or checkpoint_step > history.checkpoint_step)

@@ -28,6 +28,7 @@ def run(exits, steps, times=None, cfg=CFG, start_step=None):
     (WorkerExit(0), "completed"), (WorkerExit(75), "preempted"), (WorkerExit(78), "config"),
     (KILLED, "killed"), (CRASH, "crash"),
     (WorkerExit(1, error_type="OutOfMemoryError", message="CUDA out of memory. Tried..."), "oom"),
+    (WorkerExit(1, error_type="DoesNotFit", message="CUDA out of memory. Tried... at micro-batch 1"), "does_not_fit"),
     (WorkerExit(None, signal="SIGKILL", message=None, error_type=None), "killed"),
 ])
 def test_exit_kinds(exit, kind):
@@ -38,6 +39,17 @@ def test_completed_is_complete_and_config_error_fails_at_once():
     assert decide(RestartHistory(), WorkerExit(0), 100, 0.0, CFG, 0.5)[0].action == "complete"
     d, _ = decide(RestartHistory(), WorkerExit(78, error_type="ConfigError", message="x.toml: bad"), 100, 0.0, CFG, 0.5)
     assert d.action == "fail" and "x.toml: bad" in d.reason
+
+
+def test_an_oom_the_worker_could_not_back_off_fails_at_once_and_an_unhandled_one_restarts():
+    """The worker handles OOM in training by halving its micro-batch; it exits only when nothing is
+    left to halve (DoesNotFit): restarting cannot help. An OOM elsewhere is an ordinary crash."""
+    no_fit = WorkerExit(1, error_type="DoesNotFit", message="CUDA out of memory at micro-batch 1 while training")
+    d, history = decide(RestartHistory(checkpoint_step=100), no_fit, 100, 0.0, CFG, 0.5)
+    assert d.action == "fail" and "micro-batch 1" in d.reason and history == RestartHistory(checkpoint_step=100)
+    oom = WorkerExit(1, error_type="OutOfMemoryError", message="CUDA out of memory. Tried to allocate 2 GiB")
+    decisions, _ = run([oom, oom], [100, 200], start_step=100)
+    assert [d.action for d in decisions] == ["restart", "restart"]
 
 
 def test_preemption_restarts_at_once_and_is_not_a_failure():

@@ -36,12 +36,57 @@ class Split:
     def __len__(self) -> int:
         return self.codes.shape[0]
 
-    def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+    def host_batch(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(codes, text states, text mask) of these clips, in the model's dtypes, on the CPU."""
         codes = self.codes[index].long()
         if self.pad >= 0:
             codes = codes.masked_fill(codes < 0, self.pad)
-        return (codes.to(device, non_blocking=True), self.text_states[index].float().to(device, non_blocking=True),
-                self.text_mask[index].long().to(device, non_blocking=True))
+        return codes, self.text_states[index].float(), self.text_mask[index].long()
+
+    def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+        return tuple(t.to(device, non_blocking=True) for t in self.host_batch(index))
+
+
+class DeviceBatches:
+    """A step's micro-batches on the device without the GPU waiting for the host: on CUDA the
+    clips are gathered in a background thread into pinned memory and copied on a side stream one
+    micro-batch ahead of the one computing. On the CPU it is plain `Split.batch`."""
+
+    def __init__(self, split: Split, device: torch.device):
+        self.split, self.device = split, device
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="batches")
+            self.stream = torch.cuda.Stream(device)
+
+    def _pinned(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(t.pin_memory() for t in self.split.host_batch(index))
+
+    def _copy(self, host: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        with torch.cuda.stream(self.stream):
+            return tuple(t.to(self.device, non_blocking=True) for t in host)
+
+    def _ready(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_stream(self.stream)
+        for t in batch:
+            t.record_stream(compute)  # allocated on the copy stream, used and freed on this one
+        return batch
+
+    def __call__(self, indices: list[torch.Tensor]):
+        if not self.cuda:
+            for idx in indices:
+                yield self.split.batch(idx, self.device)
+            return
+        pending = [self.pool.submit(self._pinned, idx) for idx in indices]
+        ahead = self._copy(pending[0].result())
+        for i in range(len(pending)):
+            batch = self._ready(ahead)
+            if i + 1 < len(pending):
+                ahead = self._copy(pending[i + 1].result())
+            yield batch
 
 
 def synthetic_codes(n: int, num_codebooks: int, frames: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

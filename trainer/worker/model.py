@@ -8,6 +8,10 @@ EnCodec codec stay frozen and run once per clip when the token cache is built.
 transformers does not apply MusicGen's codebook delay pattern in training, so `delay_pattern`
 builds the delayed inputs and labels here: codebook k is shifted right by k frames, giving
 sequences of T + K - 1 positions whose padding is masked from the loss.
+
+Attention is transformers' SDPA path, set explicitly (the worker then picks the kernels, see
+precision.py), and the decoder runs without a KV cache in training: a cache would keep every
+layer's keys and values alive past the layer, which gradient checkpointing is meant to free.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ import torch
 from torch import nn
 
 from daemon.common.config import Config, TinyModelConfig
+
+from .memory import Arch
 
 
 def tiny_musicgen_config(tiny: TinyModelConfig):
@@ -73,6 +79,41 @@ def load_base_model(cfg: Config):
     return model, AutoTokenizer.from_pretrained(cfg.model.pretrained)
 
 
+def arch_of(model) -> Arch:
+    """The memory model's view of a loaded MusicGen."""
+    return Arch.from_hf(model.config.decoder.to_dict(), model.config.text_encoder.hidden_size)
+
+
+def random_trainable(arch: Arch, seed: int = 0) -> TrainableMusicgen:
+    """The trainable part of a MusicGen of this architecture with random weights, built without the
+    text encoder and codec (benchmarks and the memory test; nothing to download)."""
+    from types import SimpleNamespace
+
+    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
+
+    v = arch.vocab
+    config = MusicgenDecoderConfig(
+        vocab_size=v, pad_token_id=v, bos_token_id=v, decoder_start_token_id=v, hidden_size=arch.hidden,
+        num_hidden_layers=arch.layers, num_attention_heads=arch.heads, ffn_dim=arch.ffn,
+        num_codebooks=arch.codebooks, max_position_embeddings=2048, dropout=0.1 if arch.dropout else 0.0,
+        activation_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=False)
+    with torch.device("meta"):  # skip transformers' slow init: normal(0, 0.02) below is enough
+        decoder = MusicgenForCausalLM(config)
+    decoder = decoder.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in [*decoder.named_parameters(), *decoder.named_buffers()]:
+            if "embed_positions" in name:
+                continue
+            t.copy_(torch.ones_like(t) if name.endswith("layer_norm.weight") else
+                    torch.zeros_like(t) if name.endswith("bias") else torch.randn(t.shape, generator=g) * 0.02)
+        decoder.model.decoder.embed_positions.weights.copy_(
+            decoder.model.decoder.embed_positions.get_embedding(*decoder.model.decoder.embed_positions.weights.shape))
+    full = SimpleNamespace(decoder=decoder, enc_to_dec_proj=nn.Linear(arch.text_hidden, arch.hidden),
+                           config=SimpleNamespace(decoder=config))
+    return TrainableMusicgen(full)
+
+
 def shape_of(model) -> dict:
     """The config that decides tensor shapes; a checkpoint must match it to be resumed."""
     d = model.config.decoder
@@ -114,7 +155,22 @@ class TrainableMusicgen(nn.Module):
         states = states * text_mask[..., None].to(states.dtype)
         inputs, labels = delay_pattern(codes, self.pad)
         return self.decoder(input_ids=inputs, encoder_hidden_states=states,
-                            encoder_attention_mask=text_mask, labels=labels).loss
+                            encoder_attention_mask=text_mask, labels=labels, use_cache=False).loss
+
+    def prepare(self, checkpointing: bool) -> None:
+        """SDPA attention, and activation checkpointing of every decoder layer when asked."""
+        self.decoder.config._attn_implementation = "sdpa"
+        d, kwargs = self.decoder, {"use_reentrant": False}
+        if hasattr(d, "activation_checkpointing_enable"):  # transformers 5 (the gradient_* names warn)
+            on, off = d.is_activation_checkpointing, d.activation_checkpointing_disable
+            enable = lambda: d.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            on, off = d.is_gradient_checkpointing, d.gradient_checkpointing_disable
+            enable = lambda: d.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if checkpointing:
+            enable()
+        elif on:
+            off()
 
 
 @torch.no_grad()

@@ -5,9 +5,18 @@ the newest valid checkpoint, then one optimizer step at a time, validating and c
 their intervals, until every epoch is done (exit 0). SIGUSR1, SIGTERM or SIGINT, or the
 supervisor vanishing (trainer/worker/stop.py), ask for a checkpoint at the next step boundary
 and exit 75; SIGUSR2 asks for a checkpoint and goes on.
+
+The GPU side: precision and attention kernels by compute capability (precision.py), gradient
+checkpointing where the memory model says the micro-batch does not fit (memory.py), and a CUDA
+out-of-memory error, at the first step or later, answered by halving the micro-batch and doubling
+the accumulation (the clips per step, hence the data order, stay the same) and going on. Only an
+OOM at micro-batch 1 ends the worker, as DoesNotFit, which the restart policy does not retry.
+The loss stays on the device between log intervals: no per-micro-batch sync.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import os
 import random
@@ -24,11 +33,19 @@ from daemon.common.atomic import write_json_atomic
 from daemon.common.clock import Clock, iso
 from daemon.common.config import Config, ConfigError, to_dict
 
-from . import checkpoint
+from . import checkpoint, distributed, memory, precision
 from .checkpoint import CheckpointError, Marker
-from .data import epoch_order, load_splits, micro_batches
-from .model import TrainableMusicgen, load_base_model, shape_of
+from .data import DeviceBatches, epoch_order, load_splits, micro_batches
+from .model import TrainableMusicgen, arch_of, load_base_model, shape_of
 from .stop import StopRequest
+
+# A test hook, never set in production: "N" makes every micro-batch of more than N clips raise
+# torch.OutOfMemoryError as CUDA would; "N@S" only from optimizer step S on.
+TEST_OOM_ABOVE = "AMAPIANO_TEST_OOM_ABOVE"
+
+
+class DoesNotFit(RuntimeError):
+    """CUDA ran out of memory at micro-batch 1: no back-off is left, and a restart cannot help."""
 
 
 def pick_device(cfg: Config) -> torch.device:
@@ -39,16 +56,35 @@ def pick_device(cfg: Config) -> torch.device:
     return torch.device("cuda")
 
 
+def pick_precision(cfg: Config, device: torch.device) -> precision.Precision:
+    """precision.choose for this device; a precision it cannot run is a config error."""
+    try:
+        return precision.choose(precision.capability_of(device), cfg.train.precision)
+    except precision.PrecisionError as e:
+        raise ConfigError(f"{cfg.source}: {e}") from None
+
+
 def pick_dtype(cfg: Config, device: torch.device) -> torch.dtype:
-    """Mixed precision on GPU (bf16 where supported, else fp16 with a grad scaler); fp32 on CPU."""
-    want = cfg.train.precision
-    if device.type == "cpu":
-        if want in ("bf16", "fp16"):
-            raise ConfigError(f"{cfg.source}: [train] precision \"{want}\" needs a GPU; use \"auto\" or \"fp32\"")
-        return torch.float32
-    if want == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[want]
+    return precision.torch_dtype(pick_precision(cfg, device))
+
+
+def test_oom_hook(value: str | None) -> tuple[int, int] | None:
+    """AMAPIANO_TEST_OOM_ABOVE's (clips, from_step), or None when unset."""
+    if not value:
+        return None
+    above, _, step = value.partition("@")
+    return int(above), int(step or 0)
+
+
+def shape_key(shape: dict) -> dict:
+    """A checkpoint's shape, as this version compares it: the clips per optimizer step, not how they
+    are cut into micro-batches (older checkpoints recorded batch_size and grad_accum_steps)."""
+    shape = dict(shape)
+    if "clips_per_step" not in shape and "batch_size" in shape and "grad_accum_steps" in shape:
+        shape["clips_per_step"] = shape["batch_size"] * shape["grad_accum_steps"]
+    shape.pop("batch_size", None)
+    shape.pop("grad_accum_steps", None)
+    return shape
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):
@@ -107,7 +143,7 @@ class Progress:
     best_val: float | None = None
     last_val: float | None = None
     last_val_step: int | None = None
-    loss: float | None = None            # the last optimizer step's training loss
+    loss: float | None = None            # the last optimizer step's training loss (read at log intervals)
     last_ckpt: Marker | None = None
     resumed_from: int | None = None
 
@@ -130,18 +166,18 @@ class Trainer:
                       "val_loss": p.last_val, "last_checkpoint": str(last.path) if last else None,
                       "last_checkpoint_step": last.step if last else None, **fields}
         self.beat.update(fields, activity=activity, time=iso(self.clock.now()))
-        write_json_atomic(self.cfg.heartbeat_file, self.beat)
+        if distributed.is_writer():  # rank 0 speaks for the group
+            write_json_atomic(self.cfg.heartbeat_file, self.beat)
 
     def run(self) -> int:
         self.setup()
         self.resume()
-        from torch.utils.tensorboard import SummaryWriter
         # purge_step drops points a killed run logged past its checkpoint (or, with no checkpoint
         # yet, all of them): one curve, no doubles.
-        self.tb = SummaryWriter(str(self.cfg.tensorboard_dir / "train"), purge_step=self.p.step + 1)
+        self.tb = distributed.summary_writer(self.cfg.tensorboard_dir / "train", purge_step=self.p.step + 1)
         self.model.train()
         self.window = (time.monotonic(), 0)  # (since, samples): the throughput window
-        self.heartbeat("training", total_steps=self.total, resumed_from_step=self.p.resumed_from)
+        self.heartbeat("training", total_steps=self.total, resumed_from_step=self.p.resumed_from, **self.layout_fields())
         try:
             while self.p.step < self.total:
                 if (why := self.stop.check()) is not None:
@@ -169,24 +205,46 @@ class Trainer:
         np.random.seed(cfg.run.seed % 2**32)
         if t.cpu_threads:
             torch.set_num_threads(t.cpu_threads)
-        self.device = pick_device(cfg)
-        self.dtype = pick_dtype(cfg, self.device)
+        self.dist = distributed.init(cfg)  # one process unless torchrun started this one
+        self.device = self.dist.device(pick_device(cfg))
+        self.precision = pick_precision(cfg, self.device)
+        precision.apply(self.precision)
+        self.dtype = precision.torch_dtype(self.precision)
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
 
         base, tokenizer = load_base_model(cfg)
         self.train_split, self.valid_split = load_splits(cfg, base, tokenizer)
-        self.model = TrainableMusicgen(base).to(self.device)
-        del base.audio_encoder  # the codec is not needed to train on codes
-
-        self.per_step = t.batch_size * t.grad_accum_steps
         n = len(self.train_split)
+        self.per_step = t.batch_size * t.grad_accum_steps  # clips per optimizer step: never changes
         if n // self.per_step == 0:
             raise ConfigError(f"{cfg.source}: [train] batch_size * grad_accum_steps = {self.per_step} is more than "
                               f"the {n} training clips; one optimizer step needs that many")
+        self.micro = t.batch_size  # until a CUDA OOM halves it
+        self.oom_backoffs = 0
+        self.layout = memory.choose_layout(
+            arch_of(base), cfg.data.frames, cfg.data.text_max_tokens, self.precision.dtype, t.batch_size,
+            t.grad_accum_steps, t.gradient_checkpointing,
+            torch.cuda.get_device_properties(self.device).total_memory if self.device.type == "cuda" else None)
+        self.checkpointing = self.layout.checkpointing if self.layout.micro_batch == t.batch_size else \
+            t.gradient_checkpointing != "off"  # nothing fits at this micro-batch: save what can be saved
+
+        self.model = TrainableMusicgen(base).to(self.device)
+        del base.audio_encoder  # the codec is not needed to train on codes
+        self.model.prepare(self.checkpointing)
+        if t.compile:
+            self.model.compile()  # in place: the state_dict keeps its keys
+        self.batches = DeviceBatches(self.train_split, self.device)
+        self.model = self.dist.wrap(self.model, cfg.run.seed)  # DDP or FSDP with more than one process
+        self.batches, self.stop = self.dist.sliced(self.batches, self.model), self.dist.agreed(self.stop)
+        backends = precision.sdpa_backends(self.precision)
+        self.attention = (lambda: torch.nn.attention.sdpa_kernel(backends)) if backends else contextlib.nullcontext
+        self.oom_hook = test_oom_hook(os.environ.get(TEST_OOM_ABOVE))
+        if self.oom_hook:
+            self.log.warning("train.test_hook", hook=TEST_OOM_ABOVE, above=self.oom_hook[0], from_step=self.oom_hook[1])
+
         self.total = t.epochs * (n // self.per_step)
-        self.shape = {**shape_of(base), "batch_size": t.batch_size, "grad_accum_steps": t.grad_accum_steps,
-                      "frames": cfg.data.frames, "train_clips": n}
+        self.shape = {**shape_of(base), "clips_per_step": self.per_step, "frames": cfg.data.frames, "train_clips": n}
 
         decay = [p for p in self.model.parameters() if p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.ndim < 2]
@@ -195,8 +253,14 @@ class Trainer:
                                            fused=self.device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(t.warmup_steps, self.total, t.min_lr_ratio))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.grad_scaler)
+        self.loss_sum: torch.Tensor | None = None  # the last step's loss, left on the device
         self.steps_per_epoch = n // self.per_step
+
+    def layout_fields(self) -> dict:
+        """How the step is cut and computed: for the heartbeat (the supervisor copies it to state.json)."""
+        return {"micro_batch": self.micro, "grad_accum": self.per_step // self.micro, "oom_backoffs": self.oom_backoffs,
+                "precision": self.precision.dtype, "gradient_checkpointing": self.checkpointing}
 
     def resume(self) -> None:
         """Load the newest valid checkpoint into what setup built, or log a fresh start."""
@@ -204,58 +268,107 @@ class Trainer:
         removed = checkpoint.clean_partial(cfg.checkpoint_dir)
         if removed:
             log.warning("checkpoint.partial_removed", files=removed)
-        resumed = checkpoint.load_latest(cfg.checkpoint_dir, log, map_location=self.device)
+        resumed = checkpoint.load_latest(cfg.checkpoint_dir, log, map_location=self.device, full=not self.dist.sharded)
         if resumed is None:
             log.info("train.started", total_steps=self.total, steps_per_epoch=spe, device=str(self.device),
-                     dtype=str(self.dtype).removeprefix("torch."), train_clips=len(self.train_split),
-                     valid_clips=len(self.valid_split), parameters=sum(p.numel() for p in self.model.parameters()))
+                     dtype=self.precision.dtype, train_clips=len(self.train_split),
+                     valid_clips=len(self.valid_split), parameters=sum(p.numel() for p in self.model.parameters()),
+                     micro_batch=self.micro, grad_accum=self.per_step // self.micro,
+                     gradient_checkpointing=self.checkpointing,
+                     estimated_gpu_gib=round(self.layout.estimate.gpu_total() / memory.GIB, 1))
             return
         marker, payload = resumed
-        wrong = shape_mismatch(payload["shape"], self.shape)
+        wrong = shape_mismatch(shape_key(payload["shape"]), self.shape)
         if wrong:
             raise ConfigError(f"{cfg.source}: checkpoint {marker.path.name} does not fit this config ("
                               + "; ".join(wrong) + "); restore the old config or move the checkpoints aside")
         check_data_position(marker.path, payload.get("data_position"), payload["step"], spe)
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        self.dist.load_state(self.model, self.optimizer, marker, payload)
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
-        set_rng_state(payload["rng"])
+        set_rng_state(self.dist.rng_of(payload))
+        saved_micro = payload.get("micro_batch")
+        if isinstance(saved_micro, int) and 0 < saved_micro < self.micro and self.per_step % saved_micro == 0:
+            self.micro = saved_micro  # a back-off before the checkpoint: do not run into the same OOM again
+        self.oom_backoffs = int(payload.get("oom_backoffs") or 0)
         self.p = Progress(step=payload["step"], best_val=payload["best_val_loss"], last_val=payload["val_loss"],
                           last_val_step=payload["val_step"], last_ckpt=marker, resumed_from=marker.step)
-        log.info("train.resumed", step=self.p.step, checkpoint=str(marker.path), epoch=self.p.step // spe)
+        log.info("train.resumed", step=self.p.step, checkpoint=str(marker.path), epoch=self.p.step // spe,
+                 micro_batch=self.micro, grad_accum=self.per_step // self.micro)
 
     def due(self, every: int) -> bool:
         return self.p.step % every == 0 or self.p.step == self.total
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.precision.autocast)
+
+    def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if self.oom_hook and len(batch[0]) > self.oom_hook[0] and self.p.step >= self.oom_hook[1]:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (test hook {TEST_OOM_ABOVE}: {len(batch[0])} clips "
+                                         f"> {self.oom_hook[0]})")
+        with self.attention(), self.autocast():
+            return self.model(*batch)
 
     def train_step(self) -> None:
-        """One optimizer step over grad_accum_steps micro-batches, at the data position of the step."""
+        """One optimizer step; on CUDA OOM, the same step again at half the micro-batch."""
+        while True:
+            try:
+                return self._train_step()
+            except torch.OutOfMemoryError as e:
+                error = str(e).strip().splitlines()[0] if str(e).strip() else "CUDA out of memory"
+            # Out of the except block: the traceback (and the activations its frames hold) is gone.
+            self.back_off(error, "training")
+
+    def _train_step(self) -> None:
+        """One optimizer step over the step's clips, micro-batch by micro-batch, at its data position."""
         t, p = self.t, self.p
         epoch, in_epoch = divmod(p.step, self.steps_per_epoch)
         order = epoch_order(len(self.train_split), self.cfg.run.seed, epoch)
-        loss = 0.0
-        for idx in micro_batches(order, in_epoch, t.batch_size, t.grad_accum_steps):
-            with self.autocast():
-                micro = self.model(*self.train_split.batch(idx, self.device)) / t.grad_accum_steps
+        accum = self.per_step // self.micro
+        loss = torch.zeros((), device=self.device)
+        for batch in self.batches(micro_batches(order, in_epoch, self.micro, accum)):
+            micro = self.loss(batch) / accum
             self.scaler.scale(micro).backward()
-            loss += micro.item()
+            loss += micro.detach()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        p.step, p.loss = p.step + 1, loss
+        p.step, p.loss, self.loss_sum = p.step + 1, None, loss
         self.window = (self.window[0], self.window[1] + self.per_step)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss} at step {p.step}")
+
+    def back_off(self, error: str, where: str) -> None:
+        """Halve the micro-batch after a CUDA OOM (the accumulation doubles), or raise DoesNotFit at 1."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():
+            self.scaler._per_optimizer_states.clear()  # a step cut short after unscale_ must unscale again
+        smaller = memory.smaller_micro_batch(self.per_step, self.micro)
+        if smaller is None:
+            raise DoesNotFit(f"{error} at micro-batch 1 while {where} (step {self.p.step}, after {self.oom_backoffs} "
+                             f"back-offs): this model does not fit this GPU; see `amapiano-train plan`")
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        old, self.micro = self.micro, smaller
+        self.oom_backoffs += 1
+        self.log.warning("train.oom_backoff", step=self.p.step, during=where, error=error, micro_batch_from=old,
+                         micro_batch=self.micro, grad_accum=self.per_step // self.micro, oom_backoffs=self.oom_backoffs)
+        self.heartbeat("training", **self.layout_fields())
+
+    def step_loss(self) -> float | None:
+        """The last step's loss, read from the device (a sync: once per log interval or checkpoint)."""
+        if self.p.loss is None and self.loss_sum is not None:
+            self.p.loss = self.dist.mean(self.loss_sum).item()
+            if not math.isfinite(self.p.loss):
+                raise FloatingPointError(f"training loss is {self.p.loss} at step {self.p.step}")
+        return self.p.loss
 
     def report(self) -> None:
         """Loss, learning rate and throughput since the last report: TensorBoard, heartbeat, log."""
         p, (since, samples) = self.p, self.window
+        self.step_loss()
         elapsed = time.monotonic() - since
         speed = samples / elapsed if elapsed > 0 else None
         lr = self.scheduler.get_last_lr()[0]
@@ -263,45 +376,52 @@ class Trainer:
         self.tb.add_scalar("train/lr", lr, p.step)
         if speed:
             self.tb.add_scalar("train/samples_per_s", speed, p.step)
-        self.heartbeat("training", train_loss=p.loss, lr=lr, samples_per_s=speed)
+        self.heartbeat("training", train_loss=p.loss, lr=lr, samples_per_s=speed, **self.layout_fields())
         self.log.debug("train.step", step=p.step, loss=round(p.loss, 5), lr=lr)
         self.window = (time.monotonic(), 0)
 
     def validate(self) -> None:
-        """Mean loss over the valid split (the first val_batches batches when set)."""
+        """Mean loss over the valid split (its first val_batches x batch_size clips when set)."""
         self.heartbeat("validating")
         t, valid, p = self.t, self.valid_split, self.p
+        clips = len(valid) if not t.val_batches else min(len(valid), t.val_batches * t.batch_size)
         self.model.eval()
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for i, start in enumerate(range(0, len(valid), t.batch_size)):
-                if t.val_batches and i >= t.val_batches:
-                    break
-                idx = torch.arange(start, min(start + t.batch_size, len(valid)))
-                with self.autocast():
-                    loss = self.model(*valid.batch(idx, self.device))
-                total += loss.item() * len(idx)
-                count += len(idx)
+        while True:
+            try:
+                total = self._validate(clips)
+                break
+            except torch.OutOfMemoryError as e:
+                error = str(e).strip().splitlines()[0] if str(e).strip() else "CUDA out of memory"
+            self.back_off(error, "validating")
         self.model.train()
-        p.last_val, p.last_val_step = total / count, p.step
+        p.last_val, p.last_val_step = total / clips, p.step
         p.best_val = p.last_val if p.best_val is None else min(p.best_val, p.last_val)
         self.tb.add_scalar("val/loss", p.last_val, p.step)
         self.log.info("train.validated", step=p.step, val_loss=round(p.last_val, 5), best_val_loss=round(p.best_val, 5))
         self.heartbeat("training")
 
+    def _validate(self, clips: int) -> float:
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        with torch.no_grad():
+            for start in range(0, clips, self.micro):
+                idx = torch.arange(start, min(start + self.micro, clips))
+                total += self.loss(self.valid_split.batch(idx, self.device)).double() * len(idx)
+        return total.item()
+
     def save_checkpoint(self, then: str = "training") -> None:
         """Commit a checkpoint of this step and prune the old ones."""
         self.heartbeat("checkpointing")
         p, started = self.p, time.monotonic()
-        payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        self.step_loss()
+        payload = {**self.dist.model_state(self.model, self.optimizer), "rng_ranks": self.dist.gather(rng_state()),
                    "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
                    "data_position": data_position(p.step, self.steps_per_epoch), "shape": self.shape,
                    "best_val_loss": p.best_val, "val_loss": p.last_val, "val_step": p.last_val_step,
-                   "config": to_dict(self.cfg)}
+                   "micro_batch": self.micro, "oom_backoffs": self.oom_backoffs, "config": to_dict(self.cfg)}
         meta = {"epoch": p.step // self.steps_per_epoch, "train_loss": p.loss, "val_loss": p.last_val,
                 "val_step": p.last_val_step}
-        p.last_ckpt = checkpoint.save(self.cfg.checkpoint_dir, p.step, payload, meta, self.clock)
-        pruned = checkpoint.prune(self.cfg.checkpoint_dir, self.t.keep_checkpoints)
+        p.last_ckpt = self.dist.save(self.cfg.checkpoint_dir, p.step, payload, meta, self.clock)
+        pruned = self.dist.prune(self.cfg.checkpoint_dir, self.t.keep_checkpoints)
         self.log.info("checkpoint.saved", step=p.step, path=str(p.last_ckpt.path), bytes=p.last_ckpt.meta["bytes"],
                       seconds=round(time.monotonic() - started, 3), pruned=pruned or None)
         self.heartbeat(then)

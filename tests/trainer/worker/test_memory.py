@@ -9,9 +9,15 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
-from trainer.worker.memory import GIB, MUSICGEN_SMALL, choose_layout, estimate, smaller_micro_batch
+
+from trainer.worker.memory import (
+    GIB,
+    MUSICGEN_SMALL,
+    choose_layout,
+    estimate,
+    smaller_micro_batch,
+)
 
 
 def test_parameter_count_is_the_modules():
@@ -45,7 +51,7 @@ def test_activations_shrink_with_checkpointing_and_lower_precision():
     ("A10G", 22.0, "bf16", 8, True),
     ("A100 40GB", 39.4, "bf16", 8, False),
     ("H100", 79.1, "bf16", 8, False),
-    ("10 GB card", 9.5, "fp16", 2, True),  # micro-batch 2 x accumulation 16, with checkpointing
+    ("10 GB card", 9.0, "fp16", 2, True),  # micro-batch 2 x accumulation 16, with checkpointing
 ])
 def test_layout_per_gpu(gpu, memory_gib, dtype, micro, checkpointing):
     layout = choose_layout(MUSICGEN_SMALL, 1500, 64, dtype, 8, 4, "auto", int(memory_gib * GIB))

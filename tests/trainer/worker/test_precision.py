@@ -42,8 +42,8 @@ def test_a_precision_the_device_cannot_run_is_refused_with_what_to_set(capabilit
 def test_the_worker_never_asks_torch_whether_bf16_is_supported(monkeypatch, tmp_path):
     """The question torch answers True on a T4: the worker's choice must not depend on it."""
     import torch
-
     from conftest import write_config
+
     from daemon.common.config import load_config
     from trainer.worker.train import pick_precision
 
