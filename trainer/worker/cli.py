@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
                        description=DESCRIPTION, epilog=EXITS)
     add_arguments(t, config_required=False)
     t.set_defaults(func=cmd_train)
+    from .plan import add_parser as add_plan  # `amapiano-train plan`: standard library only
+
+    add_plan(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

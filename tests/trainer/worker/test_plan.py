@@ -1,0 +1,57 @@
+"""`amapiano-train plan`: per GPU, before paying, from the same memory model the worker uses."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from conftest import PROD_TOML, cli, write_config
+
+from daemon.common import exits
+
+FIELDS = {"gpu", "precision", "micro_batch", "grad_accum", "gradient_checkpointing", "est_memory_gb", "fits",
+          "est_hours", "est_cost_usd"}
+
+
+def plan(*args: str) -> list[dict]:
+    r = cli("plan", *args, "--json", env={"AWS_EC2_METADATA_DISABLED": "true"})
+    assert r.returncode == exits.OK, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_plan_json_for_musicgen_small_on_every_gpu(tmp_path):
+    rows = {r["gpu"]: r for r in plan("--config", str(PROD_TOML), "--clips", "8000", "--price", "1.5")}
+    assert set(rows) == {"T4", "A10G", "L4", "A100-40GB", "A100-80GB", "H100"}
+    assert all(FIELDS <= set(r) for r in rows.values())
+    t4, h100 = rows["T4"], rows["H100"]
+    # 8 x 1,503 positions in fp16 need ~26 GiB without checkpointing: a T4 (15 GiB) needs it on.
+    assert (t4["precision"], t4["micro_batch"], t4["grad_accum"], t4["gradient_checkpointing"], t4["fits"]) == \
+        ("fp16", 8, 4, True, True)
+    assert (h100["precision"], h100["gradient_checkpointing"], h100["fits"]) == ("bf16", False, True)
+    assert h100["est_hours"] < 1 < t4["est_hours"]
+    assert t4["est_cost_usd"] == pytest.approx(t4["est_hours"] * 1.5, abs=0.01)
+
+
+def test_one_gpu_by_loose_name_and_no_price_is_unknown_not_zero(tmp_path):
+    config = write_config(tmp_path, {"aws": {"imds_url": ""}, "budget": {"hourly_rate_usd": 0.0}})
+    [row] = plan("--config", str(config), "--gpu", "t4")
+    assert row["gpu"] == "T4" and row["est_cost_usd"] is None and row["usd_per_hour"] is None
+    assert row["precision"] == "fp16" and row["fits"]  # the tiny model fits anything
+
+
+@pytest.mark.parametrize("args, says", [(["--gpu", "Voodoo2"], "not one of"), (["--clips", "0"], "--clips")])
+def test_bad_arguments_exit_78_with_one_line(tmp_path, args, says):
+    r = cli("plan", "--config", str(write_config(tmp_path)), *args)
+    assert r.returncode == exits.CONFIG and says in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_plan_imports_no_torch(tmp_path):
+    """It runs before anyone installs torch: the memory model and the table are standard library."""
+    import subprocess
+
+    code = ("import sys; from trainer.worker import plan; from daemon.common.config import load_config; "
+            f"cfg = load_config({str(PROD_TOML)!r}); "
+            "plan.plan_row(plan.memory.arch_of_config(cfg), plan.GPUS[0], cfg, 8000, 0.35, None); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
