@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
               + (f": {e.filename}" if getattr(e, "filename", None) else ""), file=sys.stderr)
         return DATAERR
     try:
-        ec2 = boto3.client("ec2", region_name=args.region)
+        # boto3 reads AWS_DEFAULT_REGION and the profile, not AWS_REGION (the AWS CLI's name)
+        ec2 = boto3.client("ec2", region_name=args.region or os.environ.get("AWS_REGION") or None)
         if args.action == "launch":
             return launch(ec2, args, user_data, ClientError)
         iid = args.instance_id
