@@ -17,6 +17,7 @@ class ImdsServer:
         self.tokens: dict[str, float] = {}
         self.requests: list[tuple[str, str, int]] = []
         self.fail_with: int | None = None
+        self.delay_s = 0.0  # > the client's timeout: IMDS not answering in time (every request)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -24,12 +25,17 @@ class ImdsServer:
                 pass
 
             def _send(self, status: int, body: str = "") -> None:
+                if server.delay_s:
+                    time.sleep(server.delay_s)
                 server.requests.append((self.command, self.path, status))
                 data = body.encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (delay_s)
 
             def do_PUT(self):
                 if self.path != "/latest/api/token":
