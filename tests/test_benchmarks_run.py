@@ -14,6 +14,8 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("script, args, expect", [
     ("checkpoint_speed.py", ["--params", "2e6", "--repeats", "1"], "save / raw speed:"),
     ("throughput.py", ["--steps", "3"], "throughput:"),
+    ("loop_overhead.py", ["--steps", "2", "--blocks", "1"], "overhead ratio (worker / bare"),
+    ("memory_probe.py", ["--layers", "1", "--frames", "50", "--text-tokens", "8"], '"ratio"'),
 ])
 def test_benchmark_runs(script, args, expect):
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "bench" / script), *args], capture_output=True,

@@ -87,6 +87,12 @@ def arch_of(model) -> Arch:
 def random_trainable(arch: Arch, seed: int = 0) -> TrainableMusicgen:
     """The trainable part of a MusicGen of this architecture with random weights, built without the
     text encoder and codec (benchmarks and the memory test; nothing to download)."""
+    return TrainableMusicgen(random_base(arch, seed))
+
+
+def random_base(arch: Arch, seed: int = 0):
+    """What the worker needs of a loaded MusicGen (decoder, text projection, configs), random, with
+    no text encoder or codec: `Trainer.setup(base=...)` trains it on a GPU with nothing downloaded."""
     from types import SimpleNamespace
 
     from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
@@ -109,9 +115,8 @@ def random_trainable(arch: Arch, seed: int = 0) -> TrainableMusicgen:
                     torch.zeros_like(t) if name.endswith("bias") else torch.randn(t.shape, generator=g) * 0.02)
         decoder.model.decoder.embed_positions.weights.copy_(
             decoder.model.decoder.embed_positions.get_embedding(*decoder.model.decoder.embed_positions.weights.shape))
-    full = SimpleNamespace(decoder=decoder, enc_to_dec_proj=nn.Linear(arch.text_hidden, arch.hidden),
-                           config=SimpleNamespace(decoder=config))
-    return TrainableMusicgen(full)
+    return SimpleNamespace(decoder=decoder, enc_to_dec_proj=nn.Linear(arch.text_hidden, arch.hidden), audio_encoder=None,
+                           config=SimpleNamespace(decoder=config, text_encoder=SimpleNamespace(hidden_size=arch.text_hidden)))
 
 
 def shape_of(model) -> dict:

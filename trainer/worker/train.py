@@ -197,8 +197,9 @@ class Trainer:
                       best_checkpoint=str(best.path) if best else None)
         return exits.OK
 
-    def setup(self) -> None:
-        """Seeds, device, model, data and optimizer: everything a checkpoint's tensors load into."""
+    def setup(self, base: Any = None, splits: tuple | None = None) -> None:
+        """Seeds, device, model, data and optimizer: everything a checkpoint's tensors load into.
+        (`base` and `splits` replace the configured model and data: the benchmarks' random ones.)"""
         cfg, t = self.cfg, self.t
         torch.manual_seed(cfg.run.seed)
         random.seed(cfg.run.seed)
@@ -213,8 +214,9 @@ class Trainer:
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
 
-        base, tokenizer = load_base_model(cfg)
-        self.train_split, self.valid_split = load_splits(cfg, base, tokenizer)
+        if base is None:
+            base, tokenizer = load_base_model(cfg)
+        self.train_split, self.valid_split = splits or load_splits(cfg, base, tokenizer)
         n = len(self.train_split)
         self.per_step = t.batch_size * t.grad_accum_steps  # clips per optimizer step: never changes
         if n // self.per_step == 0:
