@@ -69,7 +69,8 @@ def cmd_supervise(args) -> int:
     fmt = logs.configure(args.log_format, args.log_level)
     log = logs.get("supervisor")
     try:
-        check_dirs(cfg.run.state_dir, cfg.run.log_dir, cfg.run.cache_dir)
+        for warning in check_dirs(cfg.run.state_dir, cfg.run.log_dir, cfg.run.cache_dir):
+            log.error("storage.unwritable", warning=warning)
         lock = hold_lock(cfg.run.state_dir)  # noqa: F841 - held (open) for the daemon's life
     except RunDirError as e:
         log.error("supervisor.refused", error=str(e))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +33,10 @@ def _no_constant(name: str) -> Any:
 
 class StateError(Exception):
     """state.json cannot be used; the text names the file and the field."""
+
+
+class NewerStateError(StateError):
+    """Written by a newer amapiano-train: never moved aside or overwritten by this one."""
 
 
 @dataclass
@@ -153,7 +158,7 @@ def load_state(path: Path) -> State | None:
     if not isinstance(version, int):
         raise StateError(f"{path}: field 'schema_version' is missing or not an integer")
     if version > SCHEMA_VERSION:
-        raise StateError(f"{path}: field 'schema_version' is {version}, newer than this amapiano-train "
+        raise NewerStateError(f"{path}: field 'schema_version' is {version}, newer than this amapiano-train "
                          f"understands ({SCHEMA_VERSION}); upgrade amapiano-train")
     for key in ("run_id", "started_at"):
         if not isinstance(data.get(key), str):
@@ -195,8 +200,19 @@ def open_run(path: Path, now: datetime, log: Any) -> State:
     moved aside), else a new run begins. Raises StateError if the file is unusable."""
     from . import journal
 
-    state = load_state(path)
-    rec = journal.last(path.with_name(journal.NAME)) if state is None else None
+    journal_path = path.with_name(journal.NAME)
+    try:
+        state = load_state(path)
+    except NewerStateError:
+        raise
+    except StateError as e:
+        if journal.last(journal_path) is None:
+            raise  # nothing to rebuild from: a person decides (exit 65, the file untouched)
+        aside = path.with_name(f"{path.name}.bad.{now.strftime('%Y%m%dT%H%M%SZ')}")
+        os.replace(path, aside)  # kept for a look; the run goes on from the journal
+        log.error("state.moved_aside", error=str(e), moved_to=str(aside), note="rebuilding the run from the journal")
+        state = None
+    rec = journal.last(journal_path) if state is None else None
     if rec is not None:
         state = State(run_id=rec["run_id"], started_at=rec["started_at"], phase_since=iso(now))
         ledger = journal.ledger_of(rec)

@@ -26,7 +26,7 @@ FAST = {
     "idle": {"timeout": "1h", "warn_before": "10m", "action": "none"},
     "budget": {"max_usd": 1000.0, "hourly_rate_usd": 1.0, "action": "none"},
     "aws": {"imds_url": ""},
-    "milestone": {"after": "30d", "dry_run": False, "completion_action": "none", "samples": 1,
+    "milestone": {"at": "30d", "dry_run": False, "completion_action": "none", "samples": 1,
                   "sample_seconds": 0.2},
 }
 
@@ -161,7 +161,7 @@ class Daemon:
 
         try:
             return json.loads((self.state_dir / "state.json").read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):  # not there yet, or garbage a test wrote
             return {}
 
     def wait_state(self, predicate, timeout: float = 90) -> dict:

@@ -8,6 +8,7 @@ holder dies) and stops, naming the holder's pid.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import tempfile
@@ -22,7 +23,14 @@ class RunDirError(Exception):
     """One line: the path and what is wrong with it."""
 
 
-def writable_dir(path: Path, what: str) -> None:
+# A directory that exists but is full or read-only right now is a storage fault, not a config
+# error: the daemon starts anyway and keeps watching (state.write_failed, an alert, retries).
+TRANSIENT = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def writable_dir(path: Path, what: str) -> str | None:
+    """Raises RunDirError when the path cannot be our directory; returns a warning when it is,
+    but cannot be written to right now."""
     try:
         path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         if not path.is_dir():
@@ -30,13 +38,18 @@ def writable_dir(path: Path, what: str) -> None:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as e:
+        if e.errno in TRANSIENT and path.is_dir():
+            return f"{path}: the {what} cannot be written now ({e.strerror}); watching anyway"
         raise RunDirError(f"{path}: the {what} is not a writable directory ({e.strerror or e})") from None
+    return None
 
 
-def check_dirs(state_dir: Path, log_dir: Path, cache_dir: Path) -> None:
-    writable_dir(state_dir, "state directory ([run] state_dir)")
-    writable_dir(log_dir, "log directory ([run] log_dir)")
-    writable_dir(cache_dir, "cache directory ([run] cache_dir)")
+def check_dirs(state_dir: Path, log_dir: Path, cache_dir: Path) -> list[str]:
+    """The warnings for directories that exist but cannot be written right now."""
+    found = [writable_dir(state_dir, "state directory ([run] state_dir)"),
+             writable_dir(log_dir, "log directory ([run] log_dir)"),
+             writable_dir(cache_dir, "cache directory ([run] cache_dir)")]
+    return [w for w in found if w]
 
 
 def hold_lock(state_dir: Path) -> int:
@@ -45,7 +58,12 @@ def hold_lock(state_dir: Path) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     except OSError as e:
-        raise RunDirError(f"{path}: cannot open the supervisor lock ({e.strerror})") from None
+        try:  # a read-only or full state directory: flock works on a read-only descriptor too
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            if e.errno in TRANSIENT:
+                return -1  # no lock file can exist there now; nothing else can write there either
+            raise RunDirError(f"{path}: cannot open the supervisor lock ({e.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -53,6 +71,9 @@ def hold_lock(state_dir: Path) -> int:
         os.close(fd)
         raise RunDirError(f"{path}: another supervisor (pid {holder}) already watches this state directory; "
                           "stop it first (systemctl stop amapiano-train)") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # read-only: the lock holds; only the pid note is missing
     return fd

@@ -133,6 +133,14 @@ def test_a_lost_state_file_is_rebuilt_from_the_journal(tmp_path, daemons):
     assert after["milestone"]["due_at"] == before["milestone"]["due_at"]
     assert any(e["event"] == "run.rebuilt_from_journal" for _, e in d2.events())
     assert d2.stop() == 0
+    # Garbage at start, with the journal beside it: moved aside (kept), the run rebuilt, watching.
+    (tmp_path / "state" / "state.json").write_bytes(b"\x00garbage")
+    d3 = daemons(config)
+    again = d3.wait_state(lambda s: s.get("cost"), timeout=60)
+    assert again["run_id"] == before["run_id"] and again["cost"]["total_usd"] >= spent - 0.25
+    assert [p.read_bytes() for p in (tmp_path / "state").glob("state.json.bad.*")] == [b"\x00garbage"]
+    assert any(e["event"] == "state.moved_aside" and e["level"] == "error" for _, e in d3.events())
+    assert d3.stop() == 0
 
 
 @pytest.mark.parametrize("content, words", [
