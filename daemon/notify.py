@@ -26,7 +26,10 @@ class Notifier:
         if self.socket_path:
             try:
                 self._notifier = sdnotify.SystemdNotifier(debug=True)
-            except (OSError, TypeError) as e:
+                # Never block the scheduler thread on a notify socket nobody reads (a full queue):
+                # a message that cannot go now is dropped and logged once, the next one tries again.
+                self._notifier.socket.setblocking(False)
+            except (OSError, TypeError, AttributeError) as e:
                 self._fail(e)
 
     @staticmethod

@@ -118,3 +118,25 @@ def test_a_hung_scheduler_stops_the_watchdog_pings(tmp_path, monkeypatch, notify
         release.set()
         sup.shutdown()
 
+
+
+def test_a_notify_socket_nobody_reads_never_stalls_the_daemon(tmp_path, daemons):
+    """A full notify queue once blocked the scheduler thread in sendall(): state.json froze while
+    the worker trained on, unwatched. Messages that cannot go now are dropped instead."""
+    import socket
+    import tempfile
+    import time
+
+    path = Path(tempfile.mkdtemp(prefix="nfy", dir="/tmp")) / "n"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # fills after a few messages
+    sock.bind(str(path))
+    try:
+        d = daemons(write_config(tmp_path, LONG), {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"})
+        first = d.wait_state(lambda s: (s["trainer"]["step"] or 0) >= 3, timeout=90)
+        time.sleep(3)  # hundreds of pings and STATUS lines against a full queue
+        later = d.wait_state(lambda s: (s["trainer"]["step"] or 0) > first["trainer"]["step"] + 5, timeout=60)
+        assert later["updated_at"] >= first["updated_at"]
+        assert d.stop() == 0
+    finally:
+        sock.close()
