@@ -39,7 +39,7 @@ from .state import Failure, open_run
 from .states import Phase
 from .publisher import StateWriter
 from .tensorboard import ScalarWriter
-from .worker import WorkerProcess
+from .worker import WorkerProcess, processes
 
 
 class Supervisor:
@@ -50,7 +50,8 @@ class Supervisor:
         self.clock = clock or Clock()
         self.notifier = notifier or Notifier(log)
         self.worker = worker or WorkerProcess(cfg.source, cfg.failure_file,
-                                              ("--log-format", log_format, "--log-level", log_level))
+                                              ("--log-format", log_format, "--log-level", log_level),
+                                              nproc=processes(cfg.train))
         self.rng = rng or random.Random()
         self.stop_requested = threading.Event()
         self.finished = threading.Event()  # a rule's shutdown was carried out (the demo waits on it)

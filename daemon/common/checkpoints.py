@@ -6,6 +6,10 @@ all read it from here.
 the validation loss measured at that very step, if any). A checkpoint exists only once its
 marker does, so "newest" is the highest valid marker. A marker is trusted as little as a
 bucket object: its step must match its name and its `file` must be the .pt beside it.
+
+A sharded checkpoint (FSDP: one file per process, written by torch.distributed.checkpoint) is
+the directory `step_00001000.dcp/`, committed the same way by its marker, whose `manifest` names
+every file in it with its size and SHA-256, and whose `sha256` is the hash of that manifest.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from typing import Any, BinaryIO
 PREFIX = "step_"
 MARKER_SUFFIX = ".json"
 DATA_SUFFIX = ".pt"
+SHARDED_SUFFIX = ".dcp"
 _NAME = re.compile(r"^step_(\d{8,})$")
 CHUNK = 1 << 22
 
@@ -29,6 +34,10 @@ def stem(step: int) -> str:
 
 def data_path(directory: Path, step: int) -> Path:
     return directory / f"{stem(step)}{DATA_SUFFIX}"
+
+
+def sharded_path(directory: Path, step: int) -> Path:
+    return directory / f"{stem(step)}{SHARDED_SUFFIX}"
 
 
 def marker_path(directory: Path, step: int) -> Path:
@@ -45,7 +54,7 @@ def step_of(name: str) -> int | None:
 @dataclass(frozen=True)
 class Marker:
     step: int
-    path: Path            # the .pt
+    path: Path            # the .pt, or the .dcp directory of a sharded checkpoint
     meta: dict[str, Any]  # the marker's JSON
 
     @property
@@ -55,6 +64,10 @@ class Marker:
         if self.meta.get("val_step") != self.step or not isinstance(v, (int, float)) or isinstance(v, bool):
             return None
         return float(v) if v == v else None  # NaN never ranks
+
+    @property
+    def sharded(self) -> bool:
+        return self.path.suffix == SHARDED_SUFFIX
 
     @property
     def marker(self) -> Path:
@@ -72,11 +85,15 @@ def read_marker(path: Path) -> Marker | None:
         return None
     if not isinstance(meta, dict) or meta.get("step") != step or isinstance(meta.get("step"), bool):
         return None
-    if meta.get("file", f"{stem(step)}{DATA_SUFFIX}") != f"{stem(step)}{DATA_SUFFIX}":
-        return None  # a marker may not point anywhere but at its own .pt
+    file = meta.get("file", f"{stem(step)}{DATA_SUFFIX}")
+    sharded = file == f"{stem(step)}{SHARDED_SUFFIX}"
+    if file != f"{stem(step)}{DATA_SUFFIX}" and not sharded:
+        return None  # a marker may not point anywhere but at its own .pt or .dcp
     if not isinstance(meta.get("bytes"), int) or not isinstance(meta.get("sha256"), str):
         return None
-    return Marker(step, path.with_suffix(DATA_SUFFIX), meta)
+    if sharded and not _valid_manifest(meta.get("manifest")):
+        return None
+    return Marker(step, path.with_suffix(SHARDED_SUFFIX if sharded else DATA_SUFFIX), meta)
 
 
 def list_checkpoints(directory: Path) -> list[Marker]:
@@ -137,8 +154,49 @@ def sha256_stream(f: BinaryIO) -> tuple[str, int]:
     return sha.hexdigest(), size
 
 
+def _valid_manifest(manifest: Any) -> bool:
+    return isinstance(manifest, dict) and bool(manifest) and all(
+        isinstance(name, str) and "/" not in name and name not in ("", ".", "..") and isinstance(entry, dict)
+        and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)
+        for name, entry in manifest.items())
+
+
+def manifest_of(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every file of a sharded checkpoint directory (flat, as torch.distributed.checkpoint writes
+    it): name -> {bytes, sha256}."""
+    return {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def manifest_sha256(manifest: dict[str, dict[str, Any]]) -> str:
+    """What a sharded checkpoint's marker commits: the hash of its manifest, in one canonical form."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def verify_sharded(marker: Marker) -> str | None:
+    manifest = marker.meta["manifest"]
+    if manifest_sha256(manifest) != marker.meta.get("sha256"):
+        return f"{marker.marker}: its manifest does not match its SHA-256 (damaged or edited)"
+    if not marker.path.is_dir():
+        return f"{marker.path}: missing (its marker exists)"
+    extra = sorted(p.name for p in marker.path.iterdir() if p.name not in manifest)
+    if extra:
+        return f"{marker.path}: holds files its marker does not list: {', '.join(extra)}"
+    for name, entry in manifest.items():
+        path = inside(marker.path, name)
+        if path is None or not path.is_file():
+            return f"{marker.path / name}: missing (its marker lists it)"
+        if path.stat().st_size != entry["bytes"]:
+            return f"{path}: size is {path.stat().st_size} bytes, its marker says {entry['bytes']}"
+        if sha256_file(path) != entry["sha256"]:
+            return f"{path}: SHA-256 does not match its marker (damaged on disk)"
+    return None
+
+
 def verify(marker: Marker) -> str | None:
-    """None if the .pt's bytes are the ones its marker committed, else what is wrong."""
+    """None if the checkpoint's bytes are the ones its marker committed, else what is wrong."""
+    if marker.sharded:
+        return verify_sharded(marker)
     try:
         size = marker.path.stat().st_size
     except FileNotFoundError:

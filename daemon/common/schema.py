@@ -2,10 +2,12 @@
 TOML table into a frozen dataclass with one-line errors. Stdlib only."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -59,12 +61,19 @@ def _type_name(tp: Any) -> str:
         return "a path string"
     if typing.get_origin(tp) is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(c) for c in typing.get_args(tp))
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
 def _convert(tp: Any, value: Any, base_dir: Path) -> Any:
     """TOML value -> typed value, or ValueError with the reason."""
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # `int | Literal["auto"]`: the first that takes it
+        for option in typing.get_args(tp):
+            with contextlib.suppress(ValueError):
+                return _convert(option, value, base_dir)
+        raise ValueError("must be " + " or ".join(_type_name(o) for o in typing.get_args(tp)))
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from daemon.common.checkpoints import Marker, best, list_checkpoints, newest  # 
 from daemon.common.clock import Clock, iso
 
 FORMAT = 1
+EXTRA = "extra.pt"  # in a sharded checkpoint (trainer/worker/distributed.py): what is not sharded
 QUARANTINE = "corrupt"
 
 
@@ -78,9 +80,13 @@ def clean_partial(directory: Path) -> list[str]:
         return removed
     for p in directory.iterdir():
         step = layout.step_of(p.name)
-        orphan = p.suffix == layout.DATA_SUFFIX and step is not None and not layout.marker_path(directory, step).exists()
+        orphan = (p.suffix in (layout.DATA_SUFFIX, layout.SHARDED_SUFFIX) and step is not None
+                  and not layout.marker_path(directory, step).exists())
         temp = p.name.startswith(".") and p.name.endswith(".tmp")  # daemon.common.atomic's temp names
-        if p.is_file() and temp:
+        if p.is_dir() and (temp or orphan):  # a sharded checkpoint that never committed: shards of no step
+            shutil.rmtree(p)
+            removed.append(p.name)
+        elif p.is_file() and temp:
             p.unlink()
             removed.append(p.name)
         elif p.is_file() and orphan:  # uncommitted, but maybe intact (a lost marker): kept for a look
@@ -128,8 +134,9 @@ def save(directory: Path, step: int, payload: dict, meta: dict, clock: Clock | N
     return Marker(step, path, meta)
 
 
-def load(marker: Marker, map_location: str | torch.device = "cpu") -> dict:
-    """Verify and load one checkpoint.
+def load(marker: Marker, map_location: str | torch.device = "cpu", full: bool = True) -> dict:
+    """Verify and load one checkpoint (a sharded one: whole, or with full=False only what is not
+    sharded, for ranks that load their shards themselves).
 
     CorruptCheckpoint if its bytes are damaged or missing; CheckpointError if intact bytes do
     not load (a code or version problem: the file is fine and must not be thrown away).
@@ -138,7 +145,12 @@ def load(marker: Marker, map_location: str | torch.device = "cpu") -> dict:
     if wrong is not None:
         raise CorruptCheckpoint(wrong)
     try:
-        payload = torch.load(marker.path, map_location=map_location, weights_only=True)
+        if marker.sharded:
+            payload = torch.load(marker.path / EXTRA, map_location=map_location, weights_only=True)
+            if full:
+                payload.update(load_full(marker.path))
+        else:
+            payload = torch.load(marker.path, map_location=map_location, weights_only=True)
     except Exception as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"{marker.path}: intact (SHA-256 matches) but does not load with this "
@@ -146,6 +158,19 @@ def load(marker: Marker, map_location: str | torch.device = "cpu") -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("step") != marker.step:
         raise CheckpointError(f"{marker.path}: not a format-{FORMAT} checkpoint of step {marker.step}")
     return payload
+
+
+def load_full(path: Path) -> dict:
+    """A sharded checkpoint's model and optimizer, whole, in this one process (no process group):
+    what a single process, evaluate and export load. The optimizer's state is keyed by name."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    state: dict = {}
+    _load_state_dict(state, storage_reader=FileSystemReader(path), planner=_EmptyStateDictLoadPlanner(),
+                     no_dist=True)
+    return {"model": state["model"], "optimizer": state["optimizer"], "optimizer_keys": "fqn"}
 
 
 def quarantine(marker: Marker) -> Path:
@@ -159,7 +184,8 @@ def quarantine(marker: Marker) -> Path:
     return dest
 
 
-def load_latest(directory: Path, log: Any, map_location: str | torch.device = "cpu") -> tuple[Marker, dict] | None:
+def load_latest(directory: Path, log: Any, map_location: str | torch.device = "cpu",
+                full: bool = True) -> tuple[Marker, dict] | None:
     """The newest checkpoint that verifies; damaged newer ones are quarantined with a warning.
 
     An intact checkpoint that fails to load raises CheckpointError: falling back past it
@@ -167,7 +193,7 @@ def load_latest(directory: Path, log: Any, map_location: str | torch.device = "c
     """
     for marker in reversed(list_checkpoints(directory)):
         try:
-            return marker, load(marker, map_location)
+            return marker, load(marker, map_location, full)
         except CorruptCheckpoint as e:
             where = quarantine(marker)
             log.warning("checkpoint.corrupt", step=marker.step, error=str(e), moved_to=str(where),
@@ -190,7 +216,10 @@ def prune(directory: Path, keep: int) -> list[int]:
     for m in markers:
         if m.step not in keeping:
             m.marker.unlink(missing_ok=True)  # un-commit first
-            m.path.unlink(missing_ok=True)
+            if m.path.is_dir():
+                shutil.rmtree(m.path)
+            else:
+                m.path.unlink(missing_ok=True)
             removed.append(m.step)
     return removed
 

@@ -55,7 +55,9 @@ def cmd_train(args: argparse.Namespace, stop=None) -> int:
     from daemon.common import log as logs
     from daemon.common.config import ConfigError, load_config
 
-    logs.configure(args.log_format, args.log_level)
+    from .distributed import is_writer
+
+    logs.configure(args.log_format, args.log_level if is_writer() else "warning")  # rank 0 tells the story
     log = logs.get("trainer")
     try:
         cfg = load_config(args.config)
@@ -63,21 +65,73 @@ def cmd_train(args: argparse.Namespace, stop=None) -> int:
         print(e, file=sys.stderr)
         return exits.CONFIG
 
+    from . import distributed
+
+    if not distributed.under_torchrun() and processes(cfg) > 1:
+        return exec_group(args, cfg, log)  # `amapiano-train train` by hand: the same group the daemon starts
+    code = run_worker(args, cfg, log, stop)
+    if distributed.under_torchrun() and distributed.is_writer() and code != exits.OK:
+        record_exit(args.failure_file, code)
+    return code
+
+
+def run_worker(args: argparse.Namespace, cfg, log, stop) -> int:
+    from daemon.common import exits
+    from daemon.common.config import ConfigError
+
+    from . import distributed
     from .checkpoint import CheckpointError
     from .data import DataError
     from .lock import acquire
     from .train import Trainer, write_failure
 
+    failure_file = args.failure_file if distributed.is_writer() else None  # one failure file per group
     try:
-        _lock = acquire(cfg.run.state_dir, log)  # noqa: F841 - held until the process exits
+        if distributed.is_writer():  # the group's rank 0 holds the run
+            _lock = acquire(cfg.run.state_dir, log)  # noqa: F841 - held until the process exits
         return Trainer(cfg, log, stop=stop).run()
     except (ConfigError, DataError, CheckpointError) as e:
-        write_failure(args.failure_file, e)
+        write_failure(failure_file, e)
         log.error("train.bad_input", error=str(e))
         return exits.CONFIG
     except BaseException as e:
         if isinstance(e, SystemExit):
             raise
-        write_failure(args.failure_file, e)
+        write_failure(failure_file, e)
         log.exception("train.crashed", error=f"{type(e).__name__}: {e}")
         return exits.FAILED
+
+
+def processes(cfg) -> int:
+    from daemon.worker import processes as count
+
+    return count(cfg.train)
+
+
+def record_exit(failure_file: Path | None, code: int) -> None:
+    """torchrun exits 1 whatever its ranks did: tell the supervisor rank 0's real status (75, 78...)."""
+    if failure_file is None:
+        return
+    import os
+
+    from daemon.common.atomic import read_json, write_json_atomic
+
+    record = read_json(failure_file) or {}
+    if record.get("pid") != os.getpid():
+        record = {"pid": os.getpid()}  # not ours: an exit without an exception (75)
+    write_json_atomic(failure_file, {**record, "exit": code})
+
+
+def exec_group(args: argparse.Namespace, cfg, log) -> int:
+    """Replace this process with torchrun running this same command at the configured width."""
+    import os
+
+    from daemon.common.launch import child_environment
+    from daemon.worker import group_command
+
+    argv = ["--config", str(cfg.source), "--log-format", args.log_format, "--log-level", args.log_level]
+    if args.failure_file:
+        argv += ["--failure-file", str(args.failure_file)]
+    command = group_command(processes(cfg), argv)
+    log.info("train.group", processes=processes(cfg), strategy=cfg.train.strategy, command=" ".join(command))
+    os.execve(command[0], command, child_environment())

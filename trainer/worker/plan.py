@@ -10,6 +10,7 @@ the plan runs before torch is installed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -78,21 +79,31 @@ class Row:
     aws: str
 
 
-def plan_row(arch: memory.Arch, gpu: Gpu, cfg, clips: int, mfu: float, price: float | None) -> Row:
+def plan_row(arch: memory.Arch, gpu: Gpu, cfg, clips: int, mfu: float, price: float | None, nproc: int = 1) -> Row:
+    """One GPU model, nproc of them: each takes a 1/nproc slice of every micro-batch; with FSDP
+    each also holds 1/nproc of the weights, gradients and optimizer state (the hours assume
+    linear scaling, which gradient traffic erodes; the price is per GPU)."""
     t, d = cfg.train, cfg.data
     prec = precision.choose(gpu.capability, t.precision)
-    layout = memory.choose_layout(arch, d.frames, d.text_max_tokens, prec.dtype, t.batch_size, t.grad_accum_steps,
+    share = max(1, t.batch_size // nproc)  # this GPU's slice of each micro-batch
+    layout = memory.choose_layout(arch, d.frames, d.text_max_tokens, prec.dtype, share, t.grad_accum_steps,
                                   t.gradient_checkpointing, int(gpu.memory_gib * memory.GIB))
+    if nproc > 1 and t.strategy == "fsdp":  # sharded state; one layer's weights gathered at a time is noise
+        e = layout.estimate
+        sharded = dataclasses.replace(e, weights=e.weights // nproc, optimizer=e.optimizer // nproc,
+                                      gradients=e.gradients // nproc,
+                                      peak=e.peak - (e.weights + e.optimizer + e.gradients) * (nproc - 1) // nproc)
+        layout = dataclasses.replace(layout, estimate=sharded, fits=sharded.gpu_total() <= gpu.memory_gib * memory.GIB)
     steps = t.epochs * (clips // (t.batch_size * t.grad_accum_steps))
     flops = steps * t.batch_size * t.grad_accum_steps * arch.flops_per_sample(d.frames, d.text_max_tokens)
     peak = gpu.peak_tflops if prec.dtype != "fp32" else gpu.peak_tflops / 2  # TF32: half the tensor rate
-    hours = flops * (RECOMPUTE if layout.checkpointing else 1) / (peak * 1e12 * mfu) / 3600
+    hours = flops * (RECOMPUTE if layout.checkpointing else 1) / (peak * 1e12 * mfu * nproc) / 3600
     return Row(gpu=gpu.name, precision=prec.dtype, micro_batch=layout.micro_batch, grad_accum=layout.grad_accum,
                gradient_checkpointing=layout.checkpointing,
                est_memory_gb=round(layout.estimate.gpu_total() / memory.GIB, 1), gpu_memory_gb=gpu.memory_gib,
                fits=layout.fits, clips=clips, epochs=t.epochs, mfu=mfu, peak_tflops=peak,
                est_hours=round(hours, 2), usd_per_hour=price,
-               est_cost_usd=round(hours * price, 2) if price is not None else None, aws=gpu.aws)
+               est_cost_usd=round(hours * price * nproc, 2) if price is not None else None, aws=gpu.aws)
 
 
 def train_clips(cfg) -> tuple[int, str]:
@@ -169,7 +180,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     clips, clips_from = (args.clips, "--clips") if args.clips else train_clips(cfg)
     price, price_from = (args.price, "--price") if args.price is not None else (live_price(cfg) or (None, "unknown"))
     try:
-        rows = [plan_row(arch, g, cfg, clips, args.mfu, price) for g in gpus]
+        nproc = cfg.train.nproc_per_node if isinstance(cfg.train.nproc_per_node, int) else 1
+        rows = [plan_row(arch, g, cfg, clips, args.mfu, price, nproc) for g in gpus]
     except precision.PrecisionError as e:
         print(f"amapiano-train plan: {cfg.source}: {e}", file=sys.stderr)
         return exits.CONFIG
@@ -178,7 +190,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return exits.OK
     print(f"{arch.parameters / 1e6:.1f} M trainable parameters; {clips:,} clips ({clips_from}) x {cfg.train.epochs} "
           f"epochs, {cfg.train.batch_size * cfg.train.grad_accum_steps} clips per step, {cfg.data.frames} frames; "
-          f"MFU {args.mfu:.0%}; price {price_from}")
+          f"MFU {args.mfu:.0%}; price {price_from}; {nproc} GPU(s), {cfg.train.strategy} (memory per GPU)")
     print(f"{'gpu':10} {'prec':4} {'micro x acc':>11} {'ckpt':4} {'memory GiB':>14} {'fits':4} {'hours':>7} {'cost $':>8}")
     for r in rows:
         cost = f"{r.est_cost_usd:8.2f}" if r.est_cost_usd is not None else "       ?"

@@ -18,6 +18,7 @@ class StopRequest:
         self.reason: str | None = None
         self.checkpoint_requested = False
         self._parent = int(os.environ.get("AMAPIANO_SUPERVISOR_PID", "0")) or None
+        self._via_torchrun = "TORCHELASTIC_RUN_ID" in os.environ  # the supervisor is torchrun's parent
         for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGUSR2, self._on_checkpoint)
@@ -35,7 +36,17 @@ class StopRequest:
         requested, self.checkpoint_requested = self.checkpoint_requested, False
         return requested
 
+    def _supervisor(self) -> int | None:
+        if not self._via_torchrun:
+            return os.getppid()
+        try:
+            with open(f"/proc/{os.getppid()}/stat") as f:
+                stat = f.read()
+            return int(stat[stat.rfind(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def check(self) -> str | None:
-        if self.reason is None and self._parent and os.getppid() != self._parent:
+        if self.reason is None and self._parent and self._supervisor() != self._parent:
             self.reason = "supervisor gone"  # never train on, unwatched
         return self.reason
