@@ -111,6 +111,15 @@ class TrainConfig:
     checkpoint_every: int = field(default=1000, metadata=POSITIVE)
     keep_checkpoints: int = field(default=3, metadata=POSITIVE)
     cpu_threads: int = field(default=0, metadata=NON_NEGATIVE)  # 0: torch's default
+    # Processes on this machine, one per GPU: "auto" is every visible GPU (1 on the CPU); more
+    # than one runs the worker through torchrun (trainer/worker/distributed.py). batch_size x
+    # grad_accum_steps stays the clips per optimizer step: each process takes its slice of
+    # every micro-batch, so batch_size must divide by the number of processes.
+    nproc_per_node: int | Literal["auto"] = field(default="auto", metadata=_check(
+        lambda v: v == "auto" or 0 < v <= 64, "must be \"auto\" or a number of processes from 1 to 64"))
+    # "ddp": every process holds the whole model; "fsdp": parameters, gradients and optimizer
+    # state sharded across processes (musicgen-medium and -large), checkpoints sharded too.
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
 
 @dataclass(frozen=True)
