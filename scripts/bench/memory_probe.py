@@ -18,7 +18,6 @@ What is measured is what the estimate counts, the tensors:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import sys
@@ -97,7 +96,7 @@ def main() -> int:
         opt.zero_grad(set_to_none=True)
     batches = [tuple(t.to(device) for t in b) for b in batches]
     scaler = torch.amp.GradScaler(device.type, enabled=prec.grad_scaler)
-    backends = precision.sdpa_backends(prec)
+    precision.apply_attention_backends(prec)  # process-wide, as the worker does
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -107,8 +106,7 @@ def main() -> int:
     built = time.perf_counter()
 
     for b in batches:
-        attention = torch.nn.attention.sdpa_kernel(backends) if backends else contextlib.nullcontext()
-        with attention, torch.autocast(device.type, dtype=dtype, enabled=prec.autocast):
+        with torch.autocast(device.type, dtype=dtype, enabled=prec.autocast):
             loss = model(*b) / len(batches)
         scaler.scale(loss).backward()
     scaler.unscale_(opt)

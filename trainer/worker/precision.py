@@ -78,9 +78,16 @@ def torch_dtype(p: Precision):
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[p.dtype]
 
 
-def sdpa_backends(p: Precision) -> list:
-    """The torch SDPBackend list for `torch.nn.attention.sdpa_kernel`; [] leaves torch to choose."""
-    from torch.nn.attention import SDPBackend
+def apply_attention_backends(p: Precision) -> None:
+    """Choose the SDPA kernels process-wide, not with the `sdpa_kernel` context manager: activation
+    checkpointing recomputes the forward during backward, outside any context around the forward,
+    and a recompute on another kernel (flash's logsumexp vs the efficient kernel's) fails
+    torch.utils.checkpoint's metadata check. Measured on an H100: it did, at 8 x 1,500 positions.
+    The math kernel stays on as the last resort, so an odd shape is slow rather than an error."""
+    import torch
 
-    names = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
-    return [names[n] for n in p.attention]
+    if not p.attention or not torch.cuda.is_available():
+        return
+    torch.backends.cuda.enable_flash_sdp("flash" in p.attention)
+    torch.backends.cuda.enable_mem_efficient_sdp("efficient" in p.attention)
+    torch.backends.cuda.enable_math_sdp(True)

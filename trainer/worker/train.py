@@ -239,8 +239,8 @@ class Trainer:
         self.batches = DeviceBatches(self.train_split, self.device)
         self.model = self.dist.wrap(self.model, cfg.run.seed)  # DDP or FSDP with more than one process
         self.batches, self.stop = self.dist.sliced(self.batches, self.model), self.dist.agreed(self.stop)
-        backends = precision.sdpa_backends(self.precision)
-        self.attention = (lambda: torch.nn.attention.sdpa_kernel(backends)) if backends else contextlib.nullcontext
+        precision.apply_attention_backends(self.precision)  # process-wide: the checkpointed recompute too
+        self.attention = contextlib.nullcontext
         self.oom_hook = test_oom_hook(os.environ.get(TEST_OOM_ABOVE))
         if self.oom_hook:
             self.log.warning("train.test_hook", hook=TEST_OOM_ABOVE, above=self.oom_hook[0], from_step=self.oom_hook[1])
