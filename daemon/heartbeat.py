@@ -10,7 +10,8 @@ from typing import Any
 
 from .common.atomic import read_json
 
-INT_FIELDS = ("step", "total_steps", "epoch", "last_checkpoint_step", "resumed_from_step", "pid")
+INT_FIELDS = ("step", "total_steps", "epoch", "last_checkpoint_step", "resumed_from_step", "pid", "micro_batch",
+              "grad_accum", "oom_backoffs")
 FLOAT_FIELDS = ("train_loss", "val_loss", "best_val_loss", "lr", "samples_per_s")
 STR_FIELDS = ("activity", "last_checkpoint", "time")
 MAX_STR = 4096
@@ -44,14 +45,25 @@ def read(path: Path) -> Beat | None:
 
 
 ABSORBED = ("step", "total_steps", "epoch", "train_loss", "val_loss", "best_val_loss", "lr", "samples_per_s",
-            "activity", "last_checkpoint", "last_checkpoint_step", "resumed_from_step")
+            "activity", "last_checkpoint", "last_checkpoint_step", "resumed_from_step", "micro_batch", "grad_accum",
+            "oom_backoffs")
 
 
-def absorb(trainer: Any, beat: Beat | None) -> None:
-    """Copy the heartbeat's well-typed fields into state.json's `trainer` section."""
+def absorb(trainer: Any, beat: Beat | None) -> list:
+    """Copy the heartbeat's well-typed fields into state.json's `trainer` section; an alert when
+    the worker has just backed off its micro-batch after a CUDA out-of-memory error."""
+    from .actions import SendAlert
+
     if beat is None:
-        return
+        return []
+    before = trainer.oom_backoffs
     for key in ABSORBED:
         if key in beat.fields:
             setattr(trainer, key, beat.fields[key])
     trainer.heartbeat_at = beat.fields.get("time", trainer.heartbeat_at)
+    if trainer.oom_backoffs and trainer.oom_backoffs > (before or 0):
+        return [SendAlert("oom", f"CUDA out of memory: micro-batch now {trainer.micro_batch} x {trainer.grad_accum}",
+                          f"The worker ran out of GPU memory and halved its micro-batch (back-off "
+                          f"{trainer.oom_backoffs}); the effective batch is unchanged and training goes on. "
+                          "`amapiano-train plan` shows what fits this GPU.")]
+    return []

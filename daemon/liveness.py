@@ -91,3 +91,10 @@ def is_fresh(s: LivenessSnapshot, allow: Allowances, memory: LivenessMemory) -> 
     if s.worker_pid is None or s.beat_pid != s.worker_pid or s.beat_written_s is None:
         return False
     return s.now_s - s.beat_written_s <= deadline(s.beat_activity, allow, memory)
+
+
+def snapshot(now_s: float, worker_pid: int | None, worker_started_s: float | None, beat: Any) -> LivenessSnapshot:
+    """From the heartbeat as daemon/heartbeat.py read it (or None)."""
+    f = beat.fields if beat else {}
+    return LivenessSnapshot(now_s, worker_pid, worker_started_s, f.get("pid"), f.get("activity"),
+                            beat.written_s if beat else None)

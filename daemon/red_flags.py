@@ -102,3 +102,9 @@ def snapshot(cfg: Any, now_s: float, history: list[tuple[float, float]], gpu_uti
 def section(raised: frozenset[str], history: list[tuple[float, float]]) -> dict:
     """state.json's `red_flags` section."""
     return {"raised": sorted(raised), "val_history": [list(p) for p in history[-HISTORY_MAX:]]}
+
+
+def load(section: dict | None) -> tuple[frozenset[str], list[tuple[float, float]]]:
+    """(raised, history) from state.json's `red_flags` section."""
+    flags = section or {}
+    return frozenset(x for x in flags.get("raised", []) if isinstance(x, str)), load_history(flags.get("val_history"))

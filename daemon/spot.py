@@ -50,3 +50,9 @@ def section(notes_seen: dict[str, dict], uploads: dict[str, dict]) -> dict | Non
     """state.json's `spot` section: each notice with its upload's record."""
     out = {k: {**v, **({"upload": uploads[k]} if k in uploads else {})} for k, v in notes_seen.items()}
     return out or None
+
+
+def load(section: dict | None) -> tuple[frozenset[str], dict]:
+    """(notices seen, their records) from state.json's `spot` section."""
+    notes = {k: v for k, v in (section or {}).items() if k in ("interruption", "rebalance") and isinstance(v, dict)}
+    return frozenset(notes), notes

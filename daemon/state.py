@@ -58,6 +58,9 @@ class TrainerState:
     last_checkpoint_step: int | None = None
     resumed_from_step: int | None = None
     heartbeat_at: str | None = None
+    micro_batch: int | None = None     # after any CUDA OOM back-off (the effective batch is unchanged)
+    grad_accum: int | None = None
+    oom_backoffs: int | None = None
 
 
 @dataclass

@@ -80,11 +80,8 @@ class Supervisor:
         self._idle_json: dict | None = None
         self._last_idle_check = self.clock.monotonic()
         self.liveness = liveness.LivenessMemory()
-        flags = s.red_flags or {}
-        self.raised = frozenset(x for x in flags.get("raised", []) if isinstance(x, str))
-        self.val_history = red_flags.load_history(flags.get("val_history"))
-        self.spot_seen = frozenset(k for k in (s.spot or {}) if k in ("interruption", "rebalance"))
-        self.spot_notes: dict = dict(s.spot or {})
+        self.raised, self.val_history = red_flags.load(s.red_flags)
+        self.spot_seen, self.spot_notes = spot.load(s.spot)
 
     # -- the world -------------------------------------------------------------------------------
     def _checkpoint_step(self) -> int | None:
@@ -101,11 +98,8 @@ class Supervisor:
         return RunView(self.state.started_at, t.step, t.total_steps, t.best_val_loss, self.money.spent, cost)
 
     def _liveness_snapshot(self, beat: heartbeat.Beat | None) -> liveness.LivenessSnapshot:
-        f = beat.fields if beat else {}
-        return liveness.LivenessSnapshot(
-            now_s=self.clock.now().timestamp(), worker_pid=self.worker.pid if self.worker.running else None,
-            worker_started_s=self._worker_started_s, beat_pid=f.get("pid"), beat_activity=f.get("activity"),
-            beat_written_s=beat.written_s if beat else None)
+        pid = self.worker.pid if self.worker.running else None
+        return liveness.snapshot(self.clock.now().timestamp(), pid, self._worker_started_s, beat)
 
     # -- jobs ------------------------------------------------------------------------------------
     def _guard(self, name: str, fn: Callable[[], None]) -> Callable[[], None]:
@@ -128,8 +122,9 @@ class Supervisor:
             self.executor.execute([StartWorker()])
             self._worker_started_s = self.clock.now().timestamp()
         beat = heartbeat.read(self.cfg.heartbeat_file)
-        heartbeat.absorb(self.state.trainer, beat)
-        hung, self.liveness = liveness.decide(self._liveness_snapshot(beat), liveness.Allowances.of(self.cfg.supervisor), self.liveness)
+        self.executor.execute(heartbeat.absorb(self.state.trainer, beat))  # an alert after an OOM back-off
+        allow = liveness.Allowances.of(self.cfg.supervisor)
+        hung, self.liveness = liveness.decide(self._liveness_snapshot(beat), allow, self.liveness)
         if hung:
             self.executor.execute([KillWorker(hung)])
         self.executor.execute(self.evaluation.step(self.worker.running, self.gpu.available, self._run_view()))
@@ -175,7 +170,8 @@ class Supervisor:
     def idle_job(self) -> None:
         now_mono, now_s, t = self.clock.monotonic(), self.clock.boottime(), self.state.trainer
         beat = heartbeat.read(self.cfg.heartbeat_file)
-        fresh = liveness.is_fresh(self._liveness_snapshot(beat), liveness.Allowances.of(self.cfg.supervisor), self.liveness)
+        allow = liveness.Allowances.of(self.cfg.supervisor)
+        fresh = liveness.is_fresh(self._liveness_snapshot(beat), allow, self.liveness)
         evaluating = self.evaluation.busy  # the milestone evaluation is work too
         snap = idle.IdleSnapshot(
             boot_id=self.clock.boot_id(), now_s=now_s, step=t.step,

@@ -14,10 +14,8 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 

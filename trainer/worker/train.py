@@ -21,7 +21,6 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,119 +33,13 @@ from daemon.common.clock import Clock, iso
 from daemon.common.config import Config, ConfigError, to_dict
 
 from . import checkpoint, distributed, memory, precision
-from .checkpoint import CheckpointError, Marker
 from .data import DeviceBatches, epoch_order, load_splits, micro_batches
 from .model import TrainableMusicgen, arch_of, load_base_model, shape_of
+from .resume import (Progress, check_data_position, data_position, rng_state,  # noqa: F401 - re-exported
+                     set_rng_state, shape_key, shape_mismatch)
+from .setup import (TEST_OOM_ABOVE, DoesNotFit, lr_lambda, pick_device, pick_dtype,  # noqa: F401
+                    pick_precision, test_oom_hook)
 from .stop import StopRequest
-
-# A test hook, never set in production: "N" makes every micro-batch of more than N clips raise
-# torch.OutOfMemoryError as CUDA would; "N@S" only from optimizer step S on.
-TEST_OOM_ABOVE = "AMAPIANO_TEST_OOM_ABOVE"
-
-
-class DoesNotFit(RuntimeError):
-    """CUDA ran out of memory at micro-batch 1: no back-off is left, and a restart cannot help."""
-
-
-def pick_device(cfg: Config) -> torch.device:
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{cfg.source}: [train] device is \"cuda\" but torch sees no CUDA device")
-    if cfg.train.device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
-def pick_precision(cfg: Config, device: torch.device) -> precision.Precision:
-    """precision.choose for this device; a precision it cannot run is a config error."""
-    try:
-        return precision.choose(precision.capability_of(device), cfg.train.precision)
-    except precision.PrecisionError as e:
-        raise ConfigError(f"{cfg.source}: {e}") from None
-
-
-def pick_dtype(cfg: Config, device: torch.device) -> torch.dtype:
-    return precision.torch_dtype(pick_precision(cfg, device))
-
-
-def test_oom_hook(value: str | None) -> tuple[int, int] | None:
-    """AMAPIANO_TEST_OOM_ABOVE's (clips, from_step), or None when unset."""
-    if not value:
-        return None
-    above, _, step = value.partition("@")
-    return int(above), int(step or 0)
-
-
-def shape_key(shape: dict) -> dict:
-    """A checkpoint's shape, as this version compares it: the clips per optimizer step, not how they
-    are cut into micro-batches (older checkpoints recorded batch_size and grad_accum_steps)."""
-    shape = dict(shape)
-    if "clips_per_step" not in shape and "batch_size" in shape and "grad_accum_steps" in shape:
-        shape["clips_per_step"] = shape["batch_size"] * shape["grad_accum_steps"]
-    shape.pop("batch_size", None)
-    shape.pop("grad_accum_steps", None)
-    return shape
-
-
-def lr_lambda(warmup: int, total: int, min_ratio: float):
-    """Linear warm-up, then cosine decay to min_ratio of the peak."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "python": random.getstate()}
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    random.setstate(state["python"])
-
-
-def shape_mismatch(saved: dict, current: dict) -> list[str]:
-    return [f"{k}: checkpoint {saved.get(k)!r} != config {v!r}" for k, v in current.items() if saved.get(k) != v]
-
-
-def data_position(step: int, steps_per_epoch: int) -> dict:
-    """Where in the data order an optimizer step starts: a function of the step alone."""
-    epoch, in_epoch = divmod(step, steps_per_epoch)
-    return {"epoch": epoch, "step_in_epoch": in_epoch, "steps_per_epoch": steps_per_epoch}
-
-
-def check_data_position(path: Path, saved: Any, step: int, steps_per_epoch: int) -> None:
-    """A resumed run must start at the sample the checkpoint stopped at; CheckpointError if not."""
-    want = data_position(step, steps_per_epoch)
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: field data_position is missing or not a table (got {saved!r})")
-    for key, value in want.items():
-        if saved.get(key) != value:
-            raise CheckpointError(f"{path}: field data_position.{key} is {saved.get(key)!r}, but step {step} at "
-                                  f"{steps_per_epoch} steps per epoch gives {value}; the data order would not "
-                                  "resume where it stopped (restore the old config or move the checkpoints aside)")
-
-
-@dataclass
-class Progress:
-    """Where training stands: what a checkpoint restores beside the tensors."""
-    step: int = 0
-    best_val: float | None = None
-    last_val: float | None = None
-    last_val_step: int | None = None
-    loss: float | None = None            # the last optimizer step's training loss (read at log intervals)
-    last_ckpt: Marker | None = None
-    resumed_from: int | None = None
-
 
 class Trainer:
     def __init__(self, cfg: Config, log: Any, clock: Clock | None = None, stop: StopRequest | None = None):
