@@ -9,6 +9,8 @@
   amapiano-train train --config FILE       one training worker, by hand (the daemon starts its own)
   amapiano-train evaluate --config FILE    the milestone figures for a checkpoint and the baseline
   amapiano-train export --config FILE      the best checkpoint as transformers and audiocraft models
+  amapiano-train score [--offline] FILE... how Amapiano-like any audio files are (authenticity_pct)
+  amapiano-train plan [--gpu T4] [--json]  before paying: precision, batch, memory, hours, cost per GPU
   amapiano-train dataset ACTION            MagnaTagATune -> manifest -> clips -> token cache
                                            (ACTION: fetch, select, copy, tokenize; in that order)
 
