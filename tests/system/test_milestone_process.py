@@ -150,10 +150,14 @@ def test_spend_red_flag_is_mailed_once_and_listed(tmp_path, daemons, smtp_sink):
 def test_a_milestone_due_before_the_first_checkpoint_waits_for_one(tmp_path, daemons, smtp_sink):
     smtp_sink.up()
     # Due at once: the worker is still importing torch and has no checkpoint yet.
-    config = milestone_config(tmp_path, smtp_sink, after="100ms", min_authenticity_pct=0.0, max_val_loss=100.0,
+    config = milestone_config(tmp_path, smtp_sink, at="100ms", min_authenticity_pct=0.0, max_val_loss=100.0,
                               max_cost_usd=1000.0, margin_pct=1.0)
     d = daemons(config)
     done = d.wait_state(lambda s: (s.get("milestone") or {}).get("status") in ("done", "failed"), timeout=120)
-    assert done["milestone"]["status"] == "done" and done["milestone"]["decision"] == "GO"
+    # What this checks is the wait: it evaluated a real checkpoint and decided (a few steps of the
+    # tiny model are not significantly better than the baseline, so not GO: see the decision tests).
+    assert done["milestone"]["status"] == "done" and done["milestone"]["decision"] in ("CONDITIONAL GO", "GO")
     assert '"event":"milestone.waiting_for_checkpoint"' in d.log_text()
+    report = json.loads((tmp_path / "state" / "reports" / "week_5_metrics.json").read_text())
+    assert report["checkpoint"]
     assert d.stop() == 0

@@ -223,8 +223,9 @@ def test_s3_refusing_the_upload_is_an_error_and_an_alert_not_a_crash(tmp_path, d
     assert "NoSuchBucket" in state["spot"]["interruption"]["upload"]["error"]
     d.wait_state(lambda s: s["phase"] == "HALTED" and s["trainer"]["pid"] is None, timeout=60)
     assert d.stop() == 0  # it still checkpointed locally and halted cleanly
-    # both at error level: the restore at start-up and the upload (the bucket is not there)
-    assert [e["event"] for p, e in d.events() if p == 3] == ["s3.restore_failed", "spot.upload_failed"]
+    # at error level: the state and checkpoint restores at start-up and the upload (no bucket)
+    assert [e["event"] for p, e in d.events() if p == 3] == ["s3.state_restore_failed", "s3.restore_failed",
+                                                              "s3.upload_failed"]
     wait_until(lambda: "[amapiano-train] checkpoint upload to S3 failed" in subjects(smtp_sink), 20, "the alert")
     t = d.state()["trainer"]
     assert t["last_checkpoint_step"] == t["step"]  # the local checkpoint is there
