@@ -90,11 +90,21 @@ def clean_partial(directory: Path) -> list[str]:
             p.unlink()
             removed.append(p.name)
         elif p.is_file() and orphan:  # uncommitted, but maybe intact (a lost marker): kept for a look
-            dest = directory / "corrupt"
-            dest.mkdir(exist_ok=True)
-            os.replace(p, dest / p.name)
+            _keep_uncommitted(directory, p)
             removed.append(p.name)
     return removed
+
+
+def _keep_uncommitted(directory: Path, pt: Path) -> None:
+    """A .pt without its marker: a kill between the rename and the marker (the usual case), or a
+    marker someone deleted. Never deleted outright: the newest one is kept in uncommitted/ (only
+    one, so a kill storm of 5 GB checkpoints cannot fill the disk); it is not a checkpoint."""
+    dest = directory / "uncommitted"
+    dest.mkdir(exist_ok=True)
+    os.replace(pt, dest / pt.name)
+    kept = sorted(dest.glob(f"{layout.PREFIX}*{layout.DATA_SUFFIX}"), key=lambda q: layout.step_of(q.name) or -1)
+    for old in kept[:-1]:
+        old.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -211,8 +221,8 @@ def prune(directory: Path, keep: int) -> list[int]:
     keeping = layout.kept(markers, keep)
     removed = []
     for junk in layout.garbage_markers(directory):  # unreadable markers commit nothing: out of the way
-        (directory / "corrupt").mkdir(exist_ok=True)
-        os.replace(junk, directory / "corrupt" / junk.name)
+        (directory / "uncommitted").mkdir(exist_ok=True)
+        os.replace(junk, directory / "uncommitted" / junk.name)
     for m in markers:
         if m.step not in keeping:
             m.marker.unlink(missing_ok=True)  # un-commit first

@@ -68,8 +68,9 @@ def test_a_garbage_marker_is_moved_aside_and_a_lost_markers_pt_is_kept(tmp_path)
     m.marker.unlink()  # a marker lost: its .pt is intact, only uncommitted
     checkpoint.clean_partial(tmp_path)
     checkpoint.prune(tmp_path, keep=3)
-    assert not (tmp_path / "step_00000030.json").exists() and (tmp_path / "corrupt" / "step_00000030.json").exists()
-    assert (tmp_path / "corrupt" / m.path.name).exists()  # not deleted
+    assert not (tmp_path / "step_00000030.json").exists()
+    assert (tmp_path / "uncommitted" / "step_00000030.json").exists()  # kept apart, never read as a checkpoint
+    assert (tmp_path / "uncommitted" / m.path.name).exists()  # not deleted: kept apart, it is no checkpoint
     assert [c.step for c in checkpoint.list_checkpoints(tmp_path)] == [10]
 
 
