@@ -76,5 +76,6 @@ cp "$STATE" /results/state.json
 journalctl -u "$UNIT" -o json --no-pager > /results/journal.json
 journalctl -u "$UNIT" -p warning -o cat --no-pager > /results/journal_warning.txt
 journalctl -u "$TENSORBOARD" -o cat --no-pager > /results/journal_tensorboard.txt
+systemctl status "$TENSORBOARD" --no-pager -l > /results/status_tensorboard.txt 2>&1 || true
 echo done > /results/finished
 systemctl poweroff --no-block

@@ -181,7 +181,11 @@ def build_root(root: Path, results: Path) -> None:
         "[Service]\nWatchdogSec=3\nTimeoutStopSec=20\nRestartSec=1\n" + sandbox_relaxations(*paths) +
         f"ExecStart=\nExecStart={unit_exec_start()} --log-level debug\n")
     (units / f"{TENSORBOARD.name}.d").mkdir()
-    (units / f"{TENSORBOARD.name}.d" / "test.conf").write_text("[Service]\n" + sandbox_relaxations(*paths))
+    relaxed = sandbox_relaxations(*paths)
+    if "PrivateTmp=no" in relaxed:  # DynamicUser= implies a private /tmp that PrivateTmp=no cannot undo;
+        # and without a private one, ProtectSystem=strict leaves /tmp read-only: TensorBoard needs a temp dir
+        relaxed += "DynamicUser=no\nUser=amapiano\nReadWritePaths=/tmp\n"
+    (units / f"{TENSORBOARD.name}.d" / "test.conf").write_text("[Service]\n" + relaxed)
     (units / "harness.service").write_text(
         "[Unit]\nDescription=test harness\nAfter=multi-user.target\n"
         "[Service]\nType=oneshot\nExecStart=/results/harness.sh\nTimeoutStartSec=400\n"
