@@ -154,9 +154,10 @@ def test_a_milestone_due_before_the_first_checkpoint_waits_for_one(tmp_path, dae
                               max_cost_usd=1000.0, margin_pct=1.0)
     d = daemons(config)
     done = d.wait_state(lambda s: (s.get("milestone") or {}).get("status") in ("done", "failed"), timeout=120)
-    # What this checks is the wait: it evaluated a real checkpoint and decided (a few steps of the
-    # tiny model are not significantly better than the baseline, so not GO: see the decision tests).
-    assert done["milestone"]["status"] == "done" and done["milestone"]["decision"] in ("CONDITIONAL GO", "GO")
+    # What this checks is the wait: it evaluated a real checkpoint and decided. Which decision a few
+    # steps of the tiny model earn against the baseline is chance (the decision rule has its own tests).
+    assert done["milestone"]["status"] == "done"
+    assert done["milestone"]["decision"] in ("GO", "CONDITIONAL GO", "NO-GO")
     assert '"event":"milestone.waiting_for_checkpoint"' in d.log_text()
     report = json.loads((tmp_path / "state" / "reports" / "week_5_metrics.json").read_text())
     assert report["checkpoint"]
