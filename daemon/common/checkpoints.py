@@ -18,7 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 PREFIX = "step_"
 MARKER_SUFFIX = ".json"
@@ -144,14 +144,6 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             sha.update(chunk)
     return sha.hexdigest()
-
-
-def sha256_stream(f: BinaryIO) -> tuple[str, int]:
-    sha, size = hashlib.sha256(), 0
-    while chunk := f.read(CHUNK):
-        sha.update(chunk)
-        size += len(chunk)
-    return sha.hexdigest(), size
 
 
 def _valid_manifest(manifest: Any) -> bool:
