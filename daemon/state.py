@@ -212,8 +212,12 @@ def open_run(path: Path, now: datetime, log: Any) -> State:
         if journal.last(journal_path) is None:
             raise  # nothing to rebuild from: a person decides (exit 65, the file untouched)
         aside = path.with_name(f"{path.name}.bad.{now.strftime('%Y%m%dT%H%M%SZ')}")
-        os.replace(path, aside)  # kept for a look; the run goes on from the journal
-        log.error("state.moved_aside", error=str(e), moved_to=str(aside), note="rebuilding the run from the journal")
+        try:
+            os.replace(path, aside)  # kept for a look; the run goes on from the journal
+            log.error("state.moved_aside", error=str(e), moved_to=str(aside), note="rebuilding the run from the journal")
+        except OSError as oe:  # a read-only or full disk: leave it; the next state write replaces it
+            log.error("state.unreadable", error=str(e), move_aside_failed=str(oe),
+                      note="rebuilding the run from the journal")
         state = None
     rec = journal.last(journal_path) if state is None else None
     if rec is not None:
