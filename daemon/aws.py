@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -99,23 +100,31 @@ class Aws:
     def _state_key(self) -> str:
         return f"{self.cfg.s3_prefix}/state.json" if self.cfg.s3_prefix else "state.json"
 
-    def put_confirmed(self, path: Path, key: str) -> dict:
+    def put_confirmed(self, path: Path, key: str, expect_sha256: str | None = None) -> dict:
         """Upload one file with its SHA-256 as metadata, then confirm size and checksum in the
-        bucket before it counts. Returns {key, bytes, sha256}."""
+        bucket before it counts. With `expect_sha256` (a marker's), a file damaged on disk is
+        refused before it can replace a good copy. Returns {key, bytes, sha256}."""
         s3, bucket = self.client("s3"), self.cfg.s3_bucket
         sha = checkpoints.sha256_file(path)
+        if expect_sha256 is not None and sha != expect_sha256:
+            raise OSError(f"{path}: SHA-256 does not match its marker (damaged on disk); not uploaded")
         size = path.stat().st_size
         s3.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}})
         head = s3.head_object(Bucket=bucket, Key=key)
         if head["ContentLength"] != size or (head.get("Metadata") or {}).get("sha256") != sha:
-            raise IOError(f"s3://{bucket}/{key}: {head['ContentLength']} bytes / checksum "
+            raise OSError(f"s3://{bucket}/{key}: {head['ContentLength']} bytes / checksum "
                           f"{(head.get('Metadata') or {}).get('sha256')} in the bucket, {size} / {sha} on disk")
         return {"key": key, "bytes": size, "sha256": sha}
 
     def upload_checkpoint(self, marker: checkpoints.Marker) -> list[dict]:
-        """The .pt, then the marker that commits it; both confirmed."""
-        return [self.put_confirmed(marker.path, self._key(marker.path.name)),
-                self.put_confirmed(marker.marker, self._key(marker.marker.name))]
+        """The bytes (the .pt, or every file a sharded checkpoint's manifest lists), then the
+        marker that commits them; each confirmed."""
+        if marker.sharded:
+            done = [self.put_confirmed(marker.path / name, self._key(f"{marker.path.name}/{name}"), entry["sha256"])
+                    for name, entry in marker.meta["manifest"].items()]
+        else:
+            done = [self.put_confirmed(marker.path, self._key(marker.path.name), marker.meta["sha256"])]
+        return [*done, self.put_confirmed(marker.marker, self._key(marker.marker.name))]
 
     def upload_state(self, path: Path) -> dict:
         return self.put_confirmed(path, self._state_key())
@@ -125,10 +134,9 @@ class Aws:
         s3, steps = self.client("s3"), set()
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.cfg.s3_bucket, Prefix=self._key("step_")):
             for obj in page.get("Contents", []):
-                name = obj["Key"].rsplit("/", 1)[-1]
-                step = checkpoints.step_of(name)
-                if step is not None and name == checkpoints.marker_path(Path("."), step).name:
-                    steps.add(step)
+                step = checkpoints.step_of(obj["Key"].rsplit("/", 1)[-1])
+                if step is not None and obj["Key"] == self._key(checkpoints.marker_path(Path("."), step).name):
+                    steps.add(step)  # a shard's key (step_X.dcp/...) or a look-alike is not a marker
         return sorted(steps)
 
     def _get_small(self, key: str, limit: int) -> bytes | None:
@@ -138,7 +146,7 @@ class Aws:
         except s3.exceptions.NoSuchKey:
             return None
         if obj["ContentLength"] > limit:
-            raise IOError(f"s3://{self.cfg.s3_bucket}/{key}: {obj['ContentLength']} bytes, more than {limit}")
+            raise OSError(f"s3://{self.cfg.s3_bucket}/{key}: {obj['ContentLength']} bytes, more than {limit}")
         return obj["Body"].read(limit + 1)[:limit]
 
     def get_marker(self, step: int) -> Any:
@@ -149,31 +157,54 @@ class Aws:
         return self._get_small(self._state_key(), STATE_LIMIT)
 
     def delete_checkpoint(self, step: int) -> None:
-        """Un-commit first (the marker), then the bytes."""
-        s3 = self.client("s3")
+        """Un-commit first (the marker), then the bytes (a .pt, or a sharded checkpoint's files)."""
+        s3, bucket = self.client("s3"), self.cfg.s3_bucket
         for path in (checkpoints.marker_path(Path("."), step), checkpoints.data_path(Path("."), step)):
-            s3.delete_object(Bucket=self.cfg.s3_bucket, Key=self._key(path.name))
+            s3.delete_object(Bucket=bucket, Key=self._key(path.name))
+        shards = self._key(checkpoints.sharded_path(Path("."), step).name + "/")
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=shards):
+            for obj in page.get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])
 
-    def download_checkpoint(self, marker: dict, directory: Path) -> Path:
-        """Fetch a checkpoint whose marker was checked, and commit it locally after its SHA-256."""
-        step = marker["step"]
-        target = checkpoints.data_path(directory, step)
-        if checkpoints.inside(directory, target.name) is None:
-            raise IOError(f"{target}: outside {directory}")
+    def download_checkpoint(self, meta: Any, directory: Path) -> Path:
+        """Fetch a checkpoint whose marker is checked here (step, file, manifest: nothing in it
+        names a path outside `directory`), verify every byte against it, then commit it locally:
+        the data renamed into place, then the marker."""
+        step = meta.get("step") if isinstance(meta, dict) else None
+        marker = checkpoints.parse_marker(meta, step, directory) if isinstance(step, int) else None
+        if marker is None or (marker.sharded and checkpoints.manifest_sha256(meta["manifest"]) != meta["sha256"]):
+            raise OSError(f"s3://{self.cfg.s3_bucket}: the marker for step {step} is not a valid checkpoint marker")
         directory.mkdir(mode=0o750, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-        os.close(fd)
-        try:
-            self.client("s3").download_file(self.cfg.s3_bucket, self._key(target.name), tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            if checkpoints.sha256_file(Path(tmp)) != marker.get("sha256"):
-                raise IOError(f"s3://{self.cfg.s3_bucket}/{self._key(target.name)}: SHA-256 does not match its marker")
-            os.chmod(tmp, 0o640)
-            os.replace(tmp, target)
-            fsync_dir(directory)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        write_json_atomic(checkpoints.marker_path(directory, step), marker)
-        return target
+        if marker.sharded:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{marker.path.name}.", suffix=".tmp", dir=directory))
+            try:
+                for name, entry in meta["manifest"].items():
+                    self._fetch(f"{marker.path.name}/{name}", tmp / name, entry["sha256"])
+                fsync_dir(tmp)
+                if marker.path.exists():  # shards of no marker (newer than every local checkpoint)
+                    shutil.rmtree(marker.path)
+                os.replace(tmp, marker.path)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{marker.path.name}.", suffix=".tmp", dir=directory)
+            os.close(fd)
+            try:
+                self._fetch(marker.path.name, Path(name), meta["sha256"])
+                os.replace(name, marker.path)
+            except BaseException:
+                Path(name).unlink(missing_ok=True)
+                raise
+        fsync_dir(directory)
+        write_json_atomic(marker.marker, meta)
+        return marker.path
+
+    def _fetch(self, name: str, dest: Path, sha256: str) -> None:
+        """One object to `dest`, fsynced, 0640, and only if its SHA-256 is the marker's."""
+        self.client("s3").download_file(self.cfg.s3_bucket, self._key(name), str(dest))
+        with open(dest, "rb") as f:
+            os.fsync(f.fileno())
+        if checkpoints.sha256_file(dest) != sha256:
+            raise OSError(f"s3://{self.cfg.s3_bucket}/{self._key(name)}: SHA-256 does not match its marker")
+        os.chmod(dest, 0o640)

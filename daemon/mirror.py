@@ -4,8 +4,9 @@ scheduler thread only starts them.
 
 An upload counts once the bucket confirms its size and SHA-256. The bucket is pruned like the
 local directory (the last K plus the best). Nothing from the bucket is trusted: a marker's step
-must match its key and its `file` must be its own .pt, every local path is resolved inside the
-checkpoint directory, bytes are checked against the marker's SHA-256 before they are committed,
+must match its key and its `file` must be its own .pt or .dcp (a sharded checkpoint, whose
+manifest names only plain files), every local path is resolved inside the checkpoint
+directory, bytes (every shard's) are checked against the marker's SHA-256 before they are committed,
 a state.json must load as one before it replaces anything, and nothing is unpickled.
 """
 from __future__ import annotations
@@ -22,12 +23,6 @@ from .common.clock import iso, parse_iso
 from .common.config import Config
 from .instance import Instance
 from .state import load_state
-
-
-def marker_ok(marker: Any, step: int) -> bool:
-    return (isinstance(marker, dict) and marker.get("step") == step and not isinstance(marker.get("step"), bool)
-            and marker.get("file") == checkpoints.data_path(Path("."), step).name
-            and isinstance(marker.get("bytes"), int) and isinstance(marker.get("sha256"), str))
 
 
 def restore_state(cfg: Config, log: Any, instance: Instance) -> str | None:
@@ -97,8 +92,9 @@ class Mirror:
                     self.log.info("s3.restore_not_needed", s3_step=step, local_step=local.step)
                     return
                 marker = aws.get_marker(step)
-                if not marker_ok(marker, step):
-                    self.log.error("s3.marker_refused", step=step, note="its step or file field does not match its key")
+                if checkpoints.parse_marker(marker, step, self.cfg.checkpoint_dir) is None:
+                    self.log.error("s3.marker_refused", step=step,
+                                   note="its step, file or manifest does not match its key")
                     continue
                 self.log.info("s3.restoring", step=step, bucket=self.cfg.aws.s3_bucket)
                 path = aws.download_checkpoint(marker, self.cfg.checkpoint_dir)
@@ -189,8 +185,8 @@ class Mirror:
         markers = []
         for step in steps:
             meta = aws.get_marker(step)
-            if marker_ok(meta, step):
-                markers.append(checkpoints.Marker(step, checkpoints.data_path(Path("."), step), meta))
+            if (marker := checkpoints.parse_marker(meta, step, Path("."))) is not None:
+                markers.append(marker)
         keep = checkpoints.kept(markers, self.cfg.train.keep_checkpoints) | {steps[-1]}
         gone = [s for s in steps if s not in keep]
         for step in gone:

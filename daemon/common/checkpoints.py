@@ -83,6 +83,11 @@ def read_marker(path: Path) -> Marker | None:
         meta = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
+    return parse_marker(meta, step, path.parent)
+
+
+def parse_marker(meta: Any, step: int, directory: Path) -> Marker | None:
+    """A marker's JSON (from disk or from a bucket) checked against the step its name says."""
     if not isinstance(meta, dict) or meta.get("step") != step or isinstance(meta.get("step"), bool):
         return None
     file = meta.get("file", f"{stem(step)}{DATA_SUFFIX}")
@@ -93,7 +98,7 @@ def read_marker(path: Path) -> Marker | None:
         return None
     if sharded and not _valid_manifest(meta.get("manifest")):
         return None
-    return Marker(step, path.with_suffix(SHARDED_SUFFIX if sharded else DATA_SUFFIX), meta)
+    return Marker(step, (sharded_path if sharded else data_path)(directory, step), meta)
 
 
 def list_checkpoints(directory: Path) -> list[Marker]:

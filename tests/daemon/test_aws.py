@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import pytest
+
 from daemon.aws import Aws, parse_spot_price
 from daemon.common.config import AwsConfig
 
@@ -72,3 +74,122 @@ def test_s3_mirror_commits_marker_last_and_restores_verified(aws, tmp_path):
     with pytest.raises(IOError, match="SHA-256 does not match"):
         port.download_checkpoint(bad, tmp_path / "dest2")
     assert not list((tmp_path / "dest2").iterdir())  # nothing half-written
+
+
+def _sharded(directory, step, files):
+    """A committed sharded checkpoint as trainer/worker/distributed.py lays it out (torch-free)."""
+    import json
+
+    from daemon.common import checkpoints
+
+    d = checkpoints.sharded_path(directory, step)
+    d.mkdir(parents=True)
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    manifest = checkpoints.manifest_of(d)
+    meta = {"step": step, "file": d.name, "bytes": sum(e["bytes"] for e in manifest.values()),
+            "sha256": checkpoints.manifest_sha256(manifest), "manifest": manifest}
+    checkpoints.marker_path(directory, step).write_text(json.dumps(meta))
+    return meta
+
+
+SHARDS = {".metadata": b"m" * 300, "__0_0.distcp": b"a" * 70_000, "__1_0.distcp": b"b" * 70_000, "extra.pt": b"e" * 500}
+
+
+def test_a_sharded_checkpoint_goes_up_shard_by_shard_and_comes_back_verified(aws, tmp_path):
+    import boto3
+
+    from daemon.common import checkpoints
+
+    s3 = boto3.client("s3", endpoint_url=aws, region_name="us-east-1")
+    s3.create_bucket(Bucket="mirror-bucket")
+    port = Aws(AwsConfig(endpoint_url=aws, s3_bucket="mirror-bucket", s3_prefix="run1"), "us-east-1")
+    meta = _sharded(tmp_path / "src", 30, SHARDS)
+    confirmed = port.upload_checkpoint(checkpoints.newest(tmp_path / "src"))
+    assert [c["key"] for c in confirmed][-1] == "run1/checkpoints/step_00000030.json"  # the commit comes last
+    assert sorted(c["key"] for c in confirmed[:-1]) == sorted(f"run1/checkpoints/step_00000030.dcp/{n}" for n in SHARDS)
+    assert port.bucket_steps() == [30]  # shard keys are not markers
+    path = port.download_checkpoint(port.get_marker(30), tmp_path / "dest")
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == SHARDS
+    back = checkpoints.newest(tmp_path / "dest")
+    assert back.step == 30 and back.sharded and checkpoints.verify(back) is None
+    # A shard damaged in the bucket: refused, nothing half-written, no marker.
+    s3.put_object(Bucket="mirror-bucket", Key="run1/checkpoints/step_00000030.dcp/__1_0.distcp", Body=b"x" * 70_000)
+    with pytest.raises(OSError, match="SHA-256 does not match"):
+        port.download_checkpoint(meta, tmp_path / "dest2")
+    assert list((tmp_path / "dest2").iterdir()) == []
+    port.delete_checkpoint(30)  # the marker and every shard
+    assert s3.list_objects_v2(Bucket="mirror-bucket", Prefix="run1/checkpoints/").get("KeyCount") == 0
+
+
+@pytest.mark.parametrize("evil", ["../../jobs.sqlite", "..", "a/b", ""])
+def test_a_bucket_manifest_naming_a_path_outside_is_refused_before_any_download(aws, tmp_path, evil):
+    import boto3
+
+    from daemon.common import checkpoints
+
+    boto3.client("s3", endpoint_url=aws, region_name="us-east-1").create_bucket(Bucket="mirror-bucket")
+    port = Aws(AwsConfig(endpoint_url=aws, s3_bucket="mirror-bucket"), "us-east-1")
+    manifest = {evil: {"bytes": 3, "sha256": "0" * 64}}
+    meta = {"step": 5, "file": "step_00000005.dcp", "bytes": 3, "sha256": checkpoints.manifest_sha256(manifest),
+            "manifest": manifest}
+    with pytest.raises(OSError, match="not a valid checkpoint marker"):
+        port.download_checkpoint(meta, tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "jobs.sqlite").exists()
+
+
+def test_a_local_checkpoint_damaged_on_disk_is_not_uploaded_over_the_good_copy(aws, tmp_path):
+    import boto3
+
+    from daemon.common import checkpoints
+
+    s3 = boto3.client("s3", endpoint_url=aws, region_name="us-east-1")
+    s3.create_bucket(Bucket="mirror-bucket")
+    port = Aws(AwsConfig(endpoint_url=aws, s3_bucket="mirror-bucket"), "us-east-1")
+    _sharded(tmp_path / "src", 30, SHARDS)
+    (tmp_path / "src" / "step_00000030.dcp" / "__0_0.distcp").write_bytes(b"rot" * 10)
+    with pytest.raises(OSError, match="damaged on disk"):
+        port.upload_checkpoint(checkpoints.newest(tmp_path / "src"))
+    assert port.bucket_steps() == []
+
+
+def test_the_mirror_keeps_a_sharded_run_in_the_bucket_and_a_fresh_disk_gets_it_back(aws, tmp_path):
+    """FSDP's checkpoints through the daemon's own mirror: uploaded, pruned like the local
+    directory (last K + best), and restored onto an empty checkpoint directory."""
+    import shutil
+
+    import boto3
+
+    from conftest import write_config
+    from daemon.common import checkpoints
+    from daemon.common.clock import Clock
+    from daemon.common.config import load_config
+    from daemon.instance import Instance
+    from daemon.mirror import Mirror
+
+    s3 = boto3.client("s3", endpoint_url=aws, region_name="us-east-1")
+    s3.create_bucket(Bucket="mirror-bucket")
+    cfg = load_config(write_config(tmp_path, {"aws": {"endpoint_url": aws, "s3_bucket": "mirror-bucket",
+                                                      "region": "us-east-1", "imds_url": ""},
+                                              "train": {"keep_checkpoints": 1}}))
+    cfg.state_file.parent.mkdir(parents=True)
+    cfg.state_file.write_text('{"run_id": "r"}')
+    events = []
+    log = type("Log", (), {"__getattr__": lambda self, lv: lambda ev, **kw: events.append((lv, ev, kw))})()
+    alerts = []
+    mirror = Mirror(cfg, log, Clock(), Instance(cfg, log, Clock()), lambda: False,
+                    lambda *a: alerts.append(a), None)
+    for step in (10, 20):
+        _sharded(cfg.checkpoint_dir, step, {k: v + bytes([step]) for k, v in SHARDS.items()})
+        mirror.sync()
+        mirror.wait(60)
+    assert alerts == [] and mirror.confirmed_newest(), events
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="mirror-bucket")["Contents"]}
+    assert {k for k in keys if "step_00000010" in k} == set()  # pruned: the marker and every shard
+    assert {k for k in keys if "step_00000020" in k} == {f"amapiano-train/checkpoints/step_00000020.dcp/{n}" for n in SHARDS} | {
+        "amapiano-train/checkpoints/step_00000020.json"}
+    shutil.rmtree(cfg.checkpoint_dir)  # a replacement instance's empty disk
+    mirror.start_restore()
+    mirror.restoring.join(60)
+    back = checkpoints.newest(cfg.checkpoint_dir)
+    assert back is not None and back.step == 20 and back.sharded and checkpoints.verify(back) is None

@@ -132,7 +132,7 @@ def daemon_paths(world, variant, aws: Aws) -> dict:
     data = checkpoints.data_path(work, 8)
     data.write_bytes(os.urandom(2048))
     marker = checkpoints.marker_path(work, 8)
-    marker.write_text(json.dumps({"step": 8, "sha256": checkpoints.sha256_file(data)}))
+    marker.write_text(json.dumps({"step": 8, "file": data.name, "bytes": 2048, "sha256": checkpoints.sha256_file(data)}))
     message = EmailMessage()
     message["From"], message["Subject"] = SENDER, "[amapiano-train] test"
     message.set_content("policy test")
