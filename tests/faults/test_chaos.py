@@ -334,8 +334,8 @@ class Chaos:
                 return False
             if kind == "disk.full":
                 _fill(self.filler)
-            else:
-                _read_only(self.state_dir)
+            elif not _read_only(self.state_dir):
+                return False
             self.storage_fault = kind
             self.storage_window = (now, self._write_failed_lines())
             self.undo.append((now + rng.uniform(1.0, 3.0), kind, None))
@@ -459,13 +459,20 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def _read_only(where: Path) -> None:
+def _read_only(where: Path) -> bool:
     """The state directory turns read-only (EROFS), as ext4's errors=remount-ro does. `mount -o
     remount,ro` itself is refused (EBUSY) while a process holds a file there open for writing (the
     supervisor's and the worker's lock files), so a read-only bind of the directory goes on top:
-    every path opened from now on is read-only; descriptors already open keep working."""
+    every path opened from now on is read-only; descriptors already open keep working. The bind's
+    own remount is refused (EBUSY) too if a file was opened for writing through it in between (a
+    state.json temp file): tried again for a moment, else the bind is undone and nothing injected."""
     subprocess.run(["mount", "--bind", str(where), str(where)], check=True)
-    subprocess.run(["mount", "-o", "remount,bind,ro", str(where)], check=True)
+    for _ in range(40):
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(where)], capture_output=True).returncode == 0:
+            return True
+        time.sleep(0.05)
+    subprocess.run(["umount", "-l", str(where)], check=True)
+    return False
 
 
 def _fill(path: Path) -> None:
