@@ -68,7 +68,9 @@ def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> str
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # One write() per line (PrintLogger writes the newline apart): the ranks of a process group
+        # share the journal's stream, and two half-lines from two ranks make one unreadable line.
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()

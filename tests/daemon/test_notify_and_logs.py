@@ -88,3 +88,22 @@ def test_log_level_filters():
     structlog.get_logger("t").info("hidden")
     structlog.get_logger("t").warning("shown")
     assert [json.loads(line[3:])["event"] for line in out.getvalue().splitlines()] == ["shown"]
+
+
+def test_processes_sharing_one_stream_never_merge_two_lines(tmp_path):
+    """The ranks of a process group write to the journal's one stream: every line must reach it
+    whole (one write per line), or two half-lines make one unreadable one."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from daemon.common import log; log.configure('json', 'info');"
+            "g = log.get('t'); [g.warning('rank.line', rank=sys.argv[1], i=i, pad='x' * 150) for i in range(1500)]")
+    out = tmp_path / "journal"
+    with open(out, "wb") as stream:
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(r)], stdout=stream, env={**os.environ,
+                                  "PYTHONUNBUFFERED": "1"}) for r in range(4)]
+        assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    lines = out.read_text().splitlines()
+    assert len(lines) == 6000
+    events = [json.loads(line[3:]) for line in lines]  # each one whole, after its <4> priority
+    assert sorted((e["rank"], e["i"]) for e in events) == sorted((str(r), i) for r in range(4) for i in range(1500))
