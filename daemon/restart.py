@@ -7,11 +7,13 @@ after `max_restarts_without_progress` restarts in which the newest checkpoint di
 or after `max_crashes` crashes within `crash_window`. A preemption exit (the worker
 checkpointed on request) is not a failure; a config error (78) fails at once.
 
-CUDA out of memory comes in two kinds. The worker answers an OOM in training itself (it halves
-the micro-batch, doubles the accumulation and goes on: the supervisor sees only the heartbeat's
-`oom_backoffs`). When nothing is left to halve it exits with a `DoesNotFit` failure: the model
-does not fit this GPU at micro-batch 1, a restart would fail the same way, so it fails at once.
-Any other OOM (outside a training step) is a crash like any other.
+CUDA out of memory comes in three kinds. One worker process answers an OOM in training itself
+(it halves the micro-batch, doubles the accumulation and goes on: the supervisor sees only the
+heartbeat's `oom_backoffs`). A process group cannot (daemon/common/oom.py): the rank records the
+group's smaller micro-batch and exits, and the group is restarted at once, no failure counted,
+as long as each such restart is at a smaller micro-batch than the last. When nothing is left to
+halve the worker exits with `DoesNotFit`: the model does not fit this GPU, a restart would fail
+the same way, so it fails at once. Any other OOM (outside a training step) is a crash.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from .common.config import SupervisorConfig
 from .common import exits
 
 
-DOES_NOT_FIT = "DoesNotFit"  # trainer/worker/train.py's exception: OOM at micro-batch 1
+DOES_NOT_FIT = "DoesNotFit"  # trainer/worker/setup.py's exception: OOM at the smallest micro-batch
+OOM_BACKOFF = "OomBackOff"   # a process group's back-off, recorded by the rank that ran out (common/oom.py)
 
 
 @dataclass(frozen=True)
@@ -33,9 +36,11 @@ class WorkerExit:
     signal: str | None = None   # "SIGKILL", ...
     error_type: str | None = None
     message: str | None = None
+    micro_batch: int | None = None  # a group back-off's next micro-batch
 
     @property
-    def kind(self) -> Literal["completed", "preempted", "config", "killed", "does_not_fit", "oom", "crash"]:
+    def kind(self) -> Literal["completed", "preempted", "config", "killed", "does_not_fit", "oom_backoff", "oom",
+                              "crash"]:
         if self.code == exits.OK:
             return "completed"
         if self.code == exits.PREEMPTED:
@@ -44,6 +49,8 @@ class WorkerExit:
             return "config"
         if self.error_type == DOES_NOT_FIT:
             return "does_not_fit"
+        if self.error_type == OOM_BACKOFF and self.micro_batch is not None:
+            return "oom_backoff"
         text = f"{self.error_type or ''} {self.message or ''}".lower()
         if "out of memory" in text or "outofmemory" in text:
             return "oom"
@@ -65,6 +72,7 @@ class RestartHistory:
     consecutive_failures: int = 0
     restarts_without_progress: int = 0
     checkpoint_step: int | None = None
+    backoff_micro: int | None = None  # the smallest micro-batch a group back-off has restarted at
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,11 @@ def decide(history: RestartHistory, exit: WorkerExit, checkpoint_step: int | Non
 
     progressed = checkpoint_step is not None and (history.checkpoint_step is None
                                                   or checkpoint_step > history.checkpoint_step)
+    if kind == "oom_backoff" and (history.backoff_micro is None or exit.micro_batch < history.backoff_micro):
+        # Agreed by the group through this restart; each one at least halves the micro-batch, so
+        # there are few. The same or a larger micro-batch again is a crash like any other.
+        return Decision("restart", reason=f"a rank ran out of GPU memory: the group restarts at micro-batch "
+                                          f"{exit.micro_batch}"), replace(history, backoff_micro=exit.micro_batch)
     if kind == "preempted":
         # It checkpointed on request: come back at once, and it is no failure.
         return Decision("restart", reason="worker checkpointed on request"), replace(

@@ -17,10 +17,11 @@ import signal
 import subprocess
 from pathlib import Path
 
+from .common import oom
 from .common.atomic import read_json
 from .common.config import TrainConfig
 from .common.launch import python_command, spawn
-from .restart import WorkerExit
+from .restart import DOES_NOT_FIT, OOM_BACKOFF, WorkerExit
 
 
 def visible_gpus(environ: dict | None = None) -> int:
@@ -83,6 +84,8 @@ class WorkerProcess:
         self.nproc = nproc
         self._proc: subprocess.Popen | None = None
         self._stale: int | None = None  # mtime_ns of an earlier run's failure file we could not delete
+        self.oom_file = oom.path(failure_file.parent)  # a group's OOM back-off (daemon/common/oom.py)
+        self._oom_before: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -97,19 +100,32 @@ class WorkerProcess:
         try:
             self.failure_file.unlink(missing_ok=True)
         except OSError:  # a read-only state dir: the worker will fail and say so; the tick goes on
-            self._stale = self._mtime()
+            self._stale = self._mtime(self.failure_file)
+        self._oom_before = self._mtime(self.oom_file)  # the record stays: only a newer one is this run's
         self._proc = spawn(self.command(), AMAPIANO_SUPERVISOR_PID=str(os.getpid()))
         return self._proc.pid
 
-    def _mtime(self) -> int | None:
+    @staticmethod
+    def _mtime(path: Path) -> int | None:
         try:
-            return os.stat(self.failure_file).st_mtime_ns
+            return os.stat(path).st_mtime_ns
         except OSError:
             return None
 
     def _failure(self) -> dict:
-        """This run's failure file, if it wrote one (an earlier run's, left undeletable, is not its)."""
-        if self._stale is not None and self._mtime() == self._stale:
+        """This run's failure file, if it wrote one (an earlier run's, left undeletable, is not its).
+        A group back-off this run recorded says more than rank 0's file (which then shows only a
+        collective cut short by the rank that left)."""
+        mtime = self._mtime(self.oom_file)
+        if self.nproc > 1 and mtime is not None and mtime != self._oom_before:
+            record = oom.read(self.oom_file.parent)
+            if record is not None:
+                if record.micro_batch is None:
+                    return {"type": DOES_NOT_FIT, "message": record.error}
+                return {"type": OOM_BACKOFF, "micro_batch": record.micro_batch,
+                        "message": f"{record.error} on rank {record.rank} at step {record.step}: the group "
+                                   f"restarts at micro-batch {record.micro_batch}"}
+        if self._stale is not None and self._mtime(self.failure_file) == self._stale:
             return {}
         return read_json(self.failure_file) or {}
 
@@ -127,7 +143,8 @@ class WorkerProcess:
                               error_type=failure.get("type"), message=failure.get("message"))
         if self.nproc > 1 and rc != 0 and isinstance(failure.get("exit"), int):
             rc = failure["exit"]  # rank 0's own status, which torchrun's 1 hides
-        return WorkerExit(code=rc, error_type=failure.get("type"), message=failure.get("message"))
+        return WorkerExit(code=rc, error_type=failure.get("type"), message=failure.get("message"),
+                          micro_batch=failure.get("micro_batch") if failure.get("type") == OOM_BACKOFF else None)
 
     def signal(self, sig: int) -> None:
         if self._proc is None or self._proc.poll() is not None:

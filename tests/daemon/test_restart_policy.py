@@ -52,6 +52,26 @@ def test_an_oom_the_worker_could_not_back_off_fails_at_once_and_an_unhandled_one
     assert [d.action for d in decisions] == ["restart", "restart"]
 
 
+def group_oom(micro: int) -> WorkerExit:
+    return WorkerExit(1, error_type="OomBackOff", message=f"CUDA out of memory on rank 1 at step 5: the group "
+                                                          f"restarts at micro-batch {micro}", micro_batch=micro)
+
+
+def test_a_group_back_off_restarts_at_once_while_the_micro_batch_shrinks_then_counts_as_a_crash():
+    """8 -> 4 -> 2 without a checkpoint in between: restarts at once, no failure counted (more
+    than max_restarts_without_progress of them would otherwise fail the run). The same micro-batch
+    recorded again (a record that stopped shrinking) is an ordinary crash, which the limits bound."""
+    decisions, history = run([group_oom(4), group_oom(2), group_oom(1)], [100, 100, 100], start_step=100)
+    assert [(d.action, d.delay) for d in decisions] == [("restart", 0)] * 3
+    assert "micro-batch 1" in decisions[-1].reason and history.consecutive_failures == 0
+    assert history.restarts_without_progress == 0 and history.backoff_micro == 1
+    again = [group_oom(1)] * 4  # the first is a back-off; the three after it are crashes
+    decisions, history = run([group_oom(2), *again], [100] * 5, start_step=100)
+    assert [d.action for d in decisions] == ["restart"] * 4 + ["fail"]
+    assert "3 restarts without checkpoint progress" in decisions[-1].reason
+    assert WorkerExit(1, error_type="OomBackOff", message="x").kind == "crash"  # no micro-batch: not one
+
+
 def test_preemption_restarts_at_once_and_is_not_a_failure():
     decisions, history = run([WorkerExit(75)] * 10, [100] * 10)
     assert all(d.action == "restart" and d.delay == 0 for d in decisions)

@@ -76,14 +76,15 @@ def cmd_train(args: argparse.Namespace, stop=None) -> int:
 
 
 def run_worker(args: argparse.Namespace, cfg, log, stop) -> int:
-    from daemon.common import exits
+    from daemon.common import exits, oom
     from daemon.common.config import ConfigError
 
     from . import distributed
+    from .backoff import GroupBackOff
     from .checkpoint import CheckpointError
     from .data import DataError
     from .lock import acquire
-    from .train import Trainer, write_failure
+    from .train import Trainer
 
     failure_file = args.failure_file if distributed.is_writer() else None  # one failure file per group
     try:
@@ -94,6 +95,10 @@ def run_worker(args: argparse.Namespace, cfg, log, stop) -> int:
         write_failure(failure_file, e)
         log.error("train.bad_input", error=str(e))
         return exits.CONFIG
+    except GroupBackOff as e:  # the record is written: torchrun ends the group, the supervisor restarts it
+        write_failure(failure_file, e)
+        log.warning("train.oom_group_backoff", error=str(e), record=str(oom.path(cfg.run.state_dir)))
+        return exits.FAILED
     except BaseException as e:
         if isinstance(e, SystemExit):
             raise
@@ -135,3 +140,18 @@ def exec_group(args: argparse.Namespace, cfg, log) -> int:
     command = group_command(processes(cfg), argv)
     log.info("train.group", processes=processes(cfg), strategy=cfg.train.strategy, command=" ".join(command))
     os.execve(command[0], command, child_environment())
+
+
+def write_failure(path: Path | None, error: BaseException) -> None:
+    """torchelastic-style: tell the supervisor why we died, before we do."""
+    if path is None:
+        return
+    import os
+    import traceback
+
+    from daemon.common.atomic import write_json_atomic
+    from daemon.common.clock import Clock, iso
+
+    write_json_atomic(path, {"type": type(error).__name__, "message": str(error),
+                             "traceback": "".join(traceback.format_exception(error)),
+                             "time": iso(Clock().now()), "pid": os.getpid()})

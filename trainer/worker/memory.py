@@ -185,13 +185,13 @@ def estimate(arch: Arch, micro_batch: int, frames: int, text_tokens: int, dtype:
                     activations=acts, peak=weights + optimizer + grads + copies_held + acts)
 
 
-def smaller_micro_batch(clips_per_step: int, micro_batch: int) -> int | None:
+def smaller_micro_batch(clips_per_step: int, micro_batch: int, world: int = 1) -> int | None:
     """The next micro-batch after a CUDA OOM: the largest divisor of the step's clips that is at
     most half the current one (exactly half for powers of two), so the accumulation makes up the
-    rest and the step sees the same clips. None at 1: nothing left to halve."""
-    if micro_batch <= 1:
-        return None
-    return max(d for d in range(1, micro_batch // 2 + 1) if clips_per_step % d == 0)
+    rest and the step sees the same clips; with `world` processes, also a multiple of it (each
+    rank takes an equal slice). None when nothing is left to halve."""
+    return max((d for d in range(world, micro_batch // 2 + 1)
+                if clips_per_step % d == 0 and d % world == 0), default=None)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from daemon.common.config import Config, ConfigError
 from . import precision
 
 # A test hook, never set in production: "N" makes every micro-batch of more than N clips raise
-# torch.OutOfMemoryError as CUDA would; "N@S" only from optimizer step S on.
+# torch.OutOfMemoryError as CUDA would; "N@S" only from optimizer step S on; "N@S@R" only on rank R.
 TEST_OOM_ABOVE = "AMAPIANO_TEST_OOM_ABOVE"
 
 
@@ -39,12 +39,13 @@ def pick_dtype(cfg: Config, device: torch.device) -> torch.dtype:
     return precision.torch_dtype(pick_precision(cfg, device))
 
 
-def test_oom_hook(value: str | None) -> tuple[int, int] | None:
-    """AMAPIANO_TEST_OOM_ABOVE's (clips, from_step), or None when unset."""
+def test_oom_hook(value: str | None) -> tuple[int, int, int | None] | None:
+    """AMAPIANO_TEST_OOM_ABOVE's (clips, from_step, rank or None for every rank), or None when unset."""
     if not value:
         return None
-    above, _, step = value.partition("@")
-    return int(above), int(step or 0)
+    above, _, rest = value.partition("@")
+    step, _, rank = rest.partition("@")
+    return int(above), int(step or 0), int(rank) if rank else None
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):

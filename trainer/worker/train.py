@@ -9,8 +9,9 @@ and exit 75; SIGUSR2 asks for a checkpoint and goes on.
 The GPU side: precision and attention kernels by compute capability (precision.py), gradient
 checkpointing where the memory model says the micro-batch does not fit (memory.py), and a CUDA
 out-of-memory error, at the first step or later, answered by halving the micro-batch and doubling
-the accumulation (the clips per step, hence the data order, stay the same) and going on. Only an
-OOM at micro-batch 1 ends the worker, as DoesNotFit, which the restart policy does not retry.
+the accumulation (the clips per step, hence the data order, stay the same) and going on; in a
+process group, by all ranks together through a restart (backoff.py). Only an OOM at the smallest
+micro-batch ends the worker, as DoesNotFit, which the restart policy does not retry.
 The loss stays on the device between log intervals: no per-micro-batch sync.
 """
 from __future__ import annotations
@@ -21,18 +22,17 @@ import math
 import os
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from daemon.common import exits
+from daemon.common import exits, oom
 from daemon.common.atomic import write_json_atomic
 from daemon.common.clock import Clock, iso
 from daemon.common.config import Config, ConfigError, to_dict
 
-from . import checkpoint, distributed, memory, precision
+from . import backoff, checkpoint, distributed, memory, precision
 from .data import DeviceBatches, epoch_order, load_splits, micro_batches
 from .model import TrainableMusicgen, arch_of, load_base_model, shape_of
 from .resume import (Progress, check_data_position, data_position, rng_state,  # noqa: F401 - re-exported
@@ -115,8 +115,12 @@ class Trainer:
         if n // self.per_step == 0:
             raise ConfigError(f"{cfg.source}: [train] batch_size * grad_accum_steps = {self.per_step} is more than "
                               f"the {n} training clips; one optimizer step needs that many")
-        self.micro = t.batch_size  # until a CUDA OOM halves it
-        self.oom_backoffs = 0
+        self.micro, self.oom_backoffs = t.batch_size, 0  # until a CUDA OOM halves it
+        earlier = backoff.recorded(cfg.run.state_dir, self.dist, self.per_step)  # a group's OOM before this start
+        if earlier is not None and earlier.micro_batch < self.micro:
+            self.micro, self.oom_backoffs = earlier.micro_batch, earlier.oom_backoffs
+            self.log.warning("train.oom_backoff_kept", micro_batch=self.micro, grad_accum=self.per_step // self.micro,
+                             since_step=earlier.step, rank=earlier.rank, record=str(oom.path(cfg.run.state_dir)))
         self.layout = memory.choose_layout(
             arch_of(base), cfg.data.frames, cfg.data.text_max_tokens, self.precision.dtype, t.batch_size,
             t.grad_accum_steps, t.gradient_checkpointing,
@@ -185,7 +189,7 @@ class Trainer:
         saved_micro = payload.get("micro_batch")
         if isinstance(saved_micro, int) and 0 < saved_micro < self.micro and self.per_step % saved_micro == 0:
             self.micro = saved_micro  # a back-off before the checkpoint: do not run into the same OOM again
-        self.oom_backoffs = int(payload.get("oom_backoffs") or 0)
+        self.oom_backoffs = max(self.oom_backoffs, int(payload.get("oom_backoffs") or 0))  # or a group's record
         self.p = Progress(step=payload["step"], best_val=payload["best_val_loss"], last_val=payload["val_loss"],
                           last_val_step=payload["val_step"], last_ckpt=marker, resumed_from=marker.step)
         log.info("train.resumed", step=self.p.step, checkpoint=str(marker.path), epoch=self.p.step // spe,
@@ -198,7 +202,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.precision.autocast)
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        if self.oom_hook and len(batch[0]) > self.oom_hook[0] and self.p.step >= self.oom_hook[1]:
+        if self.oom_hook and len(batch[0]) > self.oom_hook[0] and self.p.step >= self.oom_hook[1] \
+                and self.oom_hook[2] in (None, self.dist.rank):
             raise torch.OutOfMemoryError(f"CUDA out of memory (test hook {TEST_OOM_ABOVE}: {len(batch[0])} clips "
                                          f"> {self.oom_hook[0]})")
         with self.attention(), self.autocast():
@@ -239,10 +244,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler.is_enabled():
             self.scaler._per_optimizer_states.clear()  # a step cut short after unscale_ must unscale again
-        smaller = memory.smaller_micro_batch(self.per_step, self.micro)
-        if smaller is None:
-            raise DoesNotFit(f"{error} at micro-batch 1 while {where} (step {self.p.step}, after {self.oom_backoffs} "
-                             f"back-offs): this model does not fit this GPU; see `amapiano-train plan`")
+        smaller = backoff.next_micro(self.cfg.run.state_dir, self.dist, self.per_step, self.micro, self.p.step,
+                                     self.oom_backoffs, error, where)  # in a group: raises, and the group restarts
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -296,12 +299,16 @@ class Trainer:
         self.heartbeat("training")
 
     def _validate(self, clips: int) -> float:
+        """The summed loss; each rank takes its slice of every micro-batch (a rank whose slice is
+        empty runs one clip at weight 0: FSDP's forward is collective)."""
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         with torch.no_grad():
             for start in range(0, clips, self.micro):
                 idx = torch.arange(start, min(start + self.micro, clips))
-                total += self.loss(self.valid_split.batch(idx, self.device)).double() * len(idx)
-        return total.item()
+                mine = self.dist.slice(idx)
+                loss = self.loss(self.valid_split.batch(mine if len(mine) else idx[:1], self.device))
+                total += loss.double() * len(mine)
+        return (self.dist.mean(total) * self.dist.world).item()
 
     def save_checkpoint(self, then: str = "training") -> None:
         """Commit a checkpoint of this step and prune the old ones."""
@@ -330,14 +337,3 @@ class Trainer:
             self.heartbeat("stopped")
         self.log.info("train.preempted", reason=why, step=p.step, checkpoint=str(p.last_ckpt.path))
         return exits.PREEMPTED
-
-
-def write_failure(path: Path | None, error: BaseException, clock: Clock | None = None) -> None:
-    """torchelastic-style: tell the supervisor why we died, before we do."""
-    if path is None:
-        return
-    import traceback
-
-    write_json_atomic(path, {"type": type(error).__name__, "message": str(error),
-                             "traceback": "".join(traceback.format_exception(error)),
-                             "time": iso((clock or Clock()).now()), "pid": os.getpid()})

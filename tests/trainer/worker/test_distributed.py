@@ -154,3 +154,43 @@ def test_a_stop_reaches_every_rank_at_the_same_step(tmp_path):
     beat = heartbeat(tmp_path / "state")
     assert beat["activity"] == "stopped" and beat["last_checkpoint_step"] == beat["step"], out[-3000:]
     assert json.loads(failure.read_text())["exit"] == 75
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_an_oom_on_one_rank_backs_the_whole_group_off_and_the_run_finishes(tmp_path, daemons, strategy):
+    """Rank 1 alone runs out of memory at step 5 (the worker's test hook, rank-scoped). Going on
+    alone would leave rank 0 in a collective the other never joins, so the group agrees through a
+    restart: rank 1 records the smaller micro-batch and exits, the supervisor restarts the group at
+    once (no failure counted), every rank starts at the recorded micro-batch, and the run ends with
+    rank 0's curve equal to an uninterrupted one (the halves sum in another order: 1e-5)."""
+    ref, victim = tmp_path / "ref", tmp_path / "victim"
+    ref.mkdir(), victim.mkdir()
+    overrides = (BASE, width(2, strategy), {"train": {"epochs": 2}})
+    run_worker(write_config(ref, *overrides), 2)
+    d = daemons(write_config(victim, *overrides), {"AMAPIANO_TEST_OOM_ABOVE": "1@5@1"})
+    state = d.wait_state(lambda s: s.get("phase") in ("COMPLETED", "FAILED"), timeout=150)
+    assert state["phase"] == "COMPLETED", state.get("failure")
+    beat = heartbeat(victim / "state")
+    assert (beat["micro_batch"], beat["grad_accum"], beat["oom_backoffs"]) == (2, 4, 1)
+    events = [json.loads(line[3:]) for line in d.log_text().splitlines() if line[:3] in ("<6>", "<4>", "<3>")]
+    exited, done = [e for e in events if e["event"] == "worker.exited"]
+    assert done["kind"] == "completed"
+    assert (exited["kind"], exited["decision"]) == ("oom_backoff", "restart"), exited
+    assert "on rank 1 at step 5: the group restarts at micro-batch 2" in exited["reason"], exited
+    assert len([e for e in events if e["event"] == "worker.restarted"]) == 1
+    assert any("CUDA out of memory: micro-batch now 2 x 4" in a["subject"] for a in state.get("alerts", [])), state.get("alerts")
+    record = json.loads((victim / "state" / "oom_backoff.json").read_text())
+    assert (record["micro_batch"], record["rank"], record["step"]) == (2, 1, 5)
+    assert_same(curve(victim), curve(ref), 1e-5)
+    assert d.stop() == 0
+
+
+def test_a_group_oom_at_the_smallest_micro_batch_fails_at_once_saying_it_does_not_fit(tmp_path, daemons):
+    """2 ranks, micro-batch 2 (one clip each): nothing is left to halve; the run fails without
+    burning restarts, naming the plan."""
+    d = daemons(write_config(tmp_path, BASE, width(2, batch_size=2, grad_accum_steps=4)),
+                {"AMAPIANO_TEST_OOM_ABOVE": "0@3@0"})
+    state = d.wait_state(lambda s: s.get("phase") in ("COMPLETED", "FAILED"), timeout=120)
+    assert state["phase"] == "FAILED" and "does not fit" in state["failure"]["reason"], state.get("failure")
+    assert not [e for e in d.log_text().splitlines() if '"event":"worker.restarted"' in e]
+    assert d.stop() == 0
