@@ -100,12 +100,13 @@ class Aws:
     def _state_key(self) -> str:
         return f"{self.cfg.s3_prefix}/state.json" if self.cfg.s3_prefix else "state.json"
 
-    def put_confirmed(self, path: Path, key: str, expect_sha256: str | None = None) -> dict:
-        """Upload one file with its SHA-256 as metadata, then confirm size and checksum in the
-        bucket before it counts. With `expect_sha256` (a marker's), a file damaged on disk is
-        refused before it can replace a good copy. Returns {key, bytes, sha256}."""
+    def put_confirmed(self, path: Path, key: str, expect_sha256: str | None = None, scheme: str | None = None) -> dict:
+        """Upload one file with its digest (a marker's `hash` scheme; plain SHA-256 by default) as
+        metadata, then confirm size and checksum in the bucket before it counts. With
+        `expect_sha256` (a marker's), a file damaged on disk is refused before it can replace a
+        good copy. Returns {key, bytes, sha256}."""
         s3, bucket = self.client("s3"), self.cfg.s3_bucket
-        sha = checkpoints.sha256_file(path)
+        sha = checkpoints.digest_file(path, scheme)
         if expect_sha256 is not None and sha != expect_sha256:
             raise OSError(f"{path}: SHA-256 does not match its marker (damaged on disk); not uploaded")
         size = path.stat().st_size
@@ -123,7 +124,8 @@ class Aws:
             done = [self.put_confirmed(marker.path / name, self._key(f"{marker.path.name}/{name}"), entry["sha256"])
                     for name, entry in marker.meta["manifest"].items()]
         else:
-            done = [self.put_confirmed(marker.path, self._key(marker.path.name), marker.meta["sha256"])]
+            done = [self.put_confirmed(marker.path, self._key(marker.path.name), marker.meta["sha256"],
+                                       marker.meta.get("hash"))]
         return [*done, self.put_confirmed(marker.marker, self._key(marker.marker.name))]
 
     def upload_state(self, path: Path) -> dict:
@@ -191,7 +193,7 @@ class Aws:
             fd, name = tempfile.mkstemp(prefix=f".{marker.path.name}.", suffix=".tmp", dir=directory)
             os.close(fd)
             try:
-                self._fetch(marker.path.name, Path(name), meta["sha256"])
+                self._fetch(marker.path.name, Path(name), meta["sha256"], meta.get("hash"))
                 os.replace(name, marker.path)
             except BaseException:
                 Path(name).unlink(missing_ok=True)
@@ -200,11 +202,11 @@ class Aws:
         write_json_atomic(marker.marker, meta)
         return marker.path
 
-    def _fetch(self, name: str, dest: Path, sha256: str) -> None:
-        """One object to `dest`, fsynced, 0640, and only if its SHA-256 is the marker's."""
+    def _fetch(self, name: str, dest: Path, sha256: str, scheme: str | None = None) -> None:
+        """One object to `dest`, fsynced, 0640, and only if its digest is the marker's."""
         self.client("s3").download_file(self.cfg.s3_bucket, self._key(name), str(dest))
         with open(dest, "rb") as f:
             os.fsync(f.fileno())
-        if checkpoints.sha256_file(dest) != sha256:
+        if checkpoints.digest_file(dest, scheme) != sha256:
             raise OSError(f"s3://{self.cfg.s3_bucket}/{self._key(name)}: SHA-256 does not match its marker")
         os.chmod(dest, 0o640)

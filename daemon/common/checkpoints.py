@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,8 @@ def parse_marker(meta: Any, step: int, directory: Path) -> Marker | None:
         return None  # a marker may not point anywhere but at its own .pt or .dcp
     if not isinstance(meta.get("bytes"), int) or not isinstance(meta.get("sha256"), str):
         return None
+    if meta.get("hash") not in HASHES or (sharded and meta.get("hash") is not None):
+        return None  # a hash this version cannot check (a sharded marker hashes its manifest)
     if sharded and not _valid_manifest(meta.get("manifest")):
         return None
     return Marker(step, (sharded_path if sharded else data_path)(directory, step), meta)
@@ -151,6 +155,64 @@ def sha256_file(path: Path) -> str:
     return sha.hexdigest()
 
 
+# A marker's `hash`: how its `sha256` was computed. Absent (older markers) or "sha256": the
+# file's SHA-256. PIECES: the SHA-256 of the concatenated SHA-256 digests of the file's 4 MiB
+# pieces. Same integrity, but the pieces hash on every core at once, where one SHA-256 is one
+# core's 1-2 GB/s: slower than a local NVMe disk, so it set the speed of a save.
+PIECE = CHUNK
+PIECES = "sha256-pieces-4MiB"
+HASHES = (None, "sha256", PIECES)
+
+
+def hash_threads() -> int:
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+class PieceHash:
+    """The PIECES digest of a byte stream fed in order. `split` cuts each write at piece
+    boundaries into (piece's hasher, bytes) jobs: no two jobs of one write share a hasher, so they
+    can run in parallel; the caller finishes them before the next write (a piece can go on there)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[Any] = []
+        self.size = 0
+
+    def split(self, data: Any) -> list[tuple[Any, memoryview]]:
+        view, jobs, at = memoryview(data).cast("B"), [], 0
+        while at < view.nbytes:
+            index, offset = divmod(self.size, PIECE)
+            if index == len(self.pieces):
+                self.pieces.append(hashlib.sha256())
+            take = min(PIECE - offset, view.nbytes - at)
+            jobs.append((self.pieces[index], view[at:at + take]))
+            at, self.size = at + take, self.size + take
+        return jobs
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(b"".join(p.digest() for p in self.pieces)).hexdigest()
+
+
+def digest_file(path: Path, scheme: str | None = None) -> str:
+    """The file's digest as a marker with this `hash` records it (pieces read and hashed on
+    hash_threads() threads)."""
+    if scheme in (None, "sha256"):
+        return sha256_file(path)
+    if scheme != PIECES:
+        raise ValueError(f"unknown hash {scheme!r}")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+
+        def piece(i: int) -> bytes:
+            return hashlib.sha256(os.pread(fd, PIECE, i * PIECE)).digest()
+
+        with ThreadPoolExecutor(hash_threads(), thread_name_prefix="sha256") as pool:
+            digests = list(pool.map(piece, range((size + PIECE - 1) // PIECE)))
+    finally:
+        os.close(fd)
+    return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
 def _valid_manifest(manifest: Any) -> bool:
     return isinstance(manifest, dict) and bool(manifest) and all(
         isinstance(name, str) and "/" not in name and name not in ("", ".", "..") and isinstance(entry, dict)
@@ -200,7 +262,7 @@ def verify(marker: Marker) -> str | None:
         return f"{marker.path}: missing (its marker exists)"
     if size != marker.meta.get("bytes"):
         return f"{marker.path}: size is {size} bytes, its marker says {marker.meta.get('bytes')}"
-    if sha256_file(marker.path) != marker.meta.get("sha256"):
+    if digest_file(marker.path, marker.meta.get("hash")) != marker.meta.get("sha256"):
         return f"{marker.path}: SHA-256 does not match its marker (damaged on disk)"
     return None
 

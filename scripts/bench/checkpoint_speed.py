@@ -4,8 +4,8 @@
 Builds a state the size of a model with its AdamW moments (default 100 M parameters, 1.2 GB;
 MusicGen-small's trainable part is 420.4 M, ~5.0 GB with AdamW; --params scales it), then times
 (a) a plain file of the same size written and fsynced, and (b) trainer.worker.checkpoint.save
-(torch.save through the hashing writer, SHA-256 in a thread beside the write, fsync, rename,
-marker), alternated. Prints both, and the save's time over the plain write's (goal: <= 1.2).
+(torch.save through the hashing writer: 4 MiB pieces SHA-256-hashed on a pool of threads beside
+the write, fsync, rename, marker), alternated. Prints both, and the save's time over the plain write's (goal: <= 1.2).
 
     .venv/bin/python scripts/bench/checkpoint_speed.py [--params 100e6] [--dir /var/lib/amapiano-train]
 """
@@ -31,6 +31,7 @@ def main() -> int:
     args = p.parse_args()
     import torch
 
+    from daemon.common import checkpoints as layout
     from trainer.worker import checkpoint
 
     n = int(args.params)
@@ -74,7 +75,7 @@ def main() -> int:
           f"save: {', '.join(f'{x:.2f}' for x in saves)} s)")
     print(f"raw write + fsync:      {raw_s:6.2f} s  {mb / raw_s:8.0f} MB/s")
     print(f"checkpoint.save:        {save_s:6.2f} s  {marker.meta['bytes'] / 1e6 / save_s:8.0f} MB/s "
-          f"(SHA-256 on the way out, fsync, rename, marker)")
+          f"(SHA-256 of 4 MiB pieces on {layout.hash_threads()} threads on the way out, fsync, rename, marker)")
     print(f"checkpoint.load+verify: {load_s:6.2f} s")
     print(f"save / raw speed: {(marker.meta['bytes'] / save_s) / (size / raw_s):.2f}")
     print(f"save time / raw write time (same bytes): {(save_s / marker.meta['bytes']) / (raw_s / size):.2f} "

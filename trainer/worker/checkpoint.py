@@ -10,7 +10,6 @@ corrupt/ with a warning and the previous one is used. Kept: the last `keep` plus
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 import shutil
@@ -38,27 +37,30 @@ class CorruptCheckpoint(CheckpointError):
 
 
 class _HashingWriter:
-    """A write-only file that hashes what passes through it (the marker's SHA-256, computed once).
+    """A write-only file that hashes what passes through it (the marker's digest, computed once).
 
-    A large write is hashed in a second thread while this one writes the same bytes: hashlib and
-    the file write both let go of the GIL, so a save costs about the longer of the two instead of
-    their sum (SHA-256 runs at ~2 GB/s a core, the page cache about as fast). Each write returns
-    only when both are done, because torch may reuse the buffer once write returns.
+    Each write is cut into its 4 MiB pieces (daemon/common/checkpoints.py's PieceHash), hashed on
+    a pool of threads while this one writes the same bytes: hashlib and the file write both let go
+    of the GIL, so a save costs about the write instead of one core's SHA-256 of the whole file.
+    Each write returns only when its pieces are hashed, because torch may reuse the buffer once
+    write returns.
     """
 
     PARALLEL = 1 << 20  # smaller writes (zip headers, small tensors) are hashed inline
 
     def __init__(self, f, pool):
         self._f, self._pool = f, pool
-        self.sha = hashlib.sha256()
+        self.hash = layout.PieceHash()
         self.size = 0
         self.error: OSError | None = None  # torch's zip writer hides it behind an "enforce fail"
 
     def write(self, data) -> int:
-        view = memoryview(data)
-        hashing = self._pool.submit(self.sha.update, view) if view.nbytes >= self.PARALLEL else None
-        if hashing is None:
-            self.sha.update(view)
+        view = memoryview(data).cast("B")
+        jobs = self.hash.split(view)
+        hashing = [self._pool.submit(h.update, part) for h, part in jobs] if view.nbytes >= self.PARALLEL else []
+        if not hashing:
+            for h, part in jobs:
+                h.update(part)
         self.size += view.nbytes
         try:
             return self._f.write(view)
@@ -66,8 +68,8 @@ class _HashingWriter:
             self.error = e
             raise
         finally:
-            if hashing is not None:
-                hashing.result()
+            for job in hashing:
+                job.result()
 
     def flush(self) -> None:
         self._f.flush()
@@ -136,9 +138,9 @@ def save(directory: Path, step: int, payload: dict, meta: dict, clock: Clock | N
             raise
         return w
 
-    with ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
+    with ThreadPoolExecutor(layout.hash_threads(), thread_name_prefix="sha256") as pool:
         w = write_atomic_with(path, write)
-    meta = {"step": step, "file": path.name, "bytes": w.size, "sha256": w.sha.hexdigest(),
+    meta = {"step": step, "file": path.name, "bytes": w.size, "sha256": w.hash.hexdigest(), "hash": layout.PIECES,
             "format": FORMAT, "time": iso((clock or Clock()).now()), **meta}
     write_json_atomic(layout.marker_path(directory, step), meta)
     return Marker(step, path, meta)

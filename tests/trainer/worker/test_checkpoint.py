@@ -78,14 +78,13 @@ def test_intact_but_unloadable_is_an_error_not_a_silent_fallback(tmp_path):
     save(tmp_path, 10)
     m = save(tmp_path, 20)
     # Rewrite step 20 as a valid pickle that weights_only refuses, with a matching marker.
-    import hashlib
     import json
     import pickle
 
     blob = pickle.dumps(object(), protocol=2)
     m.path.write_bytes(blob)
     meta = json.loads(m.path.with_suffix(".json").read_text())
-    meta.update(bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+    meta.update(bytes=len(blob), sha256=layout.digest_file(m.path, meta.get("hash")))
     m.path.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(checkpoint.CheckpointError, match="intact .* but does not load"):
         checkpoint.load_latest(tmp_path, Log())
