@@ -198,11 +198,11 @@ class Supervisor:
 
     def red_flags_job(self) -> None:
         t, now = self.state.trainer, self.clock.now().timestamp()
-        self.val_history = red_flags.record(self.val_history, now, t.val_loss)
+        self.val_history = red_flags.record(self.val_history, now, t.val_loss, t.step)
         gpu_1h = self.gpu.average(3600, self.clock.monotonic()) if self.gpu.available else None
         snap = red_flags.snapshot(self.cfg.red_flags, now, self.val_history, gpu_1h, self.money.spent,
-                                  training=self.worker.running and t.activity == "training",
-                                  milestone_decided=bool(self.evaluation.state.get("decision")))
+                                  self.worker.running and t.activity == "training",
+                                  bool(self.evaluation.state.get("decision")), t.step, t.total_steps)
         alerts, self.raised = red_flags.decide(snap, self.raised)
         self.executor.execute(alerts)
 

@@ -143,10 +143,30 @@ class MilestoneConfig:
         return ("duration", float(self.after)) if legacy else parse_milestone_at(self.at)
 
 
+WINDOW_FORMS = "a duration (\"3d\") or a share of training (\"15%\")"
+
+
+def parse_window(text: str) -> tuple[str, float]:
+    """`[red_flags] val_loss_stall`: "3d" -> ("duration", s), "15%" -> ("share", 0.15)."""
+    with contextlib.suppress(ValueError):
+        kind, value = parse_milestone_at(text)
+        if kind != "epoch":
+            return kind, value
+    raise ValueError(f"must be {WINDOW_FORMS}")
+
+
+def _is_window(text: str) -> bool:
+    with contextlib.suppress(ValueError):
+        return bool(parse_window(text))
+    return False
+
+
 @dataclass(frozen=True)
 class RedFlagsConfig:
-    """Early warnings (raised from issue 5 on; validated now)."""
+    """Early warnings before the milestone (daemon/red_flags.py)."""
 
-    val_loss_stall: Duration = field(default=Duration(3 * 86400), metadata=POSITIVE)
+    # The window the validation loss must fall over: a share of the training steps (the default:
+    # a run of hours and one of weeks alike), or a duration (the plan's "3d").
+    val_loss_stall: str = field(default="15%", metadata=_check(lambda t: _is_window(t), f"must be {WINDOW_FORMS}"))
     min_gpu_util_pct: float = field(default=50.0, metadata=PERCENT)
     max_cost_before_milestone_usd: float = field(default=400.0, metadata=POSITIVE)
