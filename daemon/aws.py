@@ -177,36 +177,40 @@ class Aws:
         if marker is None or (marker.sharded and checkpoints.manifest_sha256(meta["manifest"]) != meta["sha256"]):
             raise OSError(f"s3://{self.cfg.s3_bucket}: the marker for step {step} is not a valid checkpoint marker")
         directory.mkdir(mode=0o750, parents=True, exist_ok=True)
-        if marker.sharded:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{marker.path.name}.", suffix=".tmp", dir=directory))
-            try:
+        # Everything lands in one temp directory first (boto3's own temp files too, so a download
+        # killed half-way leaves only `.step_X.*.tmp/`, which the worker's clean_partial removes).
+        tmp = Path(tempfile.mkdtemp(prefix=f".{marker.path.name}.", suffix=".tmp", dir=directory))
+        try:
+            if marker.sharded:
+                got = tmp / marker.path.name
+                got.mkdir()
                 for name, entry in meta["manifest"].items():
-                    self._fetch(f"{marker.path.name}/{name}", tmp / name, entry["sha256"])
-                fsync_dir(tmp)
-                if marker.path.exists():  # shards of no marker (newer than every local checkpoint)
-                    shutil.rmtree(marker.path)
-                os.replace(tmp, marker.path)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        else:
-            fd, name = tempfile.mkstemp(prefix=f".{marker.path.name}.", suffix=".tmp", dir=directory)
-            os.close(fd)
-            try:
-                self._fetch(marker.path.name, Path(name), meta["sha256"], meta.get("hash"))
-                os.replace(name, marker.path)
-            except BaseException:
-                Path(name).unlink(missing_ok=True)
-                raise
+                    self._fetch(f"{marker.path.name}/{name}", got / name, entry["bytes"], entry["sha256"])
+            else:
+                got = tmp / marker.path.name
+                self._fetch(marker.path.name, got, meta["bytes"], meta["sha256"], meta.get("hash"))
+            fsync_dir(got if marker.sharded else tmp)
+            if marker.path.is_dir() and not marker.path.is_symlink():  # no marker: newer than every local one
+                shutil.rmtree(marker.path)
+            elif marker.path.exists() or marker.path.is_symlink():
+                marker.path.unlink()
+            os.replace(got, marker.path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         fsync_dir(directory)
         write_json_atomic(marker.marker, meta)
         return marker.path
 
-    def _fetch(self, name: str, dest: Path, sha256: str, scheme: str | None = None) -> None:
-        """One object to `dest`, fsynced, 0640, and only if its digest is the marker's."""
-        self.client("s3").download_file(self.cfg.s3_bucket, self._key(name), str(dest))
+    def _fetch(self, name: str, dest: Path, size: int, sha256: str, scheme: str | None = None) -> None:
+        """One object to `dest`, fsynced, 0640, and only if its size and digest are the marker's
+        (the size is checked before a byte is fetched: a bucket cannot fill the disk)."""
+        s3, key = self.client("s3"), self._key(name)
+        found = s3.head_object(Bucket=self.cfg.s3_bucket, Key=key)["ContentLength"]
+        if found != size:
+            raise OSError(f"s3://{self.cfg.s3_bucket}/{key}: {found} bytes, its marker says {size}")
+        s3.download_file(self.cfg.s3_bucket, key, str(dest))
         with open(dest, "rb") as f:
             os.fsync(f.fileno())
         if checkpoints.digest_file(dest, scheme) != sha256:
-            raise OSError(f"s3://{self.cfg.s3_bucket}/{self._key(name)}: SHA-256 does not match its marker")
+            raise OSError(f"s3://{self.cfg.s3_bucket}/{key}: SHA-256 does not match its marker")
         os.chmod(dest, 0o640)

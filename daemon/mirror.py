@@ -85,24 +85,31 @@ class Mirror:
         return self.restoring is not None and self.restoring.is_alive()
 
     def _restore(self) -> None:
+        """The newest bucket checkpoint newer than the local ones that verifies; one that does not
+        (a garbage marker, a damaged or missing object) is skipped for the one before it."""
         try:
             aws, local = self.instance.aws, checkpoints.newest(self.cfg.checkpoint_dir)
-            for step in reversed(aws.bucket_steps()):
-                if local is not None and local.step >= step:
-                    self.log.info("s3.restore_not_needed", s3_step=step, local_step=local.step)
-                    return
-                marker = aws.get_marker(step)
-                if checkpoints.parse_marker(marker, step, self.cfg.checkpoint_dir) is None:
-                    self.log.error("s3.marker_refused", step=step,
-                                   note="its step, file or manifest does not match its key")
-                    continue
-                self.log.info("s3.restoring", step=step, bucket=self.cfg.aws.s3_bucket)
-                path = aws.download_checkpoint(marker, self.cfg.checkpoint_dir)
-                self.log.info("s3.restored", step=step, path=str(path))
-                return
+            steps = aws.bucket_steps()
         except Exception as e:
             self.log.error("s3.restore_failed", error=f"{type(e).__name__}: {e}",
                            note="starting from the newest local checkpoint")
+            return
+        for step in reversed(steps):
+            if local is not None and local.step >= step:
+                self.log.info("s3.restore_not_needed", s3_step=step, local_step=local.step)
+                return
+            try:
+                marker = aws.get_marker(step)
+                if checkpoints.parse_marker(marker, step, self.cfg.checkpoint_dir) is None:
+                    raise ValueError("its step, file or manifest does not match its key")
+                self.log.info("s3.restoring", step=step, bucket=self.cfg.aws.s3_bucket)
+                path = aws.download_checkpoint(marker, self.cfg.checkpoint_dir)
+            except Exception as e:  # the bucket is outside: anything may come
+                self.log.error("s3.checkpoint_refused", step=step, error=f"{type(e).__name__}: {e}",
+                               note="trying the one before it")
+                continue
+            self.log.info("s3.restored", step=step, path=str(path))
+            return
 
     # -- upload -------------------------------------------------------------------------------
     def sync(self) -> None:
@@ -159,11 +166,15 @@ class Mirror:
             if newest.step > (self.confirmed.get("step") or -1):
                 record["objects"] = aws.upload_checkpoint(newest)
             aws.upload_state(self.cfg.state_file)
-            pruned = self._prune(aws)
             now = iso(self.clock.now())
             with self._lock:
                 self.confirmed = {"step": max(newest.step, self.confirmed.get("step") or -1), "at": now,
                                   "state_at": now}
+            try:  # the upload counts whatever the pruning does
+                pruned = self._prune(aws)
+            except Exception as e:
+                self.log.warning("s3.prune_failed", error=f"{type(e).__name__}: {e}", note="tried again next upload")
+                pruned = []
             record.update(confirmed_at=now, seconds=round(self.clock.monotonic() - started, 2), pruned=pruned)
             self.log.info("s3.uploaded", why=why, step=record["step"], seconds=record["seconds"],
                           bucket=self.cfg.aws.s3_bucket, pruned=pruned or None)
@@ -184,7 +195,11 @@ class Mirror:
             return []
         markers = []
         for step in steps:
-            meta = aws.get_marker(step)
+            try:
+                meta = aws.get_marker(step)
+            except Exception as e:  # garbage or oversized: not one of ours to rank; never fatal
+                self.log.warning("s3.marker_unreadable", step=step, error=f"{type(e).__name__}: {e}")
+                continue
             if (marker := checkpoints.parse_marker(meta, step, Path("."))) is not None:
                 markers.append(marker)
         keep = checkpoints.kept(markers, self.cfg.train.keep_checkpoints) | {steps[-1]}

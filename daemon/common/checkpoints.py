@@ -90,13 +90,13 @@ def read_marker(path: Path) -> Marker | None:
 
 def parse_marker(meta: Any, step: int, directory: Path) -> Marker | None:
     """A marker's JSON (from disk or from a bucket) checked against the step its name says."""
-    if not isinstance(meta, dict) or meta.get("step") != step or isinstance(meta.get("step"), bool):
-        return None
+    if not isinstance(meta, dict) or type(meta.get("step")) is not int or meta["step"] != step:
+        return None  # 60.0 or true is not step 60 or 1
     file = meta.get("file", f"{stem(step)}{DATA_SUFFIX}")
     sharded = file == f"{stem(step)}{SHARDED_SUFFIX}"
     if file != f"{stem(step)}{DATA_SUFFIX}" and not sharded:
         return None  # a marker may not point anywhere but at its own .pt or .dcp
-    if not isinstance(meta.get("bytes"), int) or not isinstance(meta.get("sha256"), str):
+    if type(meta.get("bytes")) is not int or meta["bytes"] < 0 or not isinstance(meta.get("sha256"), str):
         return None
     if meta.get("hash") not in HASHES or (sharded and meta.get("hash") is not None):
         return None  # a hash this version cannot check (a sharded marker hashes its manifest)
@@ -216,7 +216,7 @@ def digest_file(path: Path, scheme: str | None = None) -> str:
 def _valid_manifest(manifest: Any) -> bool:
     return isinstance(manifest, dict) and bool(manifest) and all(
         isinstance(name, str) and "/" not in name and name not in ("", ".", "..") and isinstance(entry, dict)
-        and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)
+        and type(entry.get("bytes")) is int and entry["bytes"] >= 0 and isinstance(entry.get("sha256"), str)
         for name, entry in manifest.items())
 
 
@@ -256,10 +256,9 @@ def verify(marker: Marker) -> str | None:
     """None if the checkpoint's bytes are the ones its marker committed, else what is wrong."""
     if marker.sharded:
         return verify_sharded(marker)
-    try:
-        size = marker.path.stat().st_size
-    except FileNotFoundError:
-        return f"{marker.path}: missing (its marker exists)"
+    if not marker.path.is_file():
+        return f"{marker.path}: missing or not a file (its marker exists)"
+    size = marker.path.stat().st_size
     if size != marker.meta.get("bytes"):
         return f"{marker.path}: size is {size} bytes, its marker says {marker.meta.get('bytes')}"
     if digest_file(marker.path, marker.meta.get("hash")) != marker.meta.get("sha256"):

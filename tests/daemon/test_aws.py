@@ -193,3 +193,125 @@ def test_the_mirror_keeps_a_sharded_run_in_the_bucket_and_a_fresh_disk_gets_it_b
     mirror.restoring.join(60)
     back = checkpoints.newest(cfg.checkpoint_dir)
     assert back is not None and back.step == 20 and back.sharded and checkpoints.verify(back) is None
+
+
+def _mirror(aws, tmp_path, keep=1):
+    """The daemon's own Mirror on a config whose bucket is moto's; (mirror, cfg, alerts, events)."""
+    from conftest import write_config
+    from daemon.common.clock import Clock
+    from daemon.common.config import load_config
+    from daemon.instance import Instance
+    from daemon.mirror import Mirror
+
+    cfg = load_config(write_config(tmp_path, {"aws": {"endpoint_url": aws, "s3_bucket": "mirror-bucket",
+                                                      "region": "us-east-1", "imds_url": ""},
+                                              "train": {"keep_checkpoints": keep}}))
+    cfg.state_file.parent.mkdir(parents=True, exist_ok=True)
+    cfg.state_file.write_text('{"run_id": "r"}')
+    events, alerts = [], []
+    log = type("Log", (), {"__getattr__": lambda self, lv: lambda ev, **kw: events.append((lv, ev, kw))})()
+    return Mirror(cfg, log, Clock(), Instance(cfg, log, Clock()), lambda: False,
+                  lambda *a: alerts.append(a), None), cfg, alerts, events
+
+
+def _pt(directory, step, blob):
+    from daemon.common import checkpoints
+
+    directory.mkdir(parents=True, exist_ok=True)
+    data = checkpoints.data_path(directory, step)
+    data.write_bytes(blob)
+    meta = {"step": step, "file": data.name, "bytes": len(blob), "hash": checkpoints.PIECES,
+            "sha256": checkpoints.digest_file(data, checkpoints.PIECES)}
+    checkpoints.marker_path(directory, step).write_text(__import__("json").dumps(meta))
+    return meta
+
+
+def test_garbage_in_the_bucket_neither_stops_the_mirror_confirming_nor_the_restore(aws, tmp_path):
+    """Found by the hostile tester: one unreadable marker key under the prefix made every upload
+    fail after the bytes were up (never confirmed: the instance could never be terminated), and a
+    restore gave up on it instead of taking the checkpoint before it."""
+    import json
+    import shutil
+
+    import boto3
+
+    from daemon.common import checkpoints
+
+    s3 = boto3.client("s3", endpoint_url=aws, region_name="us-east-1")
+    s3.create_bucket(Bucket="mirror-bucket")
+    s3.put_object(Bucket="mirror-bucket", Key="amapiano-train/checkpoints/step_00000005.json", Body=b"{garbage")
+    mirror, cfg, alerts, events = _mirror(aws, tmp_path)
+    for step in (10, 20):
+        _pt(cfg.checkpoint_dir, step, bytes([step]) * 300_000)
+        mirror.sync()
+        mirror.wait(60)
+    assert alerts == [] and mirror.confirmed_newest(), events
+    # The newest in the bucket is garbage, the one before it damaged, the one before that good.
+    s3.put_object(Bucket="mirror-bucket", Key="amapiano-train/checkpoints/step_00000099.json", Body=b"{garbage")
+    meta = _pt(tmp_path / "other", 30, b"z" * 300_000)
+    s3.put_object(Bucket="mirror-bucket", Key="amapiano-train/checkpoints/step_00000030.pt", Body=b"y" * 300_000)
+    s3.put_object(Bucket="mirror-bucket", Key="amapiano-train/checkpoints/step_00000030.json", Body=json.dumps(meta))
+    shutil.rmtree(cfg.checkpoint_dir)
+    mirror.start_restore()
+    mirror.restoring.join(60)
+    back = checkpoints.newest(cfg.checkpoint_dir)
+    assert back is not None and back.step == 20 and checkpoints.verify(back) is None
+    refused = [kw["step"] for lv, ev, kw in events if ev == "s3.checkpoint_refused"]
+    assert refused == [99, 30], events
+    assert sorted(p.name for p in cfg.checkpoint_dir.iterdir()) == ["step_00000020.json", "step_00000020.pt"]
+
+
+def test_a_bucket_object_larger_than_its_marker_says_is_refused_before_a_byte_lands(aws, tmp_path):
+    import boto3
+
+    from daemon.common import checkpoints
+
+    s3 = boto3.client("s3", endpoint_url=aws, region_name="us-east-1")
+    s3.create_bucket(Bucket="mirror-bucket")
+    port = Aws(AwsConfig(endpoint_url=aws, s3_bucket="mirror-bucket"), "us-east-1")
+    meta = _pt(tmp_path / "src", 40, b"a" * 1000)
+    s3.put_object(Bucket="mirror-bucket", Key="amapiano-train/checkpoints/step_00000040.pt",
+                  Body=b"a" * 5_000_000)
+    with pytest.raises(OSError, match="5000000 bytes, its marker says 1000"):
+        port.download_checkpoint(meta, tmp_path / "dest")
+    assert list((tmp_path / "dest").iterdir()) == []
+    assert checkpoints.parse_marker({**meta, "step": 40.0}, 40, tmp_path) is None  # 40.0 is not step 40
+    assert checkpoints.parse_marker({**meta, "bytes": True}, 40, tmp_path) is None
+
+
+def test_a_download_killed_half_way_leaves_only_a_temp_dir_the_worker_cleans(aws, tmp_path):
+    """boto3 downloads into its own temp name beside the target; killed, that file was never
+    cleaned (a whole checkpoint's worth each time). Now it lives inside our `.tmp` directory."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import boto3
+
+    from daemon.common import checkpoints
+    from trainer.worker.checkpoint import clean_partial
+
+    s3 = boto3.client("s3", endpoint_url=aws, region_name="us-east-1")
+    s3.create_bucket(Bucket="mirror-bucket")
+    meta = _pt(tmp_path / "src", 80, os.urandom(1 << 20) * 48)
+    s3.upload_file(str(checkpoints.data_path(tmp_path / "src", 80)), "mirror-bucket",
+                   "amapiano-train/checkpoints/step_00000080.pt")
+    dest = tmp_path / "dest"
+    child = (f"import json, sys; from pathlib import Path; from daemon.aws import Aws; "
+             f"from daemon.common.config import AwsConfig; "
+             f"Aws(AwsConfig(endpoint_url={aws!r}, s3_bucket='mirror-bucket'), 'us-east-1')"
+             f".download_checkpoint(json.loads(sys.argv[1]), Path({str(dest)!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", child, __import__("json").dumps(meta)], cwd=os.getcwd())
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if dest.exists() and sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) > 4 << 20:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert proc.wait(60) == -signal.SIGKILL, "the download finished before it could be killed"
+    assert checkpoints.newest(dest) is None
+    assert all(p.name.startswith(".") and p.name.endswith(".tmp") and p.is_dir() for p in dest.iterdir())
+    clean_partial(dest)
+    assert list(dest.iterdir()) == []

@@ -61,3 +61,11 @@ def test_a_marker_with_a_hash_this_version_cannot_check_is_no_checkpoint(tmp_pat
 
 def test_hash_threads_follow_the_cpus_this_process_may_use():
     assert 1 <= checkpoints.hash_threads() <= min(8, len(os.sched_getaffinity(0)))
+
+
+def test_a_checkpoint_path_that_is_a_directory_is_a_message_not_a_traceback(tmp_path):
+    data = checkpoints.data_path(tmp_path, 7)
+    data.mkdir()
+    checkpoints.marker_path(tmp_path, 7).write_text(json.dumps(
+        {"step": 7, "file": data.name, "bytes": data.stat().st_size, "sha256": "0" * 64, "hash": checkpoints.PIECES}))
+    assert "not a file" in checkpoints.verify(checkpoints.newest(tmp_path))
