@@ -26,6 +26,7 @@ from .common import exits
 
 DOES_NOT_FIT = "DoesNotFit"  # trainer/worker/setup.py's exception: OOM at the smallest micro-batch
 OOM_BACKOFF = "OomBackOff"   # a process group's back-off, recorded by the rank that ran out (common/oom.py)
+MAX_BACKOFF_RESTARTS = 16    # halving from any real micro-batch reaches 1 long before
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class WorkerExit:
             return "config"
         if self.error_type == DOES_NOT_FIT:
             return "does_not_fit"
-        if self.error_type == OOM_BACKOFF and self.micro_batch is not None:
+        if self.error_type == OOM_BACKOFF and type(self.micro_batch) is int and self.micro_batch >= 1:
             return "oom_backoff"
         text = f"{self.error_type or ''} {self.message or ''}".lower()
         if "out of memory" in text or "outofmemory" in text:
@@ -73,6 +74,8 @@ class RestartHistory:
     restarts_without_progress: int = 0
     checkpoint_step: int | None = None
     backoff_micro: int | None = None  # the smallest micro-batch a group back-off has restarted at
+    backoff_restarts: int = 0         # free restarts for group back-offs (each halves: few in a real run)
+    idle_preemptions: int = 0         # exits 75 in a row without checkpoint progress
 
 
 @dataclass(frozen=True)
@@ -100,15 +103,20 @@ def decide(history: RestartHistory, exit: WorkerExit, checkpoint_step: int | Non
 
     progressed = checkpoint_step is not None and (history.checkpoint_step is None
                                                   or checkpoint_step > history.checkpoint_step)
-    if kind == "oom_backoff" and (history.backoff_micro is None or exit.micro_batch < history.backoff_micro):
+    if (kind == "oom_backoff" and history.backoff_restarts < MAX_BACKOFF_RESTARTS
+            and (history.backoff_micro is None or exit.micro_batch < history.backoff_micro)):
         # Agreed by the group through this restart; each one at least halves the micro-batch, so
         # there are few. The same or a larger micro-batch again is a crash like any other.
         return Decision("restart", reason=f"a rank ran out of GPU memory: the group restarts at micro-batch "
-                                          f"{exit.micro_batch}"), replace(history, backoff_micro=exit.micro_batch)
+                                          f"{exit.micro_batch}"), replace(
+            history, backoff_micro=exit.micro_batch, backoff_restarts=history.backoff_restarts + 1)
     if kind == "preempted":
-        # It checkpointed on request: come back at once, and it is no failure.
-        return Decision("restart", reason="worker checkpointed on request"), replace(
-            history, checkpoint_step=checkpoint_step if progressed else history.checkpoint_step)
+        # It checkpointed on request: come back at once, and it is no failure. Exits 75 in a row
+        # with no new checkpoint (nobody asked, or something keeps asking) back off like crashes.
+        idle = 0 if progressed else history.idle_preemptions + 1
+        delay = backoff_delay(idle - 1, cfg, jitter) if idle > 1 else 0.0
+        return Decision("restart", delay=delay, reason="worker checkpointed on request"), replace(
+            history, checkpoint_step=checkpoint_step if progressed else history.checkpoint_step, idle_preemptions=idle)
 
     recent = tuple(t for t in history.crash_times if now - t < cfg.crash_window) + (now,)
     if progressed:

@@ -30,11 +30,14 @@ class OomRecord:
     rank: int
     oom_backoffs: int         # back-offs so far, this one included
     error: str
+    world: int                # the group's width: the memory a micro-batch takes per rank depends on it
 
     def usable(self, clips_per_step: int, world: int) -> int | None:
-        """The micro-batch to start at, if this record is for this step size and width."""
+        """The micro-batch to start at, if this record is for this step size and width (at another
+        width each rank's slice differs; a run that does not fit there backs off by itself)."""
         m = self.micro_batch
-        if m is None or self.clips_per_step != clips_per_step or m < world or clips_per_step % m or m % world:
+        if (m is None or self.clips_per_step != clips_per_step or self.world != world or m < world
+                or clips_per_step % m or m % world):
             return None
         return m
 
@@ -52,11 +55,11 @@ def read(state_dir: Path) -> OomRecord | None:
     data = read_json(path(state_dir))
     if data is None:
         return None
-    ints = ("clips_per_step", "step", "rank", "oom_backoffs")
-    if any(not isinstance(data.get(k), int) or isinstance(data.get(k), bool) or data[k] < 0 for k in ints):
+    ints = ("clips_per_step", "step", "rank", "oom_backoffs", "world")
+    if any(type(data.get(k)) is not int or data[k] < 0 for k in ints) or data["world"] < 1:
         return None
     m = data.get("micro_batch")
-    if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
+    if m is not None and (type(m) is not int or m < 1):
         return None
     return OomRecord(m, data["clips_per_step"], data["step"], data["rank"], data["oom_backoffs"],
-                     str(data.get("error") or "CUDA out of memory")[:500])
+                     str(data.get("error") or "CUDA out of memory")[:500], data["world"])

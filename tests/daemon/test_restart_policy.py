@@ -73,9 +73,28 @@ def test_a_group_back_off_restarts_at_once_while_the_micro_batch_shrinks_then_co
 
 
 def test_preemption_restarts_at_once_and_is_not_a_failure():
-    decisions, history = run([WorkerExit(75)] * 10, [100] * 10)
+    decisions, history = run([WorkerExit(75)] * 10, [100 * (i + 1) for i in range(10)])
     assert all(d.action == "restart" and d.delay == 0 for d in decisions)
     assert history.consecutive_failures == 0 and history.crash_times == ()
+
+
+def test_exits_75_in_a_row_without_a_new_checkpoint_back_off_and_never_spin():
+    """Found by the hostile tester: a worker that keeps exiting 75 at the same step was restarted
+    at once forever. It is still no failure, but the restarts slow down like crashes."""
+    decisions, history = run([WorkerExit(75)] * 12, [100] * 12)
+    delays = [d.delay for d in decisions]
+    assert all(d.action == "restart" for d in decisions) and history.consecutive_failures == 0
+    assert delays[:2] == [0, 0] and delays[2] > 0 and delays[-1] == pytest.approx(600)  # capped at the max
+    after, _ = decide(history, WorkerExit(75), 200, 0.0, CFG, 0.5)  # progress again: at once
+    assert after.delay == 0
+
+
+def test_group_back_offs_are_free_only_a_bounded_number_of_times_and_only_for_a_real_micro_batch():
+    decisions, _ = run([group_oom(m) for m in range(40, 0, -1)], [100] * 40, start_step=100)
+    assert sum(d.action == "restart" and d.delay == 0 for d in decisions) <= 16 + 1
+    assert decisions[-1].action == "fail"
+    assert dataclasses.replace(group_oom(2), micro_batch=0).kind == "oom"  # an OOM, counted like a crash
+    assert dataclasses.replace(group_oom(2), micro_batch=-3).kind == "oom"
 
 
 def test_backoff_doubles_with_jitter_and_is_capped():

@@ -26,7 +26,7 @@ def next_micro(state_dir: Path, dist: Any, clips_per_step: int, micro: int, step
                     f"not fit this GPU; see `amapiano-train plan`")
     if dist.world > 1:
         oom.write(state_dir, oom.OomRecord(smaller, clips_per_step, step, dist.rank, backoffs + 1,
-                                           error if smaller else does_not_fit))
+                                           error if smaller else does_not_fit, dist.world))
     if smaller is None:
         raise DoesNotFit(does_not_fit)
     if dist.world > 1:
