@@ -21,7 +21,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from . import heartbeat, idle, liveness, red_flags, spot
 from .actions import KillWorker, StartWorker
 from .common import checkpoints
-from .common.clock import Clock, iso, parse_iso
+from .common.clock import Clock, iso
 from .common.config import Config
 from .evaluation import Evaluation
 from .executor import Executor
@@ -75,7 +75,7 @@ class Supervisor:
                                  self.mirror, self._checkpoint_step)
         self.evaluation = Evaluation(cfg, log, self.clock, s.milestone, s.started_at, log_format)
         self.writer = StateWriter(cfg.state_file, log, self.clock, self.notifier, self.outbox)
-        self.tb = ScalarWriter(cfg.tensorboard_dir / "supervisor", parse_iso(s.started_at), log)
+        self.tb = ScalarWriter(cfg.tensorboard_dir / "supervisor", log)
         self.idle_timer = idle.load_timer(s.idle)
         self._idle_json: dict | None = None
         self._last_idle_check = self.clock.monotonic()
@@ -165,7 +165,7 @@ class Supervisor:
     def cost_job(self) -> None:
         t = self.state.trainer
         self.executor.execute(self.money.check(t.step, t.total_steps, self.evaluation.state))
-        self.tb.write(self.money.scalars(), self.clock.now())
+        self.tb.write(self.money.scalars(), self.clock.now(), t.step)
 
     def idle_job(self) -> None:
         now_mono, now_s, t = self.clock.monotonic(), self.clock.boottime(), self.state.trainer
@@ -208,7 +208,7 @@ class Supervisor:
 
     def gpu_job(self) -> None:
         self.executor.execute(self.gpu.sample_alerts(self.clock.monotonic(), iso(self.clock.now())))
-        self.tb.write(self.gpu.scalars(self.clock.monotonic()), self.clock.now())
+        self.tb.write(self.gpu.scalars(self.clock.monotonic()), self.clock.now(), self.state.trainer.step)
 
     def spot_job(self) -> None:
         if not self.instance.refresh():

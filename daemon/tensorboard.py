@@ -1,7 +1,9 @@
 """The supervisor's TensorBoard writer (one per process): scalars without torch.
 
-The step of every point is the whole seconds since the run started, so the curves line up
-across daemon restarts (a counter would start again at 0 and draw over itself).
+The step of every point is the training step (the furthest one trained so far: a worker
+restarted from an earlier checkpoint does not draw the curves backwards), so cost and GPU
+utilisation line up with the loss; 0 before the worker reports one. Each point keeps its wall
+time: TensorBoard's "relative" and "wall" x-axes show the same curves over time.
 """
 from __future__ import annotations
 
@@ -11,14 +13,17 @@ from typing import Any
 
 
 class ScalarWriter:
-    def __init__(self, logdir: Path, run_started: datetime, log: Any = None):
-        self.logdir, self.run_started, self.log = logdir, run_started, log
+    def __init__(self, logdir: Path, log: Any = None):
+        self.logdir, self.log = logdir, log
         self._writer = None
         self._failed = False
+        self.step = 0
 
-    def write(self, scalars: dict[str, float | None], now: datetime) -> None:
-        """One point per known value (None is unknown: no point), then flush. A full or
-        read-only log disk costs the curves, never the daemon."""
+    def write(self, scalars: dict[str, float | None], now: datetime, step: int | None = None) -> None:
+        """One point per known value (None is unknown: no point) at the training step, then flush.
+        A full or read-only log disk costs the curves, never the daemon."""
+        if isinstance(step, int) and step > self.step:
+            self.step = step
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -27,10 +32,9 @@ class ScalarWriter:
             if self._writer is None:
                 self.logdir.mkdir(mode=0o750, parents=True, exist_ok=True)
                 self._writer = EventFileWriter(str(self.logdir))
-            step = int((now - self.run_started).total_seconds())
             for tag, value in scalars.items():
                 if value is not None:
-                    self._writer.add_event(Event(wall_time=now.timestamp(), step=step, summary=Summary(
+                    self._writer.add_event(Event(wall_time=now.timestamp(), step=self.step, summary=Summary(
                         value=[Summary.Value(tag=tag, simple_value=float(value))])))
             self._writer.flush()
             self._failed = False
