@@ -171,7 +171,7 @@ class Mirror:
                 self.confirmed = {"step": max(newest.step, self.confirmed.get("step") or -1), "at": now,
                                   "state_at": now}
             try:  # the upload counts whatever the pruning does
-                pruned = self._prune(aws)
+                pruned = self._prune(aws, self.confirmed["step"])
             except Exception as e:
                 self.log.warning("s3.prune_failed", error=f"{type(e).__name__}: {e}", note="tried again next upload")
                 pruned = []
@@ -188,22 +188,25 @@ class Mirror:
         with self._lock:
             self.records[why] = record
 
-    def _prune(self, aws: Any) -> list[int]:
-        """The bucket keeps what the local directory keeps: the last K and the best."""
-        steps = aws.bucket_steps()
+    def _prune(self, aws: Any, uploaded: int) -> list[int]:
+        """The bucket keeps what the local directory keeps: the last K and the best, ranked among
+        the steps up to the one just uploaded. Nothing is deleted that is not understood: steps
+        above it (not this run's to judge), markers that cannot be read now (a timeout is not
+        garbage) or do not parse stay; the restore skips what does not verify."""
+        steps = [s for s in aws.bucket_steps() if s <= uploaded]
         if len(steps) <= self.cfg.train.keep_checkpoints:
             return []
         markers = []
         for step in steps:
             try:
                 meta = aws.get_marker(step)
-            except Exception as e:  # garbage or oversized: not one of ours to rank; never fatal
+            except Exception as e:
                 self.log.warning("s3.marker_unreadable", step=step, error=f"{type(e).__name__}: {e}")
                 continue
             if (marker := checkpoints.parse_marker(meta, step, Path("."))) is not None:
                 markers.append(marker)
-        keep = checkpoints.kept(markers, self.cfg.train.keep_checkpoints) | {steps[-1]}
-        gone = [s for s in steps if s not in keep]
+        keep = checkpoints.kept(markers, self.cfg.train.keep_checkpoints) | {uploaded}
+        gone = [m.step for m in markers if m.step not in keep]
         for step in gone:
             aws.delete_checkpoint(step)
         return gone

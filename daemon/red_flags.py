@@ -134,5 +134,6 @@ def section(raised: frozenset[str], history: list[Point]) -> dict:
 
 def load(section: dict | None) -> tuple[frozenset[str], list[Point]]:
     """(raised, history) from state.json's `red_flags` section."""
-    flags = section or {}
-    return frozenset(x for x in flags.get("raised", []) if isinstance(x, str)), load_history(flags.get("val_history"))
+    flags = section if isinstance(section, dict) else {}
+    raised = flags.get("raised") if isinstance(flags.get("raised"), list) else []
+    return frozenset(x for x in raised if isinstance(x, str)), load_history(flags.get("val_history"))

@@ -87,7 +87,7 @@ class Decision:
 
 def backoff_delay(failures: int, cfg: SupervisorConfig, jitter: float) -> float:
     """initial * 2^(failures-1), capped, times (1 ± restart_jitter); jitter is in [0, 1)."""
-    base = min(cfg.restart_backoff_max, cfg.restart_backoff_initial * 2 ** max(failures - 1, 0))
+    base = min(cfg.restart_backoff_max, cfg.restart_backoff_initial * 2.0 ** min(max(failures - 1, 0), 60))
     return base * (1 + cfg.restart_jitter * (2 * jitter - 1))
 
 

@@ -22,7 +22,7 @@ class ScalarWriter:
     def write(self, scalars: dict[str, float | None], now: datetime, step: int | None = None) -> None:
         """One point per known value (None is unknown: no point) at the training step, then flush.
         A full or read-only log disk costs the curves, never the daemon."""
-        if isinstance(step, int) and step > self.step:
+        if type(step) is int and self.step < step < 2 ** 62:  # an event's step is an int64
             self.step = step
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
@@ -38,7 +38,7 @@ class ScalarWriter:
                         value=[Summary.Value(tag=tag, simple_value=float(value))])))
             self._writer.flush()
             self._failed = False
-        except OSError as e:
+        except (OSError, ValueError) as e:  # a full disk; a value protobuf refuses
             if not self._failed and self.log is not None:
                 self.log.error("tensorboard.write_failed", logdir=str(self.logdir), error=str(e))
             self._failed = True

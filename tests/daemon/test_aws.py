@@ -315,3 +315,38 @@ def test_a_download_killed_half_way_leaves_only_a_temp_dir_the_worker_cleans(aws
     assert all(p.name.startswith(".") and p.name.endswith(".tmp") and p.is_dir() for p in dest.iterdir())
     clean_partial(dest)
     assert list(dest.iterdir()) == []
+
+
+def test_the_prune_never_deletes_what_it_just_uploaded_nor_what_it_could_not_read(aws, tmp_path):
+    """Found by the hostile tester: markers above the uploaded step whose objects are missing were
+    ranked as the newest K, and the prune deleted the checkpoint just confirmed; a marker that
+    could not be read for a moment (a timeout) was deleted as if it were garbage, best one included."""
+    import json
+
+    import boto3
+
+    from daemon.common import checkpoints
+
+    s3 = boto3.client("s3", endpoint_url=aws, region_name="us-east-1")
+    s3.create_bucket(Bucket="mirror-bucket")
+    mirror, cfg, alerts, events = _mirror(aws, tmp_path, keep=2)
+    for dead in (93, 94):  # parse, but nothing behind them
+        meta = {"step": dead, "file": f"step_000000{dead}.pt", "bytes": 5, "sha256": "0" * 64}
+        s3.put_object(Bucket="mirror-bucket", Key=f"amapiano-train/checkpoints/step_000000{dead}.json",
+                      Body=json.dumps(meta))
+    best = {**_pt(cfg.checkpoint_dir, 10, b"a" * 1000), "val_loss": 0.1, "val_step": 10}
+    checkpoints.marker_path(cfg.checkpoint_dir, 10).write_text(json.dumps(best))
+    for step in (10, 20, 30, 40):
+        if step > 10:
+            _pt(cfg.checkpoint_dir, step, bytes([step]) * 1000)
+        mirror.sync()
+        mirror.wait(60)
+    assert mirror.confirmed_newest() and alerts == [], events
+    port = mirror.instance.aws
+    assert port.bucket_steps() == [10, 30, 40, 93, 94]  # the last 2 and the best; the dead ones untouched
+    real_get = port.get_marker
+    port.get_marker = lambda step: (_ for _ in ()).throw(ConnectionError("timeout")) if step == 10 else real_get(step)
+    _pt(cfg.checkpoint_dir, 50, b"e" * 1000)
+    mirror.sync()
+    mirror.wait(60)
+    assert port.bucket_steps() == [10, 40, 50, 93, 94]  # the best stays while its marker cannot be read

@@ -92,3 +92,14 @@ def test_low_gpu_while_training_and_rearm():
 def test_spend_before_the_milestone():
     assert subjects(decide(snap(spent=401.0), frozenset())[0]) == ["red flag: spend high before the milestone"]
     assert decide(snap(spent=401.0, decided=True), frozenset())[0] == []
+
+
+@pytest.mark.parametrize("section", [None, "x", 5, [], {"raised": None}, {"raised": 5}, {"raised": "abc"},
+                                     {"raised": [1, "gpu_util_low"], "val_history": "x"}])
+def test_a_hostile_red_flags_section_loads_as_what_can_be_read(section):
+    """Found by the hostile tester: {"raised": null} in state.json (or the bucket's copy) crashed
+    the supervisor at start with a traceback; "abc" became three flags."""
+    from daemon.red_flags import load
+
+    raised, history = load(section)
+    assert raised <= {"gpu_util_low"} and history == []

@@ -142,3 +142,9 @@ def test_a_preemption_in_between_does_not_hide_a_stuck_run():
     exits = [CRASH, WorkerExit(75), CRASH, WorkerExit(75), CRASH]
     decisions, _ = run(exits, [7] * 5, start_step=7)
     assert [d.action for d in decisions] == ["restart"] * 4 + ["fail"]
+
+
+def test_a_very_long_run_of_exits_never_overflows_the_backoff():
+    decisions, _ = run([WorkerExit(75)] * 1100, [100] * 1100)
+    assert all(0 <= d.delay <= 600 * 1.2 for d in decisions)
+    assert backoff_delay(5000, CFG, 0.5) == 600

@@ -33,3 +33,13 @@ def test_an_unwritable_log_dir_costs_the_curves_not_the_daemon(tmp_path):
     w.write({"cost/total_usd": 1.0}, T0, 3)
     w.write({"cost/total_usd": 2.0}, T0, 4)
     assert events == ["tensorboard.write_failed"]  # once
+
+
+def test_a_step_no_event_can_hold_is_ignored_and_the_writer_goes_on(tmp_path):
+    w = ScalarWriter(tmp_path / "supervisor")
+    for step in (10**30, 3.5, True, -4, 7):
+        w.write({"cost/total_usd": 1.0}, T0, step)
+    w.close()
+    acc = EventAccumulator(str(tmp_path / "supervisor"))
+    acc.Reload()
+    assert [p.step for p in acc.Scalars("cost/total_usd")] == [0, 0, 0, 0, 7]
