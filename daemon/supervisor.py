@@ -2,11 +2,9 @@
 
 APScheduler runs each job on one thread; every job reads the world into a snapshot, lets a pure
 rule decide (lifecycle, restart, liveness, budget, idle, spot, red_flags, milestone) and hands the
-actions to the one executor. The watchdog ping is a job too, withheld when the tick stalls: it
-reflects the scheduler's health, not the disk's. The daemon outlives its decisions: after a halt,
-a failed shutdown or a completed run it stays up, retrying the shutdown and keeping the idle and
-budget rules watching, until systemd stops it.
-"""
+actions to the one executor. The watchdog ping is a job too, withheld when the tick stalls. The
+daemon outlives its decisions: after a halt, a failed shutdown or a completed run it stays up,
+retrying the shutdown and keeping the idle and budget rules watching, until systemd stops it."""
 from __future__ import annotations
 
 import random
@@ -155,9 +153,11 @@ class Supervisor:
         level = "info" if ended.kind in ("completed", "preempted") or outcome == "held" else "warning"
         getattr(self.log, level)("worker.exited", reason=t.last_exit_reason, kind=ended.kind,
                                  checkpoint_step=step, decision=outcome)
+        if outcome == "restart":
+            self.mirror.start_restore()  # anything newer in the bucket comes back before the next start
         if outcome == "complete":
             self.evaluation.complete()
-        elif outcome == "fail":
+        if outcome == "fail":
             self.state.failure = Failure(reason=reason, at=iso(self.clock.now()), exit_code=t.last_exit_code,
                                          message=ended.message)
             self.log.error("worker.gave_up", reason=reason, hint="fix the cause, then: systemctl restart amapiano-train")

@@ -114,3 +114,36 @@ def test_terminate_waits_while_the_mirror_cannot_confirm(tmp_path, daemons, aws,
     state = d.state()
     assert "not terminating" in state["shutdown"]["result"] and d.proc.poll() is None
     assert d.stop() == 0
+
+
+def test_a_damaged_newest_checkpoint_comes_back_from_s3_instead_of_falling_back(tmp_path, daemons, aws, imds,
+                                                                                  smtp_sink):
+    """Found by the chaos run: the newest local checkpoints damaged on disk made the worker fall
+    back to an older local one while the bucket held them intact (work redone, and TensorBoard's
+    purge left a gap when a later restart restored the newer one). Now the worker quarantines,
+    exits 75 before training, and the supervisor restores from the bucket before the next start."""
+    smtp_sink.up()
+    boto3.client("s3", endpoint_url=aws, region_name="us-east-1").create_bucket(Bucket="runs")
+    config = write_config(tmp_path, LONG, machine(aws, imds, smtp_sink, **MIRROR), {"milestone": {"at": "30d"}})
+    d = daemons(config, AWS_ENV)
+    state = d.wait_state(lambda s: ((s.get("mirror") or {}).get("step") or 0) >= 8, timeout=90)
+    assert d.stop() == 0
+    from daemon.common import checkpoints
+
+    ckpts = tmp_path / "state" / "checkpoints"
+    mirrored = json.loads((tmp_path / "state" / "state.json").read_text())["mirror"]["step"]
+    damaged = [m for m in checkpoints.list_checkpoints(ckpts) if m.step >= mirrored]
+    for m in damaged:  # one flipped byte in each, as a failing disk would
+        with open(m.path, "r+b") as f:
+            f.seek(m.path.stat().st_size // 2)
+            byte = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([byte[0] ^ 0xFF]))
+    d2 = daemons(config, AWS_ENV)
+    after = d2.wait_state(lambda s: s["trainer"]["resumed_from_step"] is not None, timeout=120)
+    assert after["trainer"]["resumed_from_step"] == mirrored, "resumed from the bucket's intact copy"
+    events = [e for _, e in d2.events()]
+    assert any(e["event"] == "s3.restored" and e["step"] == mirrored for e in events)
+    assert all((ckpts / "corrupt" / m.path.name).exists() for m in damaged)  # the damaged bytes kept for a look
+    assert d2.stop() == 0
+    del state

@@ -36,6 +36,11 @@ class CorruptCheckpoint(CheckpointError):
     """The bytes on disk are not the bytes written (size or SHA-256 differs)."""
 
 
+class CheckpointsDamaged(Exception):
+    """Newer checkpoints were quarantined at start, and an S3 mirror may hold them intact: the
+    worker exits (75, nothing lost) so that the supervisor's restore runs before it falls back."""
+
+
 class _HashingWriter:
     """A write-only file that hashes what passes through it (the marker's digest, computed once).
 
@@ -197,8 +202,9 @@ def quarantine(marker: Marker) -> Path:
 
 
 def load_latest(directory: Path, log: Any, map_location: str | torch.device = "cpu",
-                full: bool = True) -> tuple[Marker, dict] | None:
-    """The newest checkpoint that verifies; damaged newer ones are quarantined with a warning.
+                full: bool = True, quarantined: list[int] | None = None) -> tuple[Marker, dict] | None:
+    """The newest checkpoint that verifies; damaged newer ones are quarantined with a warning
+    (their steps appended to `quarantined`).
 
     An intact checkpoint that fails to load raises CheckpointError: falling back past it
     would silently throw away training.
@@ -210,6 +216,8 @@ def load_latest(directory: Path, log: Any, map_location: str | torch.device = "c
             where = quarantine(marker)
             log.warning("checkpoint.corrupt", step=marker.step, error=str(e), moved_to=str(where),
                         note="falling back to the previous checkpoint")
+            if quarantined is not None:
+                quarantined.append(marker.step)
     damaged = sorted((directory / "corrupt").glob(f"{layout.PREFIX}*{layout.MARKER_SUFFIX}"))
     if damaged:  # never start again at step 0 silently when training existed
         raise CheckpointError(f"{directory}: no intact checkpoint left ({len(damaged)} damaged, in corrupt/); "

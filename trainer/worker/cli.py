@@ -81,7 +81,7 @@ def run_worker(args: argparse.Namespace, cfg, log, stop) -> int:
 
     from . import distributed
     from .backoff import GroupBackOff
-    from .checkpoint import CheckpointError
+    from .checkpoint import CheckpointError, CheckpointsDamaged
     from .data import DataError
     from .lock import acquire
     from .train import Trainer
@@ -95,6 +95,10 @@ def run_worker(args: argparse.Namespace, cfg, log, stop) -> int:
         write_failure(failure_file, e)
         log.error("train.bad_input", error=str(e))
         return exits.CONFIG
+    except CheckpointsDamaged as e:  # before any training: restarted at once, after an S3 restore
+        write_failure(failure_file, e)
+        log.warning("train.checkpoints_damaged", error=str(e))
+        return exits.PREEMPTED
     except GroupBackOff as e:  # the record is written: torchrun ends the group, the supervisor restarts it
         write_failure(failure_file, e)
         log.warning("train.oom_group_backoff", error=str(e), record=str(oom.path(cfg.run.state_dir)))

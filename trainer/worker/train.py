@@ -167,7 +167,14 @@ class Trainer:
         removed = checkpoint.clean_partial(cfg.checkpoint_dir)
         if removed:
             log.warning("checkpoint.partial_removed", files=removed)
-        resumed = checkpoint.load_latest(cfg.checkpoint_dir, log, map_location=self.device, full=not self.dist.sharded)
+        damaged: list[int] = []
+        try:
+            resumed = checkpoint.load_latest(cfg.checkpoint_dir, log, map_location=self.device,
+                                             full=not self.dist.sharded, quarantined=damaged)
+        finally:
+            if damaged and cfg.aws.s3_bucket and self.dist.world == 1:  # the bucket may hold them intact
+                raise checkpoint.CheckpointsDamaged(f"checkpoints {damaged} damaged on disk (in corrupt/): exiting "
+                                                    f"so that the supervisor brings newer ones back from S3 first")
         if resumed is None:
             log.info("train.started", total_steps=self.total, steps_per_epoch=spe, device=str(self.device),
                      dtype=self.precision.dtype, train_clips=len(self.train_split),
