@@ -180,14 +180,13 @@ class Aws:
         # Everything lands in one temp directory first (boto3's own temp files too, so a download
         # killed half-way leaves only `.step_X.*.tmp/`, which the worker's clean_partial removes).
         tmp = Path(tempfile.mkdtemp(prefix=f".{marker.path.name}.", suffix=".tmp", dir=directory))
+        got = tmp / marker.path.name
         try:
             if marker.sharded:
-                got = tmp / marker.path.name
                 got.mkdir()
                 for name, entry in meta["manifest"].items():
                     self._fetch(f"{marker.path.name}/{name}", got / name, entry["bytes"], entry["sha256"])
             else:
-                got = tmp / marker.path.name
                 self._fetch(marker.path.name, got, meta["bytes"], meta["sha256"], meta.get("hash"))
             fsync_dir(got if marker.sharded else tmp)
             if marker.path.is_dir() and not marker.path.is_symlink():  # no marker: newer than every local one

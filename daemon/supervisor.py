@@ -155,9 +155,9 @@ class Supervisor:
                                  checkpoint_step=step, decision=outcome)
         if outcome == "restart":
             self.mirror.start_restore()  # anything newer in the bucket comes back before the next start
-        if outcome == "complete":
+        elif outcome == "complete":
             self.evaluation.complete()
-        if outcome == "fail":
+        elif outcome == "fail":
             self.state.failure = Failure(reason=reason, at=iso(self.clock.now()), exit_code=t.last_exit_code,
                                          message=ended.message)
             self.log.error("worker.gave_up", reason=reason, hint="fix the cause, then: systemctl restart amapiano-train")

@@ -94,9 +94,10 @@ def parse_milestone_at(text: str) -> tuple[str, float]:
     raise ValueError(f"must be {AT_FORMS}")
 
 
-def _is_at(text: str) -> bool:
+def _parses(parse, text: str) -> bool:
+    """Whether `parse` (parse_milestone_at, parse_window) takes `text`: a config field's check."""
     with contextlib.suppress(ValueError):
-        return bool(parse_milestone_at(text))
+        return bool(parse(text))
     return False
 
 
@@ -106,7 +107,8 @@ class MilestoneConfig:
 
     # When: a duration after the run started ("35d"), a share of the training steps ("62.5%",
     # week 5 of 8), or the end of an epoch ("epoch 12"). `after` is the older duration-only key.
-    at: str = field(default="62.5%", metadata=_check(lambda t: _is_at(t), f"must be {AT_FORMS}"))
+    at: str = field(default="62.5%",
+                    metadata=_check(lambda t: _parses(parse_milestone_at, t), f"must be {AT_FORMS}"))
     after: Duration = field(default=Duration(0), metadata=NON_NEGATIVE)   # counts only while `at` is unset
     min_authenticity_pct: float = field(default=35.0, metadata=PERCENT)
     max_cost_usd: float = field(default=600.0, metadata=POSITIVE)
@@ -155,18 +157,13 @@ def parse_window(text: str) -> tuple[str, float]:
     raise ValueError(f"must be {WINDOW_FORMS}")
 
 
-def _is_window(text: str) -> bool:
-    with contextlib.suppress(ValueError):
-        return bool(parse_window(text))
-    return False
-
-
 @dataclass(frozen=True)
 class RedFlagsConfig:
     """Early warnings before the milestone (daemon/red_flags.py)."""
 
     # The window the validation loss must fall over: a share of the training steps (the default:
     # a run of hours and one of weeks alike), or a duration (the plan's "3d").
-    val_loss_stall: str = field(default="15%", metadata=_check(lambda t: _is_window(t), f"must be {WINDOW_FORMS}"))
+    val_loss_stall: str = field(default="15%",
+                                metadata=_check(lambda t: _parses(parse_window, t), f"must be {WINDOW_FORMS}"))
     min_gpu_util_pct: float = field(default=50.0, metadata=PERCENT)
     max_cost_before_milestone_usd: float = field(default=400.0, metadata=POSITIVE)

@@ -55,8 +55,7 @@ class _HashingWriter:
 
     def __init__(self, f, pool):
         self._f, self._pool = f, pool
-        self.hash = layout.PieceHash()
-        self.size = 0
+        self.hash = layout.PieceHash()  # its size: the bytes written so far
         self.error: OSError | None = None  # torch's zip writer hides it behind an "enforce fail"
 
     def write(self, data) -> int:
@@ -66,7 +65,6 @@ class _HashingWriter:
         if not hashing:
             for h, part in jobs:
                 h.update(part)
-        self.size += view.nbytes
         try:
             return self._f.write(view)
         except OSError as e:
@@ -145,7 +143,7 @@ def save(directory: Path, step: int, payload: dict, meta: dict, clock: Clock | N
 
     with ThreadPoolExecutor(layout.hash_threads(), thread_name_prefix="sha256") as pool:
         w = write_atomic_with(path, write)
-    meta = {"step": step, "file": path.name, "bytes": w.size, "sha256": w.hash.hexdigest(), "hash": layout.PIECES,
+    meta = {"step": step, "file": path.name, "bytes": w.hash.size, "sha256": w.hash.hexdigest(), "hash": layout.PIECES,
             "format": FORMAT, "time": iso((clock or Clock()).now()), **meta}
     write_json_atomic(layout.marker_path(directory, step), meta)
     return Marker(step, path, meta)

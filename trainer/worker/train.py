@@ -168,13 +168,16 @@ class Trainer:
         if removed:
             log.warning("checkpoint.partial_removed", files=removed)
         damaged: list[int] = []
+        ask_s3 = bool(cfg.aws.s3_bucket) and self.dist.world == 1  # the bucket may hold damaged ones intact
         try:
             resumed = checkpoint.load_latest(cfg.checkpoint_dir, log, map_location=self.device,
                                              full=not self.dist.sharded, quarantined=damaged)
-        finally:
-            if damaged and cfg.aws.s3_bucket and self.dist.world == 1:  # the bucket may hold them intact
-                raise checkpoint.CheckpointsDamaged(f"checkpoints {damaged} damaged on disk (in corrupt/): exiting "
-                                                    f"so that the supervisor brings newer ones back from S3 first")
+        except checkpoint.CheckpointError:
+            if not (damaged and ask_s3):
+                raise
+        if damaged and ask_s3:
+            raise checkpoint.CheckpointsDamaged(f"checkpoints {damaged} damaged on disk (in corrupt/): exiting so "
+                                                f"that the supervisor brings newer ones back from S3 first")
         if resumed is None:
             log.info("train.started", total_steps=self.total, steps_per_epoch=spe, device=str(self.device),
                      dtype=self.precision.dtype, train_clips=len(self.train_split),
