@@ -175,14 +175,22 @@ def test_a_full_state_disk_keeps_the_watchdog_and_alerts_once(tmp_path, daemons,
         config = write_config(tmp_path, LONG, {"run": {"log_dir": str(tmp_path / "logs")}})
         d = daemons(config, {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "1000000"})
         d.wait_state(lambda s: (s["trainer"]["step"] or 0) >= 3, timeout=90)
-        filler = state / "filler"
-        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=64"], capture_output=True)
+        # Kept full: a checkpoint write that fails with ENOSPC deletes its temp file and frees
+        # megabytes, enough for state.json again (seen in CI), so every freed byte is taken back.
+        fillers = []
+
+        def full_and_failed() -> bool:
+            fillers.append(state / f"filler-{len(fillers)}")
+            subprocess.run(["dd", "if=/dev/zero", f"of={fillers[-1]}", "bs=64k", "count=1024"], capture_output=True)
+            return '"event":"state.write_failed"' in d.log_text()
+
         # the next write: at the next change, or the 30 s refresh at the latest
-        wait_until(lambda: '"event":"state.write_failed"' in d.log_text(), 75, "the write failure")
+        wait_until(full_and_failed, 75, "the write failure")
         seen = len(notify_socket.messages)
         notify_socket.wait_for(lambda m: m == "WATCHDOG=1", timeout=10, since=seen)  # still pinging
         assert d.proc.poll() is None
-        filler.unlink()
+        for filler in fillers:
+            filler.unlink(missing_ok=True)
         wait_until(lambda: '"event":"state.write_recovered"' in d.log_text(), 75, "the recovery")
         assert d.log_text().count('"subject":"[amapiano-train] cannot write state.json"') <= 1
         d.stop()
