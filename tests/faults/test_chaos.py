@@ -271,6 +271,8 @@ class Chaos:
                 if self.sup is not None and pid == self.sup.proc.pid:
                     self.frozen_sup = None
                     self.last_updated = (self.last_updated[0], now)
+            if self.storage_fault == "disk.full":
+                _fill(self.filler)  # a failed checkpoint deletes its temp file: take the freed space back
             self._systemd(now)
             self._check_state(now)
             self._check_frozen_workers(now)
