@@ -23,12 +23,16 @@ can still see a model climb out of noise. Silence scores 0.
 
     sound     RMS over -60 dBFS                                  (silence scores 0)
     tonal     share of energy in spectral peaks 30x above the    (white, pink, brown noise and
-              cepstral envelope, 30 Hz-8 kHz: 0.15 -> 0, 0.4 -> 1  clicks have none: 0)
+              local median of the spectrum, 30 Hz-8 kHz:          clicks have none: 0)
+              0.15 -> 0, 0.4 -> 1
     pulse     the onset envelope's autocorrelation peak at a     (a drone or a held tone has
               beat lag (50-200 BPM), times its spread:            no pulse: 0)
               0.2 -> 0, 0.4 -> 1
-    variety   pitch classes holding 30 % of the strongest:       (a single tone: 0)
-              1 -> 0, 3 or more -> 1
+    variety   pitch classes of the sustained (harmonic) part     (a single tone, held or
+              above 150 Hz holding 30 % of the strongest:         pulsed, between two semitones
+              2 or fewer -> 0, 3 or more -> 1; times that part's  or not; a click track, even of
+              share of all the energy: 0.1 % -> 0, 0.5 % -> 1     pitched blips; a sub-bass
+                                                                  pulse; gated brown noise: 0)
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ FLOOR = 0.1            # what a closed gate keeps of the weighted sum
 TEMPO_RANGE = (108.0, 118.0)
 LOG_DRUM_FULL = 0.06   # percussive 40-120 Hz share of all energy that scores 1
 HOP, N_FFT = 512, 2048
+ENVELOPE_BINS = 31     # the tonal check's running median, ~240-480 Hz wide at 22-32 kHz
 
 
 @dataclass(frozen=True)
@@ -98,16 +103,15 @@ def tempo_score(bpm: float) -> float:
 def tonality(power: np.ndarray, freqs: np.ndarray) -> float:
     """Share of the 30 Hz-8 kHz energy in narrow peaks 30x above the spectral envelope.
 
-    The envelope is the cepstrally smoothed log spectrum of each frame, so the colour of a noise
-    (white, pink, brown) is followed and only its random ripple is left, which almost never
-    reaches 30x; a partial of a tone or a chord stands far above it.
+    The envelope is each frame's log spectrum through a running median of ENVELOPE_BINS bins, so
+    the colour of a noise is followed, however steep (brown noise's 1/f^2 defeated a cepstral
+    envelope at its low end), and only its random ripple is left, which almost never reaches
+    30x; a partial of a tone or a chord stands far above it.
     """
-    import scipy.fft as sfft
+    from scipy.ndimage import median_filter
 
     log_power = np.log(power + 1e-10 * power.max() + 1e-20)
-    cepstrum = sfft.dct(log_power, axis=0, norm="ortho")
-    cepstrum[20:] = 0
-    envelope = sfft.idct(cepstrum, axis=0, norm="ortho")
+    envelope = median_filter(log_power, size=(ENVELOPE_BINS, 1), mode="nearest")
     band = (freqs >= 30) & (freqs <= 8000)
     peaks = (log_power - envelope > np.log(30.0)) & band[:, None]
     return float(power[peaks].sum() / (power[band].sum() + 1e-20))
@@ -177,11 +181,14 @@ def features(y: np.ndarray, sr: int) -> Features:
     chordness = float(np.mean(np.minimum(1.0, (peak > 0.5).sum(axis=0) / 3.0)))
     harmony = float(min(1.0, harm_power / total / 0.05) * max(0.0, stability) * chordness)
 
-    whole = librosa.feature.chroma_stft(S=stft ** 2, sr=sr, n_fft=N_FFT, hop_length=HOP, tuning=0.0).mean(axis=1)
-    classes = int((whole > 0.3 * (whole.max() + 1e-12)).sum()) if whole.max() > 0 else 0
+    # Variety from the same sustained part: a click track (pitched blips too) has none, a
+    # sub-bass pulse none above 150 Hz; a tone between two semitones spreads over two classes.
+    whole = chroma.mean(axis=1)
+    classes = int((whole > 0.3 * whole.max()).sum()) if whole.max() > 0 else 0
+    variety = _ramp(classes, 2, 3) * _ramp(float(harm_power / total), 0.001, 0.005)
     return Features(tempo, tempo_score(tempo), log_drum, grid, harmony, sound=sound,
                     tonal=_ramp(tonality(stft ** 2, freqs), 0.15, 0.4), pulse=_ramp(pulse_strength(onset_env, sr), 0.2, 0.4),
-                    variety=_ramp(classes, 1, 3))
+                    variety=variety)
 
 
 def reference_distance(clip: Features, references: list[Features]) -> float:

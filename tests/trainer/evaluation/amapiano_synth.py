@@ -93,3 +93,28 @@ def non_music(seconds: float = 8.0) -> dict[str, np.ndarray]:
     return {"white": noise("white", seconds), "pink": noise("pink", seconds), "brown": noise("brown", seconds),
             "silence": np.zeros(n, dtype=np.float32), "sine": (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32),
             "click": click}
+
+
+def disguised_non_music(sr: int = 32000, seconds: float = 8.0) -> dict[str, np.ndarray]:
+    """Non-music dressed up with Amapiano's pulse, at MusicGen's 32 kHz, each of which once scored
+    21-65 %: a metronome
+    of pitched 1 kHz blips (1.5 kHz on the one) at 113 BPM, brown noise (a random walk) gated in
+    113 BPM eighths, a bare 60 Hz sub-bass pulse and a 1 kHz tone pulsed on the beat (a pitch
+    between B and C, so its energy falls in two pitch classes)."""
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    beat = 60 / 113
+    blips = np.zeros(n)
+    m = int(0.05 * sr)
+    for i, k in enumerate(np.arange(0, seconds, beat)):
+        s = int(k * sr)
+        blip = np.sin(2 * np.pi * (1500 if i % 4 == 0 else 1000) * t[:m]) * np.exp(-t[:m] / 0.01)
+        blips[s:s + m] += blip[:n - s]
+    walk = np.cumsum(np.random.default_rng(7).standard_normal(n))
+    walk -= np.linspace(walk[0], walk[-1], n)
+    gated = walk / np.max(np.abs(walk)) * (np.floor(t / (beat / 2)) % 2 == 0)
+    pulse = np.exp(-np.mod(t, beat) / 0.1)
+    clips = {"blip metronome": 0.8 * blips, "gated brown noise": 0.9 * gated,
+             "sub-bass pulse": 0.8 * np.sin(2 * np.pi * 60 * t) * pulse,
+             "pulsed tone": 0.8 * np.sin(2 * np.pi * 1000 * t) * pulse}
+    return {k: v.astype(np.float32) for k, v in clips.items()}

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from amapiano_synth import SR, amapiano_like, non_music  # noqa: E402
+from amapiano_synth import SR, amapiano_like, disguised_non_music, non_music  # noqa: E402
 
 from conftest import cli  # noqa: E402
 
@@ -23,6 +23,8 @@ def clips(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("clips")
     for name, y in {**non_music(), "groove": amapiano_like(1)}.items():
         sf.write(d / f"{name}.wav", y, SR)
+    for name, y in disguised_non_music(sr=32000).items():
+        sf.write(d / f"{name.replace(' ', '-')}.wav", y, 32000)
     return d
 
 
@@ -30,7 +32,8 @@ def test_score_offline_json_separates_the_groove_from_non_music(clips):
     r = cli("score", "--offline", "--json", *sorted(str(p) for p in clips.glob("*.wav")), timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {Path(row["file"]).stem: row for row in json.loads(r.stdout)}
-    assert set(rows) == {"white", "pink", "brown", "silence", "sine", "click", "groove"}
+    assert set(rows) == {"white", "pink", "brown", "silence", "sine", "click", "groove", "blip-metronome",
+                         "gated-brown-noise", "sub-bass-pulse", "pulsed-tone"}
     assert all(row["mode"] == "offline (descriptors only)" for row in rows.values())
     groove = rows.pop("groove")["authenticity_pct"]
     worst = max(row["authenticity_pct"] for row in rows.values())
