@@ -4,7 +4,9 @@ from librosa features alone (deterministic, no weights to download).
 Four features, each mapped to [0, 1] and weighted:
 
     tempo     0.30  the beat tracker's tempo in Amapiano's range, 108-118 BPM: 1 inside,
-                    falling linearly to 0 at 20 BPM outside (half and double tempo count too)
+                    falling linearly to 0 at 20 BPM outside (half and double tempo count too;
+                    so does an in-range pulse at least 80 % as strong as the tracked one,
+                    which a dotted log-drum pattern makes trackers hear as 4/3 of the tempo)
     log drum  0.30  the percussive (HPSS) energy in 40-120 Hz, the log drum's sub-bass hits,
                     as a share of all the energy (a steady bass tone does not count); 6 % or
                     more scores 1
@@ -28,11 +30,13 @@ can still see a model climb out of noise. Silence scores 0.
     pulse     the onset envelope's autocorrelation peak at a     (a drone or a held tone has
               beat lag (50-200 BPM), times its spread:            no pulse: 0)
               0.2 -> 0, 0.4 -> 1
-    variety   pitch classes of the sustained (harmonic) part     (a single tone, held or
-              above 150 Hz holding 30 % of the strongest:         pulsed, between two semitones
-              2 or fewer -> 0, 3 or more -> 1; times that part's  or not; a click track, even of
-              share of all the energy: 0.1 % -> 0, 0.5 % -> 1     pitched blips; a sub-bass
-                                                                  pulse; gated brown noise: 0)
+    variety   pitch classes from 110 Hz holding 30 % of the      (one note, held or pulsed,
+              strongest's energy, on the harmonic salience of     however rich its overtones;
+              the sustained part of a constant-Q spectrum (a      a tone between two semitones;
+              note's overtones fold into its own class):          a click track, even of
+              2 or fewer -> 0, 3 or more -> 1; times the          pitched blips; a sub-bass
+              sustained share above 150 Hz: 0.01 % -> 0,          pulse; gated brown noise: 0)
+              0.05 % -> 1
 """
 from __future__ import annotations
 
@@ -117,6 +121,49 @@ def tonality(power: np.ndarray, freqs: np.ndarray) -> float:
     return float(power[peaks].sum() / (power[band].sum() + 1e-20))
 
 
+def track_tempo(onset_env: np.ndarray, sr: int) -> float:
+    """The beat tracker's tempo, unless the onsets pulse almost as strongly (80 %) at a tempo in
+    Amapiano's range, and clearly (twice the median over 50-240 BPM): a dotted log-drum pattern (3 + 3 + 2 sixteenths) makes trackers hear 4/3 of
+    the tempo (150 BPM for 113), which the half/double-time allowance does not cover."""
+    import librosa
+
+    tracked = float(np.atleast_1d(librosa.feature.tempo(onset_envelope=onset_env, sr=sr, hop_length=HOP))[0])
+    strength = librosa.feature.tempogram(onset_envelope=onset_env, sr=sr, hop_length=HOP).mean(axis=1)
+    bpm = librosa.tempo_frequencies(strength.size, sr=sr, hop_length=HOP)
+    beats = (bpm >= 50) & (bpm <= 240)
+    near = beats & (np.abs(bpm - tracked) <= 0.03 * tracked)
+    inside = (bpm >= TEMPO_RANGE[0]) & (bpm <= TEMPO_RANGE[1])
+    if not inside.any() or not near.any():
+        return tracked
+    best = int(np.flatnonzero(inside)[np.argmax(strength[inside])])
+    clear = strength[best] >= 2 * np.median(strength[beats])  # a peak, not noise's flat tempogram
+    return float(bpm[best]) if clear and strength[best] >= 0.8 * strength[near].max() else tracked
+
+
+def pitch_classes(y: np.ndarray, sr: int) -> int:
+    """Pitch classes holding 30 % of the strongest's energy in the sustained part of the clip,
+    counted from 110 Hz on harmonic salience: a constant-Q spectrum (3 bins a semitone), its
+    sustained part (HPSS), each bin credited with its first six harmonics (the fundamental most),
+    so a note's overtones fold into its own class: one sawtooth is one class, not the three its
+    3rd and 5th harmonics would add. A click track (pitched blips too) has no sustained part; a
+    tone between two semitones spreads over two classes at most."""
+    import librosa
+
+    per_octave, fmin = 36, 27.5  # A0: bin 3k is an A
+    n_bins = min(per_octave * 8, int(per_octave * np.log2(0.45 * sr / fmin)))  # up to 7 kHz, under Nyquist
+    cqt = np.abs(librosa.cqt(y, sr=sr, hop_length=HOP, fmin=fmin, n_bins=n_bins, bins_per_octave=per_octave))
+    sustained, _ = librosa.decompose.hpss(cqt)
+    salience = np.zeros_like(sustained)
+    for h, w in zip(range(1, 7), (1.0, 0.8, 0.6, 0.5, 0.4, 0.3)):
+        shift = int(round(per_octave * np.log2(h)))
+        salience[:salience.shape[0] - shift] += w * sustained[shift:]
+    energy = (salience ** 2).sum(axis=1)  # per bin over the clip; from 110 Hz, so the log drum's
+    counted = np.arange(energy.size) >= 2 * per_octave  # sub-bass cannot drown quiet chords
+    classes = np.zeros(12)
+    np.add.at(classes, np.round(np.arange(energy.size)[counted] / 3).astype(int) % 12, energy[counted])
+    return int((classes > 0.3 * classes.max()).sum()) if classes.max() > 0 else 0
+
+
 def pulse_strength(onset_env: np.ndarray, sr: int) -> float:
     """The onset envelope's normalised autocorrelation peak at a beat lag of 50-200 BPM, times
     how much it moves at all (its spread, 1 -> 0 to 3 -> 1): a held tone's envelope is flat, and
@@ -149,7 +196,7 @@ def features(y: np.ndarray, sr: int) -> Features:
 
     onset_env = librosa.onset.onset_strength(S=librosa.amplitude_to_db(percussive, ref=np.max), sr=sr,
                                              hop_length=HOP)
-    tempo = float(np.atleast_1d(librosa.feature.tempo(onset_envelope=onset_env, sr=sr, hop_length=HOP))[0])
+    tempo = track_tempo(onset_env, sr)
 
     # Sub-bass energy that arrives as hits: the low band's percussive part against ALL the
     # energy, so a steady bass tone (harmonic, not percussive) does not count.
@@ -181,11 +228,7 @@ def features(y: np.ndarray, sr: int) -> Features:
     chordness = float(np.mean(np.minimum(1.0, (peak > 0.5).sum(axis=0) / 3.0)))
     harmony = float(min(1.0, harm_power / total / 0.05) * max(0.0, stability) * chordness)
 
-    # Variety from the same sustained part: a click track (pitched blips too) has none, a
-    # sub-bass pulse none above 150 Hz; a tone between two semitones spreads over two classes.
-    whole = chroma.mean(axis=1)
-    classes = int((whole > 0.3 * whole.max()).sum()) if whole.max() > 0 else 0
-    variety = _ramp(classes, 2, 3) * _ramp(float(harm_power / total), 0.001, 0.005)
+    variety = _ramp(pitch_classes(y, sr), 2, 3) * _ramp(float(harm_power / total), 0.0001, 0.0005)
     return Features(tempo, tempo_score(tempo), log_drum, grid, harmony, sound=sound,
                     tonal=_ramp(tonality(stft ** 2, freqs), 0.15, 0.4), pulse=_ramp(pulse_strength(onset_env, sr), 0.2, 0.4),
                     variety=variety)

@@ -154,19 +154,24 @@ def cmd_score(args) -> int:
     except ConfigError as e:
         print(f"amapiano-train score: {e}", file=sys.stderr)
         return exits.CONFIG
-    from .score import audio_files, build_scorer, read_audio
+    from .score import AUDIO_SUFFIXES, audio_files, build_scorer, read_audio, unreadable
 
     scorer = build_scorer(cfg.milestone if cfg else MilestoneConfig(), args.offline,
                           base=cfg.source.parent if cfg and cfg.source else None)
     rows, status = [], exits.OK
-    for path in audio_files(args.files):
+    files = audio_files(args.files)
+    if not files:
+        print(f"amapiano-train score: no audio files ({', '.join(AUDIO_SUFFIXES)}) in {', '.join(map(str, args.files))}",
+              file=sys.stderr)
+        return exits.DATAERR
+    for path in files:
         try:
             wave, sr = read_audio(path)
+            r = scorer.score(wave, sr)
         except Exception as e:  # one bad file is reported, the others are still scored
-            print(f"amapiano-train score: {path}: cannot read ({type(e).__name__}: {e})", file=sys.stderr)
+            print(f"amapiano-train score: {path}: {unreadable(e)}", file=sys.stderr)
             status = exits.DATAERR
             continue
-        r = scorer.score(wave, sr)
         r.pop("embedding", None)
         rows.append({"file": str(path), "authenticity_pct": round(r.pop("authenticity_pct"), 2), "mode": scorer.mode, **r})
     if args.json:

@@ -69,18 +69,52 @@ def audio_files(paths: list[Path]) -> list[Path]:
     return files
 
 
+MAX_SECONDS = 120.0   # what `score` analyses of one file: the generated samples are 10-30 s
+MIN_RATE = 4000       # Hz; below it there is no music to hear, only a broken header
+PEAK_LIMIT = 16.0     # +24 dBFS: float audio past it is not audio (a 1e30 sample overflows the analysis)
+
+
+class AudioError(ValueError):
+    """A file that reads but cannot be scored: the message says why, in a few words."""
+
+
 def read_audio(path: Path) -> tuple[np.ndarray, int]:
-    """Mono float32 and its rate; any format soundfile (or librosa's fallback) reads."""
+    """Mono float32 and its rate (at most MAX_SECONDS of it); any format soundfile (or librosa's
+    fallback) reads. AudioError, or the reader's own error, for what cannot be scored."""
+    import warnings
+
     import soundfile as sf
 
     try:
-        wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        return wave.mean(axis=1), int(sr)
+        with sf.SoundFile(str(path)) as f:
+            wave = f.read(frames=int(MAX_SECONDS * f.samplerate), dtype="float32", always_2d=True).mean(axis=1)
+            sr = int(f.samplerate)
     except sf.LibsndfileError:
         import librosa
 
-        wave, sr = librosa.load(str(path), sr=None, mono=True)
-        return wave.astype(np.float32), int(sr)
+        with warnings.catch_warnings():  # audioread's and librosa's deprecation chatter is not the user's
+            warnings.simplefilter("ignore")
+            wave, sr = librosa.load(str(path), sr=None, mono=True, duration=MAX_SECONDS)
+        wave, sr = wave.astype(np.float32), int(sr)
+    if sr < MIN_RATE:
+        raise AudioError(f"sample rate {sr} Hz (needs at least {MIN_RATE} Hz)")
+    if wave.size < sr // 4:
+        raise AudioError(f"{wave.size / sr:.2f} s long (needs at least 0.25 s)")
+    if not np.all(np.isfinite(wave)):
+        raise AudioError("NaN or infinite samples")
+    peak = float(np.max(np.abs(wave)))
+    if peak > PEAK_LIMIT:
+        raise AudioError(f"samples reach {peak:.3g}, far outside [-1, 1]")
+    return wave, sr
+
+
+def unreadable(e: Exception) -> str:
+    """Why a file could not be scored, in one line: the reader's message, or a plain one for the
+    exceptions that carry none (a zero-byte file, a text file named .wav)."""
+    if isinstance(e, AudioError):
+        return str(e)
+    text = str(e).strip().splitlines()[0] if str(e).strip() else "not audio that soundfile or librosa can decode"
+    return f"cannot read ({type(e).__name__}: {text})"
 
 
 def build_scorer(milestone: Any, offline: bool, log: Any = None, base: Path | None = None) -> Scorer:
@@ -101,9 +135,14 @@ def build_scorer(milestone: Any, offline: bool, log: Any = None, base: Path | No
     ref_dir = Path(milestone.reference_dir).expanduser() if milestone.reference_dir else None
     if ref_dir is not None and not ref_dir.is_absolute() and base is not None:
         ref_dir = base / ref_dir
-    refs = audio_files([ref_dir]) if ref_dir and ref_dir.is_dir() else []
-    if len(refs) >= 2:
-        scorer.references = np.stack([clap.embed(*read_audio(p)) for p in refs])
+    embedded = []
+    for path in audio_files([ref_dir]) if ref_dir and ref_dir.is_dir() else []:
+        try:
+            embedded.append(clap.embed(*read_audio(path)))
+        except Exception as e:  # one bad reference is left out and said, not the whole scorer lost
+            scorer.notes.append(f"reference {path} left out: {unreadable(e)}")
+    if len(embedded) >= 2:
+        scorer.references = np.stack(embedded)
     else:
         scorer.notes.append("no reference clips ([milestone] reference_dir): the reference part is left out")
     return scorer

@@ -118,3 +118,49 @@ def disguised_non_music(sr: int = 32000, seconds: float = 8.0) -> dict[str, np.n
              "sub-bass pulse": 0.8 * np.sin(2 * np.pi * 60 * t) * pulse,
              "pulsed tone": 0.8 * np.sin(2 * np.pi * 1000 * t) * pulse}
     return {k: v.astype(np.float32) for k, v in clips.items()}
+
+
+def _piano(freqs: list[float], t: np.ndarray) -> np.ndarray:
+    """Struck strings: seven partials, the higher ones dying faster."""
+    return sum(np.sin(2 * np.pi * f * k * t) * np.exp(-t * (1.5 + k)) / k ** 1.5 for f in freqs for k in range(1, 8))
+
+
+def dotted_groove(sr: int, bpm: float, chord_gain: float, bars: int = 4) -> np.ndarray:
+    """A groove beat trackers misread: log drums falling on 16ths 0, 3, 6, 10, 11 and 14 of each
+    bar (the dotted feel that makes them hear 4/3 of the tempo), a kick on the beats, 16th
+    shakers, and a piano playing one seventh chord a bar, at `chord_gain` of the drums."""
+    beat, rng = 60 / bpm, np.random.default_rng(int(bpm * 10) + sr)
+    n = int(sr * beat * 4 * bars)
+    t, y = np.arange(n) / sr, np.zeros(n)
+
+    def put(at: float, hit: np.ndarray) -> None:
+        i = int(at * sr)
+        y[i:i + hit.size] += hit[:max(0, n - i)]
+
+    drum_t = t[:int(0.45 * sr)]
+    pitch = 55 + 30 * np.exp(-drum_t / 0.04)  # a log drum: a sub-bass sine bending down to 55 Hz
+    log_drum = np.sin(2 * np.pi * np.cumsum(pitch) / sr) * np.exp(-drum_t / 0.12)
+    kick_t = t[:int(0.25 * sr)]
+    kick = np.sin(2 * np.pi * np.cumsum(45 + 105 * np.exp(-kick_t / 0.015)) / sr) * np.exp(-kick_t / 0.06)
+    sevenths = [[57, 60, 64, 67], [53, 57, 60, 64], [50, 53, 57, 60], [52, 55, 59, 62]]  # Am7 Fmaj7 Dm7 Em7
+    for b in range(bars):
+        bar = b * 4 * beat
+        for s in (0, 3, 6, 10, 11, 14):
+            put(bar + s * beat / 4, 0.8 * log_drum)
+        for k in range(4):
+            put(bar + k * beat, 0.5 * kick)
+        for s in range(16):
+            m = int(0.03 * sr)
+            put(bar + s * beat / 4, 0.25 * (1.0 if s % 4 == 2 else 0.55) * np.diff(rng.standard_normal(m + 1))
+                * np.exp(-np.arange(m) / (0.008 * sr)))
+        notes = [440 * 2 ** ((m - 69) / 12) for m in sevenths[b % 4]]
+        put(bar, chord_gain * _piano(notes, t[:int(4 * beat * sr)]) / 4)
+    return (0.8 * y / np.max(np.abs(y))).astype(np.float32)
+
+
+def single_note(sr: int = 32000, seconds: float = 8.0) -> np.ndarray:
+    """One A2 (110 Hz) of a band-limited sawtooth, switched on for the first half of every 113 BPM
+    eighth: its overtones fill three pitch classes, yet it is one note."""
+    t = np.arange(int(seconds * sr)) / sr
+    saw = sum(np.sin(2 * np.pi * 110 * k * t) / k for k in range(1, int(sr / 2 / 110)))
+    return (0.5 * saw / np.max(np.abs(saw)) * (np.mod(t, 60 / 113 / 2) < 60 / 113 / 4)).astype(np.float32)
