@@ -5,7 +5,7 @@ Four features, each mapped to [0, 1] and weighted:
 
     tempo     0.30  the beat tracker's tempo in Amapiano's range, 108-118 BPM: 1 inside,
                     falling linearly to 0 at 20 BPM outside (half and double tempo count too;
-                    so does an in-range pulse at least 80 % as strong as the tracked one,
+                    so does an in-range pulse at least 70 % as strong as the tracked one,
                     which a dotted log-drum pattern makes trackers hear as 4/3 of the tempo)
     log drum  0.30  the percussive (HPSS) energy in 40-120 Hz, the log drum's sub-bass hits,
                     as a share of all the energy (a steady bass tone does not count); 6 % or
@@ -122,7 +122,7 @@ def tonality(power: np.ndarray, freqs: np.ndarray) -> float:
 
 
 def track_tempo(onset_env: np.ndarray, sr: int) -> float:
-    """The beat tracker's tempo, unless the onsets pulse almost as strongly (80 %) at a tempo in
+    """The beat tracker's tempo, unless the onsets pulse almost as strongly (70 %) at a tempo in
     Amapiano's range, and clearly (twice the median over 50-240 BPM): a dotted log-drum pattern (3 + 3 + 2 sixteenths) makes trackers hear 4/3 of
     the tempo (150 BPM for 113), which the half/double-time allowance does not cover."""
     import librosa
@@ -137,7 +137,7 @@ def track_tempo(onset_env: np.ndarray, sr: int) -> float:
         return tracked
     best = int(np.flatnonzero(inside)[np.argmax(strength[inside])])
     clear = strength[best] >= 2 * np.median(strength[beats])  # a peak, not noise's flat tempogram
-    return float(bpm[best]) if clear and strength[best] >= 0.8 * strength[near].max() else tracked
+    return float(bpm[best]) if clear and strength[best] >= 0.7 * strength[near].max() else tracked
 
 
 def pitch_classes(y: np.ndarray, sr: int) -> int:
