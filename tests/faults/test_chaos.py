@@ -381,12 +381,15 @@ class Chaos:
             elif kind == "corrupt.hold":
                 (self.state_dir / "hold.json").write_bytes(garbage)
             else:
-                markers = checkpoints.list_checkpoints(self.ckpt_dir)
                 # Never the last intact ones: with every checkpoint damaged the daemon rightly stops
                 # and asks a person (tests/trainer/worker/test_checkpoint.py), which ends the run.
-                if len(markers) < 3:
+                # Intact: not damaged or garbled by an earlier fault (counting those let two faults
+                # leave nothing intact, seed 891623435).
+                intact = [m for m in checkpoints.list_checkpoints(self.ckpt_dir)
+                          if m.path.name not in self.damaged and m.step not in self.garbled_markers]
+                if len(intact) < 3:
                     return False
-                m = self.rng.choice(markers)
+                m = self.rng.choice(intact)
                 if kind == "corrupt.marker":
                     m.marker.write_bytes(garbage)
                     self.garbled_markers.add(m.step)

@@ -242,6 +242,25 @@ def prune(directory: Path, keep: int) -> list[int]:
     return removed
 
 
+def _param_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> list[str]:
+    """The optimizer's parameters, in its own order, by their names in the model."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def optimizer_by_index(osd: dict, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
+    """A name-keyed optimizer state (torch.distributed.checkpoint's) as optimizer.load_state_dict takes it."""
+    index = {n: i for i, n in enumerate(_param_names(optimizer, model))}
+    return {"state": {index[n]: s for n, s in osd["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
+
+
+def optimizer_by_name(osd: dict, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
+    names = _param_names(optimizer, model)
+    return {"state": {names[i]: s for i, s in osd["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
+
+
 def committed(directory: Path, path: Path) -> Marker:
     """The marker of the committed checkpoint at `path` in `directory` (a person's --checkpoint)."""
     target = Path(path).resolve()

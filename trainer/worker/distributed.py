@@ -208,8 +208,33 @@ class Group:
         if self.world > 1:
             dist.barrier()
 
+    def writer_first(self, fn: Callable[[], Any]) -> Any:
+        """fn on rank 0, then (past a barrier) on the others: what fn moves on disk (a damaged
+        checkpoint into corrupt/) is moved once, and the others find it moved. Both ranks of a
+        group quarantining one checkpoint at once raced on its files (FileNotFoundError)."""
+        if self.world == 1:
+            return fn()
+        result: Any = None
+        error: BaseException | None = None
+        if self.rank == 0:
+            try:
+                result = fn()
+            except Exception as e:  # raised after the barrier, so no rank waits on it forever
+                error = e
+        self.barrier()
+        if self.rank != 0:
+            return fn()
+        if error is not None:
+            raise error
+        return result
+
     def close(self) -> None:
+        """At a step boundary every rank reached (completion, an agreed stop): wait for the others,
+        then take the group down, so no rank exits with gloo's threads still talking to a peer that
+        has gone (a rank then aborted at exit, "terminate called without an active exception", and
+        a finished run was counted as a crash and restarted)."""
         if self.world > 1 and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -275,6 +300,8 @@ class Group:
 
     def load_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, marker: Any, payload: dict) -> None:
         """Model and optimizer from a checkpoint of any width and either strategy."""
+        from . import checkpoint
+
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -292,34 +319,15 @@ class Group:
             else:  # a .pt of one process or DDP: every rank read it whole, each keeps its shard
                 osd = payload["optimizer"]
                 if payload.get("optimizer_keys") != "fqn":
-                    osd = optimizer_by_name(osd, optimizer, model)
+                    osd = checkpoint.optimizer_by_name(osd, optimizer, model)
                 set_state_dict(model, optimizer, model_state_dict=payload["model"], optim_state_dict=osd,
                                options=StateDictOptions(full_state_dict=True))
             return
         self.unwrap(model).load_state_dict(payload["model"])
         osd = payload["optimizer"]
         if payload.get("optimizer_keys") == "fqn":  # a sharded checkpoint, loaded whole
-            osd = optimizer_by_index(osd, optimizer, self.unwrap(model))
+            osd = checkpoint.optimizer_by_index(osd, optimizer, self.unwrap(model))
         optimizer.load_state_dict(osd)
-
-
-def _param_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> list[str]:
-    """The optimizer's parameters, in its own order, by their names in the model."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
-
-
-def optimizer_by_index(osd: dict, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
-    """A name-keyed optimizer state (torch.distributed.checkpoint's) as optimizer.load_state_dict takes it."""
-    index = {n: i for i, n in enumerate(_param_names(optimizer, model))}
-    return {"state": {index[n]: s for n, s in osd["state"].items()},
-            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
-
-
-def optimizer_by_name(osd: dict, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
-    names = _param_names(optimizer, model)
-    return {"state": {names[i]: s for i, s in osd["state"].items()},
-            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
 
 
 def init(cfg: Config) -> Group:

@@ -84,6 +84,7 @@ class Trainer:
                     self.save_checkpoint()  # SIGUSR2 above: a checkpoint now, then go on
         finally:
             self.tb.close()
+        self.dist.close()
         self.heartbeat("completed")
         best = checkpoint.best(self.cfg.checkpoint_dir)
         self.log.info("train.completed", step=self.p.step, best_val_loss=self.p.best_val,
@@ -164,14 +165,13 @@ class Trainer:
     def resume(self) -> None:
         """Load the newest valid checkpoint into what setup built, or log a fresh start."""
         cfg, log, spe = self.cfg, self.log, self.steps_per_epoch
-        removed = checkpoint.clean_partial(cfg.checkpoint_dir)
-        if removed:
+        if removed := (checkpoint.clean_partial(cfg.checkpoint_dir) if distributed.is_writer() else []):
             log.warning("checkpoint.partial_removed", files=removed)
         damaged: list[int] = []
         ask_s3 = bool(cfg.aws.s3_bucket) and self.dist.world == 1  # the bucket may hold damaged ones intact
         try:
-            resumed = checkpoint.load_latest(cfg.checkpoint_dir, log, map_location=self.device,
-                                             full=not self.dist.sharded, quarantined=damaged)
+            resumed = self.dist.writer_first(lambda: checkpoint.load_latest(  # rank 0 quarantines, once
+                cfg.checkpoint_dir, log, map_location=self.device, full=not self.dist.sharded, quarantined=damaged))
         except checkpoint.CheckpointError:
             if not (damaged and ask_s3):
                 raise
@@ -340,10 +340,10 @@ class Trainer:
 
     def preempt(self, why: str) -> int:
         """Asked to stop: make sure this step is checkpointed, say so, exit 75."""
-        p = self.p
-        if p.last_ckpt is None or p.last_ckpt.step != p.step:
+        if self.p.last_ckpt is None or self.p.last_ckpt.step != self.p.step:
             self.save_checkpoint(then="stopped")
         else:
             self.heartbeat("stopped")
-        self.log.info("train.preempted", reason=why, step=p.step, checkpoint=str(p.last_ckpt.path))
+        self.log.info("train.preempted", reason=why, step=self.p.step, checkpoint=str(self.p.last_ckpt.path))
+        self.dist.close()  # every rank agreed on this step
         return exits.PREEMPTED
