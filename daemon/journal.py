@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .common.atomic import FILE_MODE, write_bytes_atomic
+from .common.clock import is_utc_time
 from .cost import Ledger
 
 NAME = "ledger.journal"
@@ -56,7 +57,7 @@ def last(path: Path) -> dict | None:
             rec = json.loads(raw)
         except ValueError:
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("run_id"), str) and isinstance(rec.get("started_at"), str):
+        if isinstance(rec, dict) and isinstance(rec.get("run_id"), str) and is_utc_time(rec.get("started_at")):
             return rec
     return None
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .common.atomic import write_json_atomic
-from .common.clock import iso
+from .common.clock import is_utc_time, iso
 from .states import Phase
 
 SCHEMA_VERSION = 1
@@ -139,6 +140,38 @@ def _typed(cls: type, data: Any, where: str, path: Path) -> Any:
         raise StateError(f"{path}: field '{where}' is incomplete ({e})") from None
 
 
+TIME_KEYS = re.compile(r"(_at|_until|due_forecast)$")           # UTC ISO 8601 timestamps
+NUMBER_KEYS = re.compile(r"_(usd|s|pct|h|w|c|mb|per_h|per_s)$")   # figures with a unit
+STRING_LISTS = {"fired", "raised"}                                # alerts sent, flags raised
+OBJECTS = {"forecast", "timer", "completion", "last", "interruption", "rebalance", "upload"}
+
+
+def _clean(value: Any) -> Any:
+    """A section with every field the daemon or `status` reads by kind checked: an ill-typed
+    timestamp, figure, list or object reads as unknown (dropped), never a crash each tick."""
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, v in value.items():
+        if v is None:
+            out[key] = v
+        elif TIME_KEYS.search(key):
+            if is_utc_time(v):
+                out[key] = v
+        elif NUMBER_KEYS.search(key):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out[key] = v
+        elif key in STRING_LISTS:
+            out[key] = [x for x in v if isinstance(x, str)] if isinstance(v, list) else []
+        elif key in OBJECTS and not isinstance(v, dict):
+            continue
+        else:
+            out[key] = _clean(v)
+    return out
+
+
 def load_state(path: Path) -> State | None:
     """The state file, or None when there is none yet. Raises StateError if unusable."""
     try:
@@ -158,14 +191,23 @@ def load_state(path: Path) -> State | None:
     if not isinstance(data, dict):
         raise StateError(f"{path}: must hold a JSON object")
     version = data.get("schema_version")
-    if not isinstance(version, int):
-        raise StateError(f"{path}: field 'schema_version' is missing or not an integer")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise StateError(f"{path}: field 'schema_version' is missing or not a positive integer; {MOVE_ASIDE}")
     if version > SCHEMA_VERSION:
         raise NewerStateError(f"{path}: field 'schema_version' is {version}, newer than this amapiano-train "
                          f"understands ({SCHEMA_VERSION}); upgrade amapiano-train")
-    for key in ("run_id", "started_at"):
-        if not isinstance(data.get(key), str):
-            raise StateError(f"{path}: field '{key}' is missing or not a string")
+    if not isinstance(data.get("run_id"), str) or not 0 < len(data["run_id"]) <= 64:
+        raise StateError(f"{path}: field 'run_id' is missing or not a short string; {MOVE_ASIDE}")
+    if not is_utc_time(data.get("started_at")):
+        raise StateError(f"{path}: field 'started_at' is missing or not a UTC ISO 8601 time; {MOVE_ASIDE}")
+    # The ledger (`cost`) checks itself strictly below: a figure of it dropped would be spend lost.
+    data = {k: (v if k in ("run_id", "started_at", "alerts", "cost") or k not in _fields(State) else _clean(v))
+            for k, v in data.items()}
+    if isinstance(data.get("cost"), dict) and "forecast" in data["cost"]:
+        data["cost"] = {**data["cost"], "forecast": _clean({"forecast": data["cost"]["forecast"]}).get("forecast")}
+    for key in ("phase_since", "updated_at"):
+        if not is_utc_time(data.get(key)):
+            data[key] = None
     if data.get("phase") not in {p.value for p in Phase}:
         raise StateError(f"{path}: field 'phase' is {data.get('phase')!r}, not a known phase; {MOVE_ASIDE}")
     trainer = _typed(TrainerState, data.get("trainer") or {}, "trainer", path)
@@ -225,7 +267,7 @@ def open_run(path: Path, now: datetime, log: Any) -> State:
         ledger = journal.ledger_of(rec)
         state.cost = ledger.to_json() if ledger else None
         state.budget = {"fired": [x for x in rec.get("budget_fired") or [] if isinstance(x, str)]}
-        ms = {k: v for k, v in (rec.get("milestone") or {}).items() if isinstance(v, str)}
+        ms = _clean({k: v for k, v in (rec.get("milestone") or {}).items() if isinstance(v, str)})
         state.milestone = ms or None
         log.warning("run.rebuilt_from_journal", state_file=str(path), summary=journal.describe(rec))
     elif state is None:

@@ -88,8 +88,8 @@ def _machine_rows(state: State) -> list[tuple[str, str]]:
     gpu = state.gpu or {}
     if gpu:
         if gpu.get("available"):
-            devs = "  ".join(f"#{d['index']} {_num(d.get('util_pct'), '.0f')} % {_num(d.get('power_w'), '.0f')} W"
-                             for d in gpu.get("devices", []))
+            devs = "  ".join(f"#{d.get('index')} {_num(d.get('util_pct'), '.0f')} % {_num(d.get('power_w'), '.0f')} W"
+                             for d in gpu.get("devices") or [] if isinstance(d, dict))
             rows.append(("gpu", f"util 1 min {_num(gpu.get('util_avg_1m_pct'), '.0f')} %, 1 h "
                                 f"{_num(gpu.get('util_avg_1h_pct'), '.0f')} %  {devs}"))
         else:
@@ -124,6 +124,14 @@ def _machine_rows(state: State) -> list[tuple[str, str]]:
     return rows
 
 
+def _guarded(rows, *args) -> list[tuple[str, str]]:
+    """A section state.json holds in a shape this version cannot show costs a row, not the screen."""
+    try:
+        return rows(*args)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        return [("unreadable", f"a field of state.json cannot be shown ({type(e).__name__}: {e})")]
+
+
 def render(state: State, now: datetime) -> str:
     """The ten-second screen."""
     t = state.trainer
@@ -140,8 +148,8 @@ def render(state: State, now: datetime) -> str:
         ("checkpoint", f"{t.last_checkpoint or 'none yet'}"
                        + (f" (step {t.last_checkpoint_step})" if t.last_checkpoint_step is not None else "")),
         ("heartbeat", _age(t.heartbeat_at, now)),
-        *_money_rows(state, now),
-        *_machine_rows(state),
+        *_guarded(_money_rows, state, now),
+        *_guarded(_machine_rows, state),
         ("state file", f"updated {_age(state.updated_at, now)}"),
     ]
     if state.failure:

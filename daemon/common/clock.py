@@ -38,3 +38,14 @@ def iso(dt: datetime | None) -> str | None:
 
 def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def is_utc_time(value: object) -> bool:
+    """A timestamp as this project writes them (aware, in a sane range), from a file someone may have edited."""
+    if not isinstance(value, str) or len(value) > 64:
+        return False
+    try:
+        t = parse_iso(value)
+    except ValueError:
+        return False
+    return t.tzinfo is not None and 2000 <= t.year <= 2200

@@ -10,6 +10,7 @@ from conftest import cli, write_config
 from daemon.state import SCHEMA_VERSION, Failure, State, StateError, load_state, save_state
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+T0 = "2026-11-25T10:00:00Z"
 
 
 def test_round_trip_keeps_everything_including_unknown_sections(tmp_path):
@@ -33,18 +34,25 @@ def test_missing_file_is_no_state_yet(tmp_path):
 @pytest.mark.parametrize("content, field", [
     ("{\"run_id\": ", "not valid JSON"),
     ("[]", "must hold a JSON object"),
-    (json.dumps({"run_id": "x", "started_at": "t", "phase": "RUNNING"}), "field 'schema_version'"),
-    (json.dumps({"schema_version": 1, "started_at": "t", "phase": "RUNNING"}), "field 'run_id'"),
-    (json.dumps({"schema_version": 1, "run_id": "x", "started_at": "t", "phase": "DANCING"}), "field 'phase'"),
-    (json.dumps({"schema_version": 1, "run_id": "x", "started_at": "t", "phase": "RUNNING", "trainer": 3}),
+    (json.dumps({"run_id": "x", "started_at": T0, "phase": "RUNNING"}), "field 'schema_version'"),
+    (json.dumps({"schema_version": 1, "started_at": T0, "phase": "RUNNING"}), "field 'run_id'"),
+    (json.dumps({"schema_version": 1, "run_id": "x", "started_at": T0, "phase": "DANCING"}), "field 'phase'"),
+    (json.dumps({"schema_version": 1, "run_id": "x", "started_at": T0, "phase": "RUNNING", "trainer": 3}),
      "field 'trainer'"),
-    (json.dumps({"schema_version": 99, "run_id": "x", "started_at": "t", "phase": "RUNNING"}),
+    (json.dumps({"schema_version": 99, "run_id": "x", "started_at": T0, "phase": "RUNNING"}),
      "newer than this amapiano-train understands"),
-    (json.dumps({"schema_version": 1, "run_id": "x", "started_at": "t", "phase": "RUNNING",
+    (json.dumps({"schema_version": 1, "run_id": "x", "started_at": T0, "phase": "RUNNING",
                  "cost": {"boot_id": "b", "storage_accounted_at": "2026-11-25T00:00:00Z", "compute_usd": -3}}),
      "field cost.compute_usd: must be a finite number >= 0"),
-    (json.dumps({"schema_version": 1, "run_id": "x", "started_at": "t", "phase": "RUNNING", "alerts": {}}),
+    (json.dumps({"schema_version": 1, "run_id": "x", "started_at": T0, "phase": "RUNNING", "alerts": {}}),
      "field 'alerts' must be a list"),
+    # a start time the milestone schedule is computed from: a crash at every start before
+    (json.dumps({"schema_version": 1, "run_id": "x", "started_at": "not a date", "phase": "RUNNING"}),
+     "field 'started_at'"),
+    (json.dumps({"schema_version": 1, "run_id": "x", "started_at": "2026-11-25T10:00:00", "phase": "RUNNING"}),
+     "field 'started_at'"),  # no time zone: comparing it with the clock raised TypeError
+    (json.dumps({"schema_version": True, "run_id": "x", "started_at": T0, "phase": "RUNNING"}),
+     "field 'schema_version'"),
 ])
 def test_unusable_state_names_file_and_field(tmp_path, content, field):
     path = tmp_path / "state.json"
@@ -58,7 +66,7 @@ def test_supervise_exits_65_on_a_newer_state_file_and_leaves_it_alone(tmp_path):
     config = write_config(tmp_path)
     state_file = tmp_path / "state" / "state.json"
     state_file.parent.mkdir()
-    original = json.dumps({"schema_version": SCHEMA_VERSION + 1, "run_id": "abc", "started_at": "t",
+    original = json.dumps({"schema_version": SCHEMA_VERSION + 1, "run_id": "abc", "started_at": T0,
                            "phase": "RUNNING", "cost": {"total_usd": 99}})
     state_file.write_text(original)
     result = cli("supervise", "--config", str(config), "--log-format", "json", timeout=60)
@@ -118,3 +126,36 @@ def test_garbage_state_on_a_read_only_dir_is_rebuilt_from_the_journal_and_left_i
     assert state.budget == {"fired": ["50%"]} and state.milestone["due_at"] == "2026-12-06T00:00:00Z"
     assert ("error", "state.unreadable") in [(lv, ev) for lv, ev, _ in log.events]
     assert (state_dir / "state.json").read_bytes() == b"\x00garbage"  # could not be moved; kept for a look
+
+
+def test_ill_typed_fields_inside_sections_read_as_unknown(tmp_path):
+    """A bad due time made the milestone and the budget jobs raise at every tick (the cap never
+    fired) and `status` crash; such a field now reads as unknown, the rest is kept."""
+    path = tmp_path / "state.json"
+    state = State.new(NOW)
+    state.milestone = {"at": "62.5%", "due_at": "soon", "status": "scheduled"}
+    state.budget = {"max_usd": "x", "left_usd": 3.5, "fired": [1, "fraction:0.5", {"x": 1}]}
+    state.idle = {"idle_for_s": "x", "timeout_s": 7200, "hold_until": "2026-13-01T00:00:00Z", "timer": "x"}
+    state.red_flags = {"raised": [{"x": 1}, "gpu_util_low"], "val_history": [[1.0, 2.0]]}
+    state.gpu = {"devices": [{"index": 0, "util_pct": "x", "power_w": 70.5}]}
+    state.phase_since = "yesterday"
+    save_state(path, state, NOW)
+    back = load_state(path)
+    assert back.milestone == {"at": "62.5%", "status": "scheduled"}
+    assert back.budget == {"left_usd": 3.5, "fired": ["fraction:0.5"]}
+    assert back.idle == {"timeout_s": 7200}
+    assert back.red_flags == {"raised": ["gpu_util_low"], "val_history": [[1.0, 2.0]]}
+    assert back.gpu == {"devices": [{"index": 0, "power_w": 70.5}]}
+    assert back.phase_since is None and back.started_at == state.started_at
+
+
+def test_status_shows_a_state_with_ill_typed_sections(tmp_path):
+    path = tmp_path / "state.json"
+    data = State.new(NOW).to_json()
+    data.update(updated_at=12345, budget={"max_usd": "x", "fired": [1, 2]}, cost={"forecast": "x"},
+                shutdown={"reason": 1, "attempts": "x"}, milestone={"due_at": "soon", "status": "scheduled"})
+    data["cost"] = None
+    path.write_text(json.dumps(data))
+    r = cli("status", "--state", str(path), timeout=60)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "milestone" in r.stdout and "scheduled" in r.stdout
