@@ -159,3 +159,18 @@ def test_status_shows_a_state_with_ill_typed_sections(tmp_path):
     r = cli("status", "--state", str(path), timeout=60)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "milestone" in r.stdout and "scheduled" in r.stdout
+
+
+def test_status_into_a_closed_pipe_is_quiet(tmp_path):
+    """`amapiano-train status --json | head -1`: the reader went away, which is no error."""
+    import subprocess
+
+    from conftest import AMAPIANO_TRAIN
+
+    path = tmp_path / "state.json"
+    save_state(path, State.new(NOW), NOW)
+    for args in (["status", "--json", "--state", str(path)], ["status", "--state", str(path)]):
+        p = subprocess.Popen([*AMAPIANO_TRAIN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p.stdout.close()  # closed before it writes a byte
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
