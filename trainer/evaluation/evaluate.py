@@ -11,6 +11,8 @@ it by hand on any checkpoint.
 """
 from __future__ import annotations
 
+import math
+
 import time
 from pathlib import Path
 from typing import Any
@@ -98,7 +100,7 @@ def _val_loss(cfg, model, val, device) -> float | None:
             idx = torch.arange(start, min(start + cfg.train.batch_size, len(val)))
             total += trainable(*val.batch(idx, device)).item() * len(idx)
             count += len(idx)
-    return total / count if count else None
+    return total / count if count and math.isfinite(total) else None  # a diverged model: unknown, not NaN
 
 
 def _side(cfg, gen: dict, val_loss, scorer) -> dict:
@@ -148,7 +150,16 @@ def evaluate(cfg, log: Any, checkpoint_path: Path | None, out: Path, progress: b
                                "scorer": {"mode": scorer.mode, "notes": scorer.notes}}
     samples_dir = out.parent / f"{out.stem}_samples"
 
+    if checkpoint_path is not None:
+        marker = checkpoint.committed(cfg.checkpoint_dir, checkpoint_path)
+        payload = checkpoint.load(marker)
+    else:
+        marker, payload = _newest_loadable(cfg.checkpoint_dir, log)
+    weights = payload.get("model")
+    del payload  # the optimizer's state (twice the weights) is not needed here
     baseline, tokenizer = load_base_model(cfg)
+    # before the baseline's generation: a checkpoint that cannot be used costs no work and no files
+    checkpoint.check_weights(marker, weights, TrainableMusicgen(baseline).state_dict())
     _, valid = load_splits(cfg, baseline, tokenizer)
     loss = _val_loss(cfg, baseline, valid, device)
     results["baseline"] = _side(cfg, _generate_all(cfg, "baseline", baseline, tokenizer, device,
@@ -156,12 +167,7 @@ def evaluate(cfg, log: Any, checkpoint_path: Path | None, out: Path, progress: b
     del baseline
 
     model, tokenizer = load_base_model(cfg)
-    if checkpoint_path is not None:
-        marker = checkpoint.committed(cfg.checkpoint_dir, checkpoint_path)
-        payload = checkpoint.load(marker)
-    else:
-        marker, payload = _newest_loadable(cfg.checkpoint_dir, log)
-    TrainableMusicgen(model).load_state_dict(payload["model"])
+    TrainableMusicgen(model).load_state_dict(weights)
     results["checkpoint"] = {"path": str(marker.path), "step": marker.step}
     loss = _val_loss(cfg, model, valid, device)
     results["model"] = _side(cfg, _generate_all(cfg, "model", model, tokenizer, device, samples_dir / "model",

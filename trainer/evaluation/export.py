@@ -81,6 +81,7 @@ def export(cfg, log: Any, out_dir: Path, audiocraft_base: Path | None = None,
     xp_cfg = _xp_cfg(audiocraft_base) if audiocraft_base is not None else None  # a bad file fails before any output
     payload = checkpoint.load(chosen)
     model, tokenizer = load_base_model(cfg)
+    checkpoint.check_weights(chosen, payload.get("model"), TrainableMusicgen(model).state_dict())
     TrainableMusicgen(model).load_state_dict(payload["model"])
     hf_dir = out_dir / "best_model"
     model.save_pretrained(hf_dir)

@@ -261,6 +261,25 @@ def optimizer_by_name(osd: dict, optimizer: torch.optim.Optimizer, model: torch.
             "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
 
 
+def check_weights(marker: Marker, weights: Any, expected: dict[str, torch.Tensor]) -> None:
+    """CheckpointError, one line, unless `weights` fit `expected` (a model's state_dict) name for
+    name and shape for shape and are all finite: checked before any work is spent on them (an
+    intact checkpoint of another model, or one whose training diverged into NaN)."""
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{marker.path}: field 'model' is not a table of tensors")
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{marker.path}: not this config's model ({len(missing)} weights missing, e.g. "
+                              f"{(missing or ['-'])[0]}; {len(unexpected)} unknown, e.g. {(unexpected or ['-'])[0]})")
+    for name, tensor in weights.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(f"{marker.path}: weight {name} has shape {tuple(tensor.shape)}, this config's "
+                                  f"model has {tuple(expected[name].shape)}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{marker.path}: weight {name} holds NaN or infinity (the training diverged "
+                                  f"before step {marker.step}); use an earlier checkpoint")
+
+
 def committed(directory: Path, path: Path) -> Marker:
     """The marker of the committed checkpoint at `path` in `directory` (a person's --checkpoint)."""
     target = Path(path).resolve()

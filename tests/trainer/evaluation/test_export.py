@@ -88,3 +88,29 @@ def test_amapiano_train_export_a_named_checkpoint_and_refuses_a_stranger(tmp_pat
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 4 and (out / "best_model").is_dir()
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda w: w.update({next(iter(w)): torch.zeros(3, 3)}), "has shape (3, 3)"),
+    (lambda w: w.pop(next(iter(w))), "weights missing"),
+    (lambda w: w.update(stray=torch.zeros(1)), "unknown, e.g. stray"),
+    (lambda w: next(iter(w.values())).fill_(float("nan")), "NaN or infinity"),
+])
+def test_an_intact_checkpoint_that_does_not_fit_is_one_line_and_65(tmp_path, damage, words):
+    """Its SHA-256 matches, but it is another model's, or its training diverged: export and
+    evaluate refuse it in one line before any work (it was a traceback, or an export of NaNs)."""
+    from trainer.worker import checkpoint
+    from trainer.worker.model import TrainableMusicgen
+
+    config = write_config(tmp_path)
+    cfg = load_config(config)
+    model, _ = load_base_model(cfg)
+    weights = {k: v.clone() for k, v in TrainableMusicgen(model).state_dict().items()}
+    damage(weights)
+    checkpoint.save(cfg.checkpoint_dir, 4, {"model": weights}, {"val_loss": 1.0})
+    for command in ("export", "evaluate"):
+        r = subprocess.run([*AMAPIANO_TRAIN, command, "--config", str(config), "--out", str(tmp_path / command)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 65 and words in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "export").exists() and not list(tmp_path.glob("evaluate*_samples"))
