@@ -75,8 +75,8 @@ def _select_parser(dsub) -> None:
     how.add_argument("--min-tags", type=_at_least_one, help="at least this many proxy tags (default 3)")
     how.add_argument("--top", type=_at_least_one, help="instead: the N clips with the most proxy tags")
     sel.add_argument("--split", choices=("random", "mtat"), help="seeded random (default), or MTAT's by path")
-    sel.add_argument("--train-size", type=int)
-    sel.add_argument("--valid-size", type=int)
+    sel.add_argument("--train-size", type=_at_least_one)
+    sel.add_argument("--valid-size", type=_at_least_one)
     sel.add_argument("--seed", type=int, default=1337)
     sel.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (listed) instead of stopping")
     sel.set_defaults(func=cmd_select)
@@ -104,7 +104,11 @@ def cmd_select(args) -> int:
     from .select import DatasetError, select, write_manifest
 
     ds = load_config_or_exit(args.config, "amapiano-train").dataset if args.config else DatasetConfig()
-    tags = args.tags.split(",") if args.tags else ds.proxy_tags
+    tags = args.tags.split(",") if args.tags is not None else ds.proxy_tags  # "" is no tags, not the default
+    if args.out.is_dir() or not args.out.parent.is_dir():
+        print(f"{PROG} select: --out {args.out}: " + ("is a directory; name the manifest file" if args.out.is_dir()
+              else f"its directory {args.out.parent} does not exist"), file=sys.stderr)
+        return exits.DATAERR
     try:
         sel = select(args.annotations, tags, min_tags=args.min_tags if args.min_tags is not None else ds.min_tags,
                      top_n=args.top if args.top is not None else ds.top_n,
@@ -124,6 +128,9 @@ def cmd_select(args) -> int:
     if sel.candidates < 0.5 * (ds.train_size + ds.valid_size) and not (args.top or ds.top_n):
         print(f"note: fewer than the {ds.train_size + ds.valid_size:,} clips the plan assumed. Choose with the "
               "counts above: --min-tags 2, or --top N (most proxy tags first); nothing is padded.")
+    if not sel.clips:
+        print(f"{PROG} select: no clip has what was asked; nothing written (see the counts above)", file=sys.stderr)
+        return exits.DATAERR
     write_manifest(args.out, sel.clips)
     print(f"wrote {args.out}")
     return exits.OK
@@ -191,4 +198,8 @@ def cmd_copy(args) -> int:
           f"{len(report['skipped'])} skipped; {report['audio_hours']:.2f} h of audio")
     if report["skipped"]:
         print(f"skipped clips are listed in {(args.dest or cfg.clips_dir) / 'copy_report.json'}")
+    if not report["present"]:  # nothing to train on: a wrong --source, most likely
+        print(f"{PROG} copy: none of the manifest's {report['clips']} clips was found under "
+              f"{args.source or cfg.mtat_dir / 'audio'} (is it the folder that holds 0/ ... f/?)", file=sys.stderr)
+        return exits.DATAERR
     return exits.OK

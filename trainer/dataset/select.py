@@ -196,7 +196,9 @@ def read_manifest(path: Path) -> list[dict]:
     """The manifest, validated; DatasetError names the file and line."""
     clips, seen = [], set()
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text; write it again with `amapiano-train dataset select`") from None
     except OSError as e:
         raise DatasetError(f"{path}: cannot read ({e.strerror}); run `amapiano-train dataset select` first") from None
     for n, line in enumerate(text.splitlines(), start=1):
@@ -206,6 +208,8 @@ def read_manifest(path: Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DatasetError(f"{path}: line {n}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}: line {n}: not a JSON object")
         for key, tp in MANIFEST_FIELDS.items():
             if not isinstance(row.get(key), tp) or isinstance(row.get(key), bool):
                 raise DatasetError(f"{path}: line {n}: field '{key}' missing or not {tp.__name__}")

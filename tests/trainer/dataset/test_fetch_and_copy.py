@@ -172,3 +172,13 @@ def test_copy_verifies_resumes_and_reports(tmp_path):
     again = cli("dataset", "copy", "--config", str(config), "--source", str(source), "--no-progress")
     assert "(0 copied now)" in again.stdout  # resumed: nothing copied twice
     assert not list((tmp_path / "cache" / "clips").rglob("*.tmp"))
+
+
+def test_copy_that_finds_no_clip_at_all_is_an_error(tmp_path):
+    """A wrong --source once 'copied' 0 of N clips with exit 0."""
+    clips = [{"clip_id": i, "mp3_path": f"{i:x}/a-b-0{i}-c-0-29.mp3", "tags": [], "proxy_tags": [], "split": "train",
+              "description": "x"} for i in range(3)]
+    config = write_config(tmp_path)
+    write_manifest(tmp_path / "cache" / "manifest.jsonl", clips)
+    r = cli("dataset", "copy", "--config", str(config), "--source", str(tmp_path / "wrong"), "--no-progress")
+    assert r.returncode == 65 and "none of the manifest's 3 clips was found" in r.stderr, r.stderr

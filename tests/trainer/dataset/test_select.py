@@ -145,3 +145,38 @@ def test_select_refuses_counts_below_one(tmp_path, flag):
     r = cli("dataset", "select", "--annotations", str(tmp_path / "a.csv"), "--out", str(tmp_path / "m.jsonl"), *flag)
     assert r.returncode == 2 and "must be" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "m.jsonl").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[1]\n", "line 1: not a JSON object"),              # was AttributeError: 'list' object has no attribute 'get'
+    (b"\xff\xfe{}\n", "not UTF-8 text"),                 # was UnicodeDecodeError
+])
+def test_a_manifest_that_is_not_objects_is_named(tmp_path, content, message):
+    m = tmp_path / "m.jsonl"
+    m.write_bytes(content)
+    with pytest.raises(DatasetError, match=message):
+        read_manifest(m)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--min-tags", "4", "--tags", "nothing-has-this"], "are not columns"),  # an unknown tag is named
+    (["--min-tags", "4", "--tags", "piano"], "no clip has what was asked"),  # one tag cannot give 4: empty, refused
+    (["--tags", ""], "no proxy tags given"),                # once the default list, silently
+    (["--out-is-dir"], "is a directory"),                   # once IsADirectoryError after the summary
+    (["--out-nowhere"], "does not exist"),                  # once made the directories silently
+])
+def test_select_refuses_what_would_write_nothing_useful(tmp_path, args, words):
+    out = tmp_path / "m.jsonl"
+    if args == ["--out-is-dir"]:
+        args, out = [], tmp_path
+    elif args == ["--out-nowhere"]:
+        args, out = [], tmp_path / "no" / "such" / "m.jsonl"
+    r = cli("dataset", "select", "--annotations", str(REAL), "--out", str(out), *args)
+    assert r.returncode == 65 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "m.jsonl").exists() and not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("flag", [["--train-size", "-1"], ["--valid-size", "0"]])
+def test_select_refuses_split_sizes_below_one(tmp_path, flag):
+    r = cli("dataset", "select", "--annotations", str(REAL), "--out", str(tmp_path / "m.jsonl"), *flag)
+    assert r.returncode == 2 and "must be at least 1" in r.stderr and not (tmp_path / "m.jsonl").exists()
