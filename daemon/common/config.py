@@ -234,6 +234,9 @@ def _cross_checks(cfg: Config, file: str) -> None:
         fail(f"[model.tiny] hidden_size must be divisible by num_heads ({tiny.hidden_size} % {tiny.num_heads} != 0)")
     if cfg.model.source == "pretrained" and not cfg.model.pretrained:
         fail("[model] pretrained must name a hub id or a directory when source = \"pretrained\"")
+    kind, value = cfg.milestone.when
+    if kind == "epoch" and value > cfg.train.epochs:  # it would never come: the run ends first
+        fail(f"[milestone] at is epoch {value:g}, after the run's last ([train] epochs = {cfg.train.epochs})")
 
 
 def load_config(path: str | Path) -> Config:

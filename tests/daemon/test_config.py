@@ -46,6 +46,7 @@ def test_bad_durations(text):
     ({"model": {"tiny": {"layers": 5}}}, "[model.tiny] unknown key 'layers'"),
     ({"idle": {"timeout": "10m", "warn_before": "1h"}}, "[idle] warn_before must be shorter than timeout"),
     ({"budget": {"alert_fractions": [0.5, 1.5]}}, "[budget] alert_fractions must each be in (0, 1]"),
+    ({"train": {"epochs": 20}, "milestone": {"at": "epoch 21"}}, "[milestone] at is epoch 21, after the run's last"),
 ])
 def test_bad_values_name_file_and_key(tmp_path, override, expected):
     path = write_config(tmp_path, override)

@@ -174,8 +174,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"amapiano-train plan: {e}", file=sys.stderr)
         return exits.CONFIG
-    if args.clips is not None and args.clips <= 0 or not 0 < args.mfu <= 1:
-        print("amapiano-train plan: --clips must be > 0 and --mfu in (0, 1]", file=sys.stderr)
+    if (args.clips is not None and not 0 < args.clips <= 10**8) or not 0.01 <= args.mfu <= 1 or (
+            args.price is not None and not 0 <= args.price <= 1000):  # also false for NaN: no NaN in the JSON
+        print("amapiano-train plan: --clips must be 1-100000000, --mfu 0.01-1 and --price 0-1000 "
+              f"(got {args.clips}, {args.mfu}, {args.price})", file=sys.stderr)
         return exits.CONFIG
     clips, clips_from = (args.clips, "--clips") if args.clips else train_clips(cfg)
     price, price_from = (args.price, "--price") if args.price is not None else (live_price(cfg) or (None, "unknown"))

@@ -39,7 +39,9 @@ def test_one_gpu_by_loose_name_and_no_price_is_unknown_not_zero(tmp_path):
     assert row["precision"] == "fp16" and row["fits"]  # the tiny model fits anything
 
 
-@pytest.mark.parametrize("args, says", [(["--gpu", "Voodoo2"], "not one of"), (["--clips", "0"], "--clips")])
+@pytest.mark.parametrize("args, says", [(["--gpu", "Voodoo2"], "not one of"), (["--clips", "0"], "--clips"),
+                                        (["--price", "nan"], "--price"), (["--price", "-1"], "--price"),
+                                        (["--price", "inf"], "--price"), (["--mfu", "1e-300"], "--mfu")])
 def test_bad_arguments_exit_78_with_one_line(tmp_path, args, says):
     r = cli("plan", "--config", str(write_config(tmp_path)), *args)
     assert r.returncode == exits.CONFIG and says in r.stderr and len(r.stderr.strip().splitlines()) == 1
