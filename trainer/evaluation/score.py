@@ -85,6 +85,8 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
 
     import soundfile as sf
 
+    if path.exists() and not path.is_file():  # a FIFO or a device would block the read for ever
+        raise AudioError("not a regular file")
     try:
         with sf.SoundFile(str(path)) as f:
             wave = f.read(frames=int(MAX_SECONDS * f.samplerate), dtype="float32", always_2d=True).mean(axis=1)

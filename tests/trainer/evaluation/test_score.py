@@ -3,6 +3,7 @@ at least 35 % and 25 points above every non-music clip."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -77,6 +78,8 @@ def test_files_that_are_not_scorable_audio_are_one_line_each_and_the_rest_scored
             sf.write(tmp_path / name, what[0], what[1], subtype=what[2])
         else:
             (tmp_path / name).write_bytes(what or b"")
+    os.mkfifo(tmp_path / "fifo.wav")  # once blocked `score` for ever, waiting for a writer
+    bad["fifo.wav"] = None
     r = cli("score", "--offline", "--json", *(str(tmp_path / name) for name in bad), str(clips / "sine.wav"),
             timeout=120)
     assert r.returncode == 65 and "Traceback" not in r.stderr, r.stderr[-2000:]
@@ -84,7 +87,7 @@ def test_files_that_are_not_scorable_audio_are_one_line_each_and_the_rest_scored
     lines = [line for line in r.stderr.splitlines() if line.startswith("amapiano-train score: ")]
     assert len(lines) == len(bad), r.stderr
     for name, why in {"empty.wav": "cannot read", "huge.wav": "outside [-1, 1]", "one-hertz.wav": "sample rate 1 Hz",
-                      "nan.wav": "NaN", "tenth-second.wav": "0.10 s long"}.items():
+                      "nan.wav": "NaN", "tenth-second.wav": "0.10 s long", "fifo.wav": "not a regular file"}.items():
         assert any(name in line and why in line for line in lines), (name, why, lines)
     assert all(not line.endswith(": )") for line in lines)  # every reason says something
 
