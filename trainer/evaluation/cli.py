@@ -86,6 +86,18 @@ def _config(args, name: str):
         return None
 
 
+def _environment_error(command: str, e: Exception) -> int:
+    """One line for what the config names and the machine does not give: 78 for the config, else 1
+    (a network or a disk: trying again later can help)."""
+    from daemon.common import exits
+    from daemon.common.config import ConfigError
+
+    text = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e.strerror or e}" + (
+        f" ({e.filename})" if getattr(e, "filename", None) else "")
+    print(f"amapiano-train {command}: {text}", file=sys.stderr)
+    return exits.CONFIG if isinstance(e, ConfigError) else exits.FAILED
+
+
 def cmd_evaluate(args) -> int:
     import time
 
@@ -94,6 +106,7 @@ def cmd_evaluate(args) -> int:
     if (loaded := _config(args, "evaluate")) is None:
         return exits.CONFIG
     cfg, log, fmt = loaded
+    from daemon.common.config import ConfigError
     from trainer.worker.checkpoint import CheckpointError
     from trainer.worker.data import DataError
 
@@ -105,6 +118,8 @@ def cmd_evaluate(args) -> int:
     except (CheckpointError, DataError) as e:
         print(f"amapiano-train evaluate: {e}", file=sys.stderr)
         return exits.DATAERR
+    except (ConfigError, OSError) as e:  # the model's directory; the hub unreachable, a full disk
+        return _environment_error("evaluate", e)
     a, b = results["model"]["authenticity"], results["baseline"]["authenticity"]
     c = results["comparison"]
 
@@ -130,6 +145,7 @@ def cmd_export(args) -> int:
     if (loaded := _config(args, "export")) is None:
         return exits.CONFIG
     cfg, log, _ = loaded
+    from daemon.common.config import ConfigError
     from trainer.worker.checkpoint import CheckpointError
 
     from .export import export
@@ -139,6 +155,8 @@ def cmd_export(args) -> int:
     except CheckpointError as e:
         print(f"amapiano-train export: {e}", file=sys.stderr)
         return exits.DATAERR
+    except (ConfigError, OSError) as e:
+        return _environment_error("export", e)
     print(json.dumps(result))
     return exits.OK
 

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from daemon.common.config import Config, TinyModelConfig
+from daemon.common.config import Config, ConfigError, TinyModelConfig
 
 from .memory import Arch
 
@@ -73,10 +73,19 @@ def load_base_model(cfg: Config):
         model = MusicgenForConditionalGeneration(tiny_musicgen_config(cfg.model.tiny))
         seed_codebooks(model.audio_encoder, cfg.run.seed)
         return model, ByT5Tokenizer()
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
-    model = MusicgenForConditionalGeneration.from_pretrained(cfg.model.pretrained)
-    return model, AutoTokenizer.from_pretrained(cfg.model.pretrained)
+    name = cfg.model.pretrained
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
+        raise ConfigError(f"{cfg.source}: [model] pretrained {name!r} is not a directory (a hub id has no leading "
+                          "'/', '.' or '~')")
+    try:
+        return MusicgenForConditionalGeneration.from_pretrained(name), AutoTokenizer.from_pretrained(name)
+    except OSError as e:  # no network, or no such model: transformers' message runs to a dozen lines
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OSError(f"[model] pretrained {name!r}: cannot load ({first})") from None
 
 
 def arch_of(model) -> Arch:

@@ -61,3 +61,24 @@ def test_trains_from_a_pretrained_directory(tmp_path):
     loaded = load_config(config)
     back, _ = load_base_model(loaded)
     assert shape_of(back) == shape_of(base)
+
+
+@pytest.mark.parametrize("pretrained, code, words", [
+    ("/nonexistent/musicgen-small", 78, "is not a directory"),        # a typo in a local path: the config
+    ("facebook/musicgen-small", 1, "cannot load"),                    # the hub unreachable: may pass later
+])
+def test_a_pretrained_model_that_cannot_load_is_one_line(tmp_path, pretrained, code, words):
+    """Once a dozen lines of transformers' text and a traceback. HF_HUB_OFFLINE: no network is tried."""
+    from conftest import cli
+
+    config = write_config(tmp_path, {"model": {"source": "pretrained", "pretrained": pretrained}})
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    from trainer.worker import checkpoint
+
+    checkpoint.save(load_config(config).checkpoint_dir, 4, {"model": {}}, {})  # something to evaluate
+    for command in ("evaluate", "export"):
+        r = cli(command, "--config", str(config), "--out", str(tmp_path / command), env=env, timeout=120)
+        assert r.returncode == code and words in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    train = cli("train", "--config", str(config), "--log-format", "json", env=env, timeout=120)
+    assert train.returncode == code and words in train.stdout + train.stderr
