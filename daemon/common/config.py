@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from .config_sections import (AT_FORMS, AwsConfig, BudgetConfig, EmailConfig, GpuConfig,  # noqa: F401 - re-exported
                               IdleConfig, MilestoneConfig, RedFlagsConfig, ShutdownAction, parse_milestone_at)
-from .schema import FRACTION, NON_NEGATIVE, PERCENT, POSITIVE, ConfigError, Duration, _build, _check  # noqa: F401
+from .schema import FRACTION, NON_NEGATIVE, PERCENT, POSITIVE, ConfigError, Duration, _build, _check, between  # noqa: F401
 
 
 
@@ -57,7 +57,7 @@ class DataConfig:
     # "synthetic": structured random codes made at start-up; "cache": the token cache
     # built by `amapiano-train dataset tokenize` (not available yet).
     source: Literal["synthetic", "cache"] = "cache"
-    frames: int = field(default=1500, metadata=POSITIVE)  # codec frames per example (30 s at 50 Hz)
+    frames: int = field(default=1500, metadata=between(1, 100_000))  # codec frames per example (30 s at 50 Hz)
     synthetic_train_clips: int = field(default=256, metadata=POSITIVE)
     synthetic_valid_clips: int = field(default=32, metadata=POSITIVE)
     text_max_tokens: int = field(default=64, metadata=POSITIVE)
@@ -250,7 +250,7 @@ def load_config(path: str | Path) -> Config:
     except OSError as e:
         raise ConfigError(f"{name}: cannot read ({e.strerror})") from None
     try:
-        table = tomllib.loads(raw.decode("utf-8"))
+        table = tomllib.loads(raw.decode("utf-8-sig"))  # a byte-order mark (Windows editors) is no TOML error
     except UnicodeDecodeError:
         raise ConfigError(f"{name}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:

@@ -7,7 +7,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .schema import FRACTION, NON_NEGATIVE, PERCENT, POSITIVE, Duration, _check  # noqa: F401
+from .schema import FRACTION, NON_NEGATIVE, PERCENT, POSITIVE, Duration, _check, between  # noqa: F401
 
 
 ShutdownAction = Literal["auto", "ec2-stop", "terminate", "poweroff", "none"]
@@ -28,7 +28,7 @@ class IdleConfig:
 class BudgetConfig:
     """Spend caps: alerts at fractions, a warning when the forecast passes the cap, a stop at it."""
 
-    max_usd: float = field(default=600.0, metadata=POSITIVE)
+    max_usd: float = field(default=600.0, metadata=between(0.01, 1e9))
     # 0: the live Spot price for this instance's type and zone (EC2 DescribeSpotPriceHistory).
     hourly_rate_usd: float = field(default=0.0, metadata=NON_NEGATIVE)
     # While the live price is unknown (IMDS or EC2 not answering yet), spend is charged at this
@@ -50,7 +50,8 @@ class GpuConfig:
 class AwsConfig:
     region: str = ""            # empty: the instance's own, from IMDS
     endpoint_url: str = ""      # empty: AWS itself (tests point this at a local moto server)
-    imds_url: str = "http://169.254.169.254"
+    imds_url: str = field(default="http://169.254.169.254", metadata=_check(
+        lambda u: u == "" or u.startswith(("http://", "https://")), "must be an http:// URL, or \"\" for none"))
     imds_timeout: Duration = field(default=Duration(1), metadata=POSITIVE)
     spot_poll: Duration = field(default=Duration(5), metadata=POSITIVE)
     price_refresh: Duration = field(default=Duration(3600), metadata=POSITIVE)
@@ -68,7 +69,7 @@ class EmailConfig:
     to: list[str] = field(default_factory=list)
     sender: str = "amapiano-train@localhost"
     smtp_host: str = "localhost"
-    smtp_port: int = field(default=587, metadata=POSITIVE)
+    smtp_port: int = field(default=587, metadata=between(1, 65535))
     smtp_starttls: bool = True
     smtp_ca_file: str = ""      # a CA bundle for a relay with a private CA; empty: the system's
     smtp_user: str = ""
@@ -87,6 +88,8 @@ def parse_milestone_at(text: str) -> tuple[str, float]:
     """`[milestone] at`: "35d" -> ("duration", s), "62.5%" -> ("share", 0.625), "epoch 12" -> ("epoch", 12)."""
     t = text.strip().lower()
     with contextlib.suppress(ValueError):
+        if not t.isascii():  # int() and float() take "９" and "٣": a typo, never meant
+            raise ValueError(t)
         kind, value = (("share", float(t[:-1]) / 100) if t.endswith("%") else ("epoch", int(t[5:]))
                        if t.startswith("epoch") else ("duration", float(Duration.parse(t))))
         if value > 0 and (kind != "share" or value <= 1):
@@ -114,9 +117,9 @@ class MilestoneConfig:
     max_cost_usd: float = field(default=600.0, metadata=POSITIVE)
     max_val_loss: float = field(default=3.5, metadata=POSITIVE)
     margin_pct: float = field(default=5.0, metadata=PERCENT)   # "close to a threshold"
-    samples: int = field(default=32, metadata=POSITIVE)        # generated per model (and baseline), paired
+    samples: int = field(default=32, metadata=between(1, 4096))        # generated per model (and baseline), paired
     keep_wavs: int = field(default=10, metadata=NON_NEGATIVE)  # the first of those kept as WAV, to listen to
-    sample_seconds: float = field(default=10.0, metadata=POSITIVE)
+    sample_seconds: float = field(default=10.0, metadata=between(0.05, 300))
     alpha: float = field(default=0.05, metadata=_check(lambda v: 0 < v < 1, "must be between 0 and 1, exclusive"))
     prompts: list[str] = field(default_factory=lambda: [
         "amapiano, house, piano, drums, deep log drum bass, shakers",

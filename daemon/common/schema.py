@@ -21,15 +21,15 @@ class Duration(float):
     """Seconds, written in config as a string with a unit: "500ms", "90s", "15m", "2h", "35d"."""
 
     UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+    _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d|w)")  # ASCII digits: "１０s" is not ten seconds
+    _WHOLE = re.compile(r"\s*(?:[0-9]+(?:\.[0-9]+)?\s*(?:ms|s|m|h|d|w)\s*)+")
     MAX_S = 3650 * 86400.0   # ten years: past that a number is a typo, and datetime arithmetic overflows
     MIN_PERIOD_S = 0.1       # a job period below this would busy-loop the daemon
 
     @classmethod
     def parse(cls, text: str) -> "Duration":
-        compact = text.replace(" ", "")
-        parts = cls._PART.findall(compact)
-        if not compact or "".join(n + u for n, u in parts) != compact:
+        parts = cls._PART.findall(text)
+        if not cls._WHOLE.fullmatch(text):  # "1 5m" once read as 15m
             raise ValueError(f"must be a duration like \"90s\", \"15m\", \"2h\" or \"35d\" (got {text!r})")
         seconds = sum(float(n) * cls.UNITS[u] for n, u in parts)
         if not math.isfinite(seconds) or seconds > cls.MAX_S:
@@ -48,6 +48,11 @@ POSITIVE = _check(lambda v: v > 0, "must be > 0")
 NON_NEGATIVE = _check(lambda v: v >= 0, "must be >= 0")
 FRACTION = _check(lambda v: 0 <= v <= 1, "must be between 0 and 1")
 PERCENT = _check(lambda v: 0 <= v <= 100, "must be between 0 and 100")
+
+
+def between(low: float, high: float) -> dict:
+    """A bound past which a number is a typo that would cost hours or memory, not a choice."""
+    return _check(lambda v: low <= v <= high, f"must be between {low:g} and {high:g}")
 
 
 def _describe(value: Any) -> str:
@@ -132,7 +137,8 @@ def _build(cls: type, table: dict, where: str, file: str, base_dir: Path) -> Any
         try:
             converted = _convert(tp, value, base_dir)
         except ValueError as e:
-            raise ConfigError(f"{file}: {where}{name} {e} (got {_describe(value)})") from None
+            got = "" if "(got " in str(e) else f" (got {_describe(value)})"
+            raise ConfigError(f"{file}: {where}{name} {e}{got}") from None
         if tp is Duration and PERIOD.search(name) and 0 < converted < Duration.MIN_PERIOD_S:
             raise ConfigError(f"{file}: {where}{name} must be at least 100ms: a shorter period would busy-loop "
                               f"the daemon (got {_describe(value)})")

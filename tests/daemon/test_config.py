@@ -26,7 +26,7 @@ def test_durations(text, seconds):
     assert Duration.parse(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "2", "2 hours", "h2", "-5s", "2x"])
+@pytest.mark.parametrize("text", ["", "2", "2 hours", "h2", "-5s", "2x", "1 5m", "１０s", "5m s"])
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         Duration.parse(text)
@@ -47,6 +47,15 @@ def test_bad_durations(text):
     ({"idle": {"timeout": "10m", "warn_before": "1h"}}, "[idle] warn_before must be shorter than timeout"),
     ({"budget": {"alert_fractions": [0.5, 1.5]}}, "[budget] alert_fractions must each be in (0, 1]"),
     ({"train": {"epochs": 20}, "milestone": {"at": "epoch 21"}}, "[milestone] at is epoch 21, after the run's last"),
+    ({"milestone": {"at": "epoch ９"}}, "[milestone] at must be"),
+    # past these a number is a typo that costs hours or memory (they were accepted)
+    ({"milestone": {"samples": 100000000}}, "[milestone] samples must be between 1 and 4096"),
+    ({"milestone": {"sample_seconds": 1e9}}, "[milestone] sample_seconds must be between"),
+    ({"data": {"frames": 100000000}}, "[data] frames must be between 1 and 100000"),
+    ({"email": {"smtp_port": 70000}}, "[email] smtp_port must be between 1 and 65535"),
+    ({"aws": {"imds_url": "ftp://x"}}, "[aws] imds_url must be an http:// URL"),
+    ({"budget": {"max_usd": 1e308}}, "[budget] max_usd must be between"),
+    ({"idle": {"timeout": "1us"}}, "(got '1us')"),
 ])
 def test_bad_values_name_file_and_key(tmp_path, override, expected):
     path = write_config(tmp_path, override)
@@ -55,7 +64,7 @@ def test_bad_values_name_file_and_key(tmp_path, override, expected):
     message = str(e.value)
     assert message.startswith(f"{path}: ")
     assert expected in message
-    assert "\n" not in message
+    assert "\n" not in message and message.count("(got ") <= 1
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path):
@@ -119,3 +128,9 @@ def test_numbers_are_finite_durations_bounded_and_periods_sane(tmp_path, text, e
     assert expected in str(e.value) and "\n" not in str(e.value)
     r = cli("config", "check", str(path))
     assert r.returncode == 78 and expected in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_byte_order_mark_is_read_past(tmp_path):
+    path = write_config(tmp_path, {"train": {"epochs": 3}})
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # once "invalid TOML ... line 1, column 1"
+    assert load_config(path).train.epochs == 3
