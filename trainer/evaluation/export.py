@@ -96,16 +96,18 @@ def export(cfg, log: Any, out_dir: Path, audiocraft_base: Path | None = None,
 
 
 def _xp_cfg(path: Path):
-    """audiocraft's "xp.cfg" from the original state_dict.bin the person names (their own file)."""
+    """audiocraft's "xp.cfg" from the original state_dict.bin the person names. audiocraft's export
+    writes it as a YAML string beside the tensors, so a weights-only load takes it; a file that
+    needs more (pickled objects: another program's, or a malicious one) is refused, not run."""
     import torch
 
     from trainer.worker.checkpoint import CheckpointError
 
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a missing or foreign file: one line, not a traceback
         raise CheckpointError(f"{path}: cannot read as audiocraft's state_dict.bin ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
-    if not isinstance(blob, dict):
-        raise CheckpointError(f"{path}: not audiocraft's state_dict.bin (no \"xp.cfg\" table)")
-    return blob.get("xp.cfg")
+    if not isinstance(blob, dict) or not isinstance(blob.get("xp.cfg"), str):
+        raise CheckpointError(f"{path}: not audiocraft's state_dict.bin (no \"xp.cfg\" YAML text)")
+    return blob["xp.cfg"]

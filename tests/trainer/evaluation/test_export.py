@@ -114,3 +114,36 @@ def test_an_intact_checkpoint_that_does_not_fit_is_one_line_and_65(tmp_path, dam
         assert r.returncode == 65 and words in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "export").exists() and not list(tmp_path.glob("evaluate*_samples"))
+
+
+class _Payload:
+    """What a malicious state_dict.bin carries: unpickling it runs code (here: writes a file)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_audiocraft_base_gives_its_yaml_and_is_never_unpickled(tmp_path):
+    from trainer.worker import checkpoint
+    from trainer.worker.model import TrainableMusicgen
+
+    config = write_config(tmp_path)
+    cfg = load_config(config)
+    model, _ = load_base_model(cfg)
+    checkpoint.save(cfg.checkpoint_dir, 4, {"model": TrainableMusicgen(model).state_dict()}, {"val_loss": 1.0})
+    original = tmp_path / "state_dict.bin"  # as audiocraft's export_lm writes it
+    torch.save({"best_state": {"w": torch.zeros(2)}, "xp.cfg": "transformer_lm:\n  card: 2048\n",
+                "version": "1.3.0", "exported": True}, original)
+    r = subprocess.run([*AMAPIANO_TRAIN, "export", "--config", str(config), "--out", str(tmp_path / "out"),
+                        "--audiocraft-base", str(original)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert torch.load(tmp_path / "out" / "state_dict.bin", weights_only=True)["xp.cfg"].startswith("transformer_lm:")
+    hostile, ran = tmp_path / "hostile.bin", tmp_path / "code-ran"
+    torch.save({"best_state": {}, "xp.cfg": _Payload(str(ran))}, hostile)
+    r = subprocess.run([*AMAPIANO_TRAIN, "export", "--config", str(config), "--out", str(tmp_path / "out2"),
+                        "--audiocraft-base", str(hostile)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 65 and "cannot read as audiocraft's state_dict.bin" in r.stderr, r.stderr[-2000:]
+    assert not ran.exists() and not (tmp_path / "out2").exists()
