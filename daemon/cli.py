@@ -162,6 +162,10 @@ def cmd_hold(args) -> int:
     except ValueError as e:
         print(f"amapiano-train hold: DURATION {e}", file=sys.stderr)
         return 2
+    if not cfg.run.state_dir.is_dir():  # a hold for no run: the wrong --config, or no service yet
+        print(f"amapiano-train hold: no run in {cfg.run.state_dir} (not a directory); name the service's config "
+              "with --config", file=sys.stderr)
+        return exits.CONFIG
     if seconds == 0:
         cfg.hold_file.unlink(missing_ok=True)
         print("idle hold cancelled: the idle rule applies again")

@@ -14,6 +14,9 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 
 def test_hold_writes_and_cancels(tmp_path):
     config = write_config(tmp_path)
+    nowhere = cli("hold", "2h", "--config", str(config))  # no run there: once a hold.json for nobody
+    assert nowhere.returncode == 78 and "no run in" in nowhere.stderr and not (tmp_path / "state").exists()
+    (tmp_path / "state").mkdir()
     out = cli("hold", "2h", "--config", str(config))
     assert out.returncode == 0 and "postponed until" in out.stdout
     hold = json.loads((tmp_path / "state" / "hold.json").read_text())
