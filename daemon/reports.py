@@ -63,10 +63,9 @@ def milestone(cfg: Config, metrics: dict, run: RunView, paused: bool, now: str,
                                         "margin_pct": m.margin_pct, "alpha": m.alpha},
               "cost_usd": snap.cost_usd, "decision": verdict.decision, "reasons": list(verdict.reasons),
               "checks": verdict.checks, "decided_at": now, "dry_run": m.dry_run}
-    path = cfg.reports_dir / "week_5_metrics.json"
-    write_json_atomic(path, report)
+    path = _write(cfg.reports_dir / "week_5_metrics.json", report)
     update: dict[str, Any] = {"status": "done", "decision": verdict.decision, "reasons": list(verdict.reasons),
-                              "report": str(path), "decided_at": now, "authenticity_pct": auth.get("mean_pct"),
+                              "report": path, "decided_at": now, "authenticity_pct": auth.get("mean_pct"),
                               "improvement_pct": snap.evidence.improvement_mean, "p_value": snap.evidence.p_value}
     body = f"Decision: {verdict.decision}\n" + "\n".join(f"- {r}" for r in verdict.reasons) + f"\nReport: {path}"
     actions: list[Action] = []
@@ -77,9 +76,8 @@ def milestone(cfg: Config, metrics: dict, run: RunView, paused: bool, now: str,
         if paused:
             actions.append(ReleaseWorker("milestone INCONCLUSIVE"))
     elif verdict.decision == NO_GO:
-        abort = cfg.reports_dir / "abort_report.json"
-        write_json_atomic(abort, abort_report(cfg, report, run, due_at))
-        update["abort_report"] = str(abort)
+        abort = _write(cfg.reports_dir / "abort_report.json", abort_report(cfg, report, run, due_at))
+        update["abort_report"] = abort
         actions.append(SendAlert("milestone", "milestone: NO-GO, stopping the run", body + f"\nAbort report: {abort}"))
         if not m.dry_run:
             actions += [StopWorker("milestone NO-GO"), Shutdown(cfg.budget.action, "milestone NO-GO")]
@@ -116,6 +114,16 @@ def recommend(checks: dict) -> str:
     return "Spend is over the milestone cap: raise [milestone] max_cost_usd deliberately, or stop here."
 
 
+def _write(path: Path, report: dict) -> str:
+    """Write a report; a full or read-only disk costs the file, never the decision or its action
+    (a completion whose report could not be written once raised in the tick, and nothing followed)."""
+    try:
+        write_json_atomic(path, report)
+    except OSError as e:
+        return f"{path} (NOT WRITTEN: {e.strerror or e})"
+    return str(path)
+
+
 def completion(cfg: Config, metrics: dict | None, exported: bool, run: RunView, milestone_state: dict,
                now: str) -> tuple[dict, list[Action]]:
     """The completion report and mail, and the completion action."""
@@ -126,8 +134,7 @@ def completion(cfg: Config, metrics: dict | None, exported: bool, run: RunView, 
               "export": {"transformers": str(export_dir / "best_model"),
                          "audiocraft": str(export_dir / "state_dict.bin")} if exported else None,
               "spend": cost, "started_at": run.started_at, "milestone": milestone_state}
-    path: Path = cfg.reports_dir / "completion_report.json"
-    write_json_atomic(path, report)
+    path = _write(cfg.reports_dir / "completion_report.json", report)
     auth = ((metrics or {}).get("model") or {}).get("authenticity") or {}
     action = cfg.milestone.completion_action
     body = (f"All {run.total_steps} steps done; best validation loss {run.best_val_loss}; authenticity "
@@ -139,4 +146,4 @@ def completion(cfg: Config, metrics: dict | None, exported: bool, run: RunView, 
     actions: list[Action] = [SendAlert("completed", "training completed", body)]
     if action != "none":
         actions.append(Shutdown(action, "training completed"))
-    return {"status": "done", "report": str(path), "exported": exported}, actions
+    return {"status": "done", "report": path, "exported": exported}, actions
