@@ -184,8 +184,8 @@ def cmd_hold(args) -> int:
 
 def cmd_alert_test(args) -> int:
     from .common import log as logs
-    from .aws import Aws
-    from .mail import APPRISE_ENV, Outbox, make_transport
+    from .ports.aws import Aws
+    from .ports.mail import APPRISE_ENV, Outbox, make_transport
 
     cfg = _load(args.config)
     logs.configure("console" if sys.stdout.isatty() else "json", "warning")

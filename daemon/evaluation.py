@@ -4,7 +4,7 @@ and the export run as child processes, their figures handed to daemon/reports.py
 The milestone's due time lives in state.json (`milestone.due_at`), never in a pickled job
 store: a restart keeps it, a daemon that was down when it came due runs it once at start-up,
 and nothing a bucket or a person's file can hold is ever unpickled. `[milestone] at` as a share
-of training or an epoch has no time until the heartbeat's step reaches it (daemon/milestone.py
+of training or an epoch has no time until the heartbeat's step reaches it (daemon/rules/milestone.py
 decides; `due_forecast` says when); after a CONDITIONAL GO or an INCONCLUSIVE, `due_at` is the
 next attempt's time. While an evaluation runs
 (a few stages advanced by the tick, never blocking the scheduler thread): pause the worker when
@@ -25,7 +25,7 @@ from .common.atomic import read_json
 from .common.clock import iso, parse_iso
 from .common.config import Config, parse_milestone_at
 from .common.launch import python_command, spawn
-from .milestone import CONDITIONAL, INCONCLUSIVE, Progress, forecast, is_due
+from .rules.milestone import CONDITIONAL, INCONCLUSIVE, Progress, forecast, is_due
 
 AGAIN = (CONDITIONAL, INCONCLUSIVE)  # decisions after which the milestone runs again
 

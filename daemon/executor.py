@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 from . import actions as A
 from .lifecycle import HoldKind, Lifecycle
-from .mail import Outbox
-from .mirror import Mirror
-from .shutdown import ShutdownStages
+from .ports.mail import Outbox
+from .ports.mirror import Mirror
+from .ports.shutdown import ShutdownStages
 from .worker import WorkerProcess
 
 DUMP_TIMEOUT_S = 10.0

@@ -1,7 +1,7 @@
 """The run's lifecycle: its phase, the transitions allowed between phases, and why the worker is
 held. One place decides what a worker exit means; daemon/executor.py carries it out.
 
-    STARTING -> RUNNING -> (BACKOFF | STARTING) -> RUNNING ...      crash, restart (daemon/restart.py)
+    STARTING -> RUNNING -> (BACKOFF | STARTING) -> RUNNING ...      crash, restart (daemon/rules/restart.py)
     RUNNING -> PAUSED -> STARTING -> RUNNING                        the milestone needs the GPU
     RUNNING -> STOPPING -> HALTED                                   a rule stops the run (budget, idle, NO-GO)
     RUNNING -> HALTED                                               Spot interruption: AWS acts, we upload
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .common.config import SupervisorConfig
-from .restart import RestartHistory, WorkerExit, decide
+from .rules.restart import RestartHistory, WorkerExit, decide
 from .states import Phase, log_transition
 
 P = Phase

@@ -1,6 +1,6 @@
 """Money: the hourly price, the spend ledger and the budget, as the daemon keeps them.
 
-The arithmetic is daemon/cost.py's (the ledger) and the decision daemon/budget.py's (pure);
+The arithmetic is daemon/cost.py's (the ledger) and the decision daemon/rules/budget.py's (pure);
 this module keeps their memory between checks and turns a check into actions. The price is the
 config's fixed rate, else the live Spot price; while neither is known the ceiling price is
 charged (never $0), and state.json's `rate_source` says so.
@@ -11,13 +11,13 @@ import math
 from collections import deque
 from typing import Any
 
-from . import budget as budget_rule
+from .rules import budget as budget_rule
 from . import journal
 from .actions import Action, SendAlert, StopWorker
 from .common.clock import iso, parse_iso
 from .common.config import Config
 from .cost import Forecast, Ledger, accrue, ebs_usd_per_hour, forecast, new_ledger
-from .instance import Instance
+from .ports.instance import Instance
 
 PACE_WINDOW_S = 1800.0
 

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .mail import Outbox
-from .notify import Notifier
+from .ports.mail import Outbox
+from .ports.notify import Notifier
 from .state import State, save_state
 from .status import status_line
 

@@ -11,7 +11,7 @@ from .actions import Action, ReleaseWorker, SendAlert, Shutdown, StopWorker
 from .common import checkpoints
 from .common.atomic import write_json_atomic
 from .common.config import Config
-from .milestone import CONDITIONAL, GO, INCONCLUSIVE, NO_GO, Evidence, MilestoneSnapshot, decide
+from .rules.milestone import CONDITIONAL, GO, INCONCLUSIVE, NO_GO, Evidence, MilestoneSnapshot, decide
 
 DECISION_SCALAR = {GO: 2, CONDITIONAL: 1, NO_GO: 0, INCONCLUSIVE: -1}
 

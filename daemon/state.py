@@ -90,9 +90,9 @@ class State:
     spot: dict[str, Any] | None = None       # interruption / rebalance notices and the S3 upload
     shutdown: dict[str, Any] | None = None   # a shutdown the daemon carried out, and why
     milestone: dict[str, Any] | None = None  # due time, status, decision, report (daemon/evaluation.py)
-    red_flags: dict[str, Any] | None = None  # raised flags and the validation-loss history (daemon/red_flags.py)
-    mirror: dict[str, Any] | None = None     # the S3 mirror: what is confirmed in the bucket (daemon/mirror.py)
-    instance: dict[str, Any] | None = None   # where we run and what stopping it can do (daemon/instance.py)
+    red_flags: dict[str, Any] | None = None  # raised flags and the validation-loss history (daemon/rules/red_flags.py)
+    mirror: dict[str, Any] | None = None     # the S3 mirror: what is confirmed in the bucket (daemon/ports/mirror.py)
+    instance: dict[str, Any] | None = None   # where we run and what stopping it can do (daemon/ports/instance.py)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # sections from newer code, kept verbatim
 

@@ -16,26 +16,27 @@ from typing import Any, Callable
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from . import heartbeat, idle, liveness, red_flags, spot
+from . import heartbeat
 from .actions import KillWorker, StartWorker
 from .common import checkpoints
 from .common.clock import Clock, iso
 from .common.config import Config
 from .evaluation import Evaluation
 from .executor import Executor
-from .gpu import GpuMonitor
-from .imds import ImdsError
-from .instance import Instance
 from .lifecycle import Lifecycle
-from .mail import Outbox, make_transport
-from .mirror import Mirror, restore_state
 from .money import Money
-from .notify import Notifier
+from .ports.gpu import GpuMonitor
+from .ports.imds import ImdsError
+from .ports.instance import Instance
+from .ports.mail import Outbox, make_transport
+from .ports.mirror import Mirror, restore_state
+from .ports.notify import Notifier
+from .ports.shutdown import Machine, ShutdownStages, mail_status
+from .publisher import StateWriter
 from .reports import RunView
-from .shutdown import Machine, ShutdownStages, mail_status
+from .rules import idle, liveness, red_flags, spot
 from .state import Failure, open_run
 from .states import Phase
-from .publisher import StateWriter
 from .tensorboard import ScalarWriter
 from .worker import WorkerProcess, processes
 
@@ -264,8 +265,7 @@ class Supervisor:
     def add_job(self, fn: Callable[[], None], seconds: float, name: str, first: bool = False) -> None:
         """An interval job on the supervisor's one thread (the demo's chaos job uses this)."""
         assert self._scheduler is not None
-        # (next_run_time=None would add the job paused: leave it out for the default first run)
-        when = {"next_run_time": self.clock.now()} if first else {}
+        when = {"next_run_time": self.clock.now()} if first else {}  # (None would add it paused)
         self._scheduler.add_job(self._guard(name, fn), "interval", seconds=seconds, id=name, max_instances=1,
                                 coalesce=True, misfire_grace_time=max(1, int(seconds * 4)), **when)
 

@@ -1,6 +1,6 @@
 """The trainer worker as a child process: start, poll, signal, and read why it died.
 
-The mechanics only; what to do about an exit is daemon/restart.py's business.
+The mechanics only; what to do about an exit is daemon/rules/restart.py's business.
 
 With `[train] nproc_per_node` above 1 the child is torchrun (`torch.distributed.run`, its own
 restarts off: the supervisor decides restarts), which starts one worker per GPU. The group is
@@ -21,7 +21,7 @@ from .common import oom
 from .common.atomic import read_json
 from .common.config import TrainConfig
 from .common.launch import python_command, spawn
-from .restart import DOES_NOT_FIT, OOM_BACKOFF, WorkerExit
+from .rules.restart import DOES_NOT_FIT, OOM_BACKOFF, WorkerExit
 
 
 def visible_gpus(environ: dict | None = None) -> int:

@@ -63,7 +63,7 @@ class AwsConfig:
 
 @dataclass(frozen=True)
 class EmailConfig:
-    """Alerts. The SMTP password and the apprise URLs are never here: see daemon/mail.py."""
+    """Alerts. The SMTP password and the apprise URLs are never here: see daemon/ports/mail.py."""
 
     transport: Literal["smtp", "ses", "apprise", "none"] = "none"
     to: list[str] = field(default_factory=list)
@@ -162,7 +162,7 @@ def parse_window(text: str) -> tuple[str, float]:
 
 @dataclass(frozen=True)
 class RedFlagsConfig:
-    """Early warnings before the milestone (daemon/red_flags.py)."""
+    """Early warnings before the milestone (daemon/rules/red_flags.py)."""
 
     # The window the validation loss must fall over: a share of the training steps (the default:
     # a run of hours and one of weeks alike), or a duration (the plan's "3d").

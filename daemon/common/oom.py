@@ -7,7 +7,7 @@ One process answers an OOM by itself: it halves the micro-batch and runs the ste
 So the rank that ran out of memory writes `oom_backoff.json` in the state directory (the
 micro-batch the group takes next, or none when nothing is left to halve) and exits. torchrun
 ends the group; the supervisor sees the record, restarts the group at once without counting a
-failure while the micro-batch keeps shrinking (daemon/restart.py), and every rank starts at
+failure while the micro-batch keeps shrinking (daemon/rules/restart.py), and every rank starts at
 rank 0's reading of the record (broadcast, so a rank on another node agrees) from the newest
 checkpoint. The record stays: it is the run's floor until the clips per step change, or until
 a person deletes it (after moving to a larger GPU).

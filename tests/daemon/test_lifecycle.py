@@ -8,7 +8,7 @@ import pytest
 
 from daemon.common.config import SupervisorConfig
 from daemon.lifecycle import ALLOWED, HoldKind, Lifecycle
-from daemon.restart import WorkerExit
+from daemon.rules.restart import WorkerExit
 from daemon.states import Phase
 
 

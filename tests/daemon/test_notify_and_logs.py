@@ -9,7 +9,7 @@ import structlog
 
 from daemon.common import log as logs
 from daemon.common.launch import child_environment
-from daemon.notify import Notifier
+from daemon.ports.notify import Notifier
 
 
 class Events:

@@ -20,10 +20,10 @@ from email.message import EmailMessage
 import pytest
 
 from conftest import REPO
-from daemon.aws import Aws
+from daemon.ports.aws import Aws
 from daemon.common import checkpoints
 from daemon.common.config import AwsConfig, EmailConfig
-from daemon.mail import SesTransport
+from daemon.ports.mail import SesTransport
 
 POLICY = REPO / "etc" / "amapiano-train" / "iam-policy.json"
 RUN, BUCKET, PREFIX, SENDER = "week1", "amapiano-mirror", "amapiano-train", "bot@example.com"
@@ -120,7 +120,7 @@ def denied(error: BaseException) -> bool:
 
 
 def daemon_paths(world, variant, aws: Aws) -> dict:
-    """Every AWS call the daemon makes (daemon/aws.py, mail.py's SES), in the order a run makes
+    """Every AWS call the daemon makes (daemon/ports/aws.py, mail.py's SES), in the order a run makes
     them; returns {path: None | the error}."""
     from datetime import datetime, timezone
 

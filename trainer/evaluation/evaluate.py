@@ -120,7 +120,7 @@ def _side(cfg, gen: dict, val_loss, scorer) -> dict:
 
 
 def evidence(cfg, model: dict, baseline: dict) -> dict:
-    """The paired comparison and the facts that make evidence degenerate (daemon/milestone.py)."""
+    """The paired comparison and the facts that make evidence degenerate (daemon/rules/milestone.py)."""
     from . import paired
 
     pairs = [(a, b) for a, b in zip(model["samples"], baseline["samples"]) if "score_pct" in a and "score_pct" in b]

@@ -131,7 +131,7 @@ def live_price(cfg) -> tuple[float, str] | None:
         return None
     try:
         from daemon.common.clock import Clock
-        from daemon.instance import Instance
+        from daemon.ports.instance import Instance
 
         class Quiet:
             def __getattr__(self, _name):

@@ -104,7 +104,7 @@ def test_oom_mid_run_then_kill_and_resume_keeps_the_smaller_micro_batch(tmp_path
 
 @pytest.mark.slow
 def test_oom_at_micro_batch_1_is_does_not_fit_for_the_supervisor(tmp_path):
-    from daemon.restart import WorkerExit
+    from daemon.rules.restart import WorkerExit
 
     worker = train(write_config(tmp_path), "0")
     out, _ = worker.communicate(timeout=120)

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from daemon.red_flags import RedFlagSnapshot, decide
+from daemon.rules.red_flags import RedFlagSnapshot, decide
 
 DAY = 86400.0
 
@@ -39,7 +39,7 @@ def test_a_share_of_training_lets_the_stall_flag_fire_in_a_run_of_hours():
 
 
 def test_the_history_keeps_the_step_and_still_reads_the_old_two_number_points():
-    from daemon.red_flags import load, record, section
+    from daemon.rules.red_flags import load, record, section
 
     history = record([], 100.0, 2.5, 60)
     history = record(history, 200.0, 2.4, 120)
@@ -99,7 +99,7 @@ def test_spend_before_the_milestone():
 def test_a_hostile_red_flags_section_loads_as_what_can_be_read(section):
     """Found by the hostile tester: {"raised": null} in state.json (or the bucket's copy) crashed
     the supervisor at start with a traceback; "abc" became three flags."""
-    from daemon.red_flags import load
+    from daemon.rules.red_flags import load
 
     raised, history = load(section)
     assert raised <= {"gpu_util_low"} and history == []

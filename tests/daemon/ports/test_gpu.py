@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from daemon.gpu import GpuMonitor
+from daemon.ports.gpu import GpuMonitor
 
 
 class NVMLError(Exception):

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from daemon.common.config import Duration, SupervisorConfig
-from daemon.restart import RestartHistory, WorkerExit, backoff_delay, decide
+from daemon.rules.restart import RestartHistory, WorkerExit, backoff_delay, decide
 
 CFG = SupervisorConfig(restart_backoff_initial=Duration(10), restart_backoff_max=Duration(600), restart_jitter=0.2,
                        max_restarts_without_progress=3, max_crashes=5, crash_window=Duration(3600))

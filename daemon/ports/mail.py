@@ -23,8 +23,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Callable
 
-from .common.clock import Clock, iso
-from .common.config import EmailConfig
+from ..common.clock import Clock, iso
+from ..common.config import EmailConfig
 
 SUBJECT_PREFIX = "[amapiano-train] "
 PASSWORD_ENV = "AMAPIANO_SMTP_PASSWORD"

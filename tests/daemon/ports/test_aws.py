@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from daemon.aws import Aws, parse_spot_price
+from daemon.ports.aws import Aws, parse_spot_price
 from daemon.common.config import AwsConfig
 
 # The shape EC2 returns (botocore parses Timestamp into an aware datetime); newest is not first.
@@ -164,8 +164,8 @@ def test_the_mirror_keeps_a_sharded_run_in_the_bucket_and_a_fresh_disk_gets_it_b
     from daemon.common import checkpoints
     from daemon.common.clock import Clock
     from daemon.common.config import load_config
-    from daemon.instance import Instance
-    from daemon.mirror import Mirror
+    from daemon.ports.instance import Instance
+    from daemon.ports.mirror import Mirror
 
     s3 = boto3.client("s3", endpoint_url=aws, region_name="us-east-1")
     s3.create_bucket(Bucket="mirror-bucket")
@@ -200,8 +200,8 @@ def _mirror(aws, tmp_path, keep=1):
     from conftest import write_config
     from daemon.common.clock import Clock
     from daemon.common.config import load_config
-    from daemon.instance import Instance
-    from daemon.mirror import Mirror
+    from daemon.ports.instance import Instance
+    from daemon.ports.mirror import Mirror
 
     cfg = load_config(write_config(tmp_path, {"aws": {"endpoint_url": aws, "s3_bucket": "mirror-bucket",
                                                       "region": "us-east-1", "imds_url": ""},
@@ -299,7 +299,7 @@ def test_a_download_killed_half_way_leaves_only_a_temp_dir_the_worker_cleans(aws
     s3.upload_file(str(checkpoints.data_path(tmp_path / "src", 80)), "mirror-bucket",
                    "amapiano-train/checkpoints/step_00000080.pt")
     dest = tmp_path / "dest"
-    child = (f"import json, sys; from pathlib import Path; from daemon.aws import Aws; "
+    child = (f"import json, sys; from pathlib import Path; from daemon.ports.aws import Aws; "
              f"from daemon.common.config import AwsConfig; "
              f"Aws(AwsConfig(endpoint_url={aws!r}, s3_bucket='mirror-bucket'), 'us-east-1')"
              f".download_checkpoint(json.loads(sys.argv[1]), Path({str(dest)!r}))")

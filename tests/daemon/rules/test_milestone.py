@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from daemon.milestone import (CONDITIONAL, GO, INCONCLUSIVE, NO_GO, Evidence, MilestoneSnapshot, Progress, decide,
+from daemon.rules.milestone import (CONDITIONAL, GO, INCONCLUSIVE, NO_GO, Evidence, MilestoneSnapshot, Progress, decide,
                               forecast, is_due)
 
 GOOD = Evidence(n=32, improvement_mean=8.0, improvement_ci=(4.0, 12.0), p_value=0.001)

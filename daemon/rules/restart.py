@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from .common.config import SupervisorConfig
-from .common import exits
+from ..common.config import SupervisorConfig
+from ..common import exits
 
 
 DOES_NOT_FIT = "DoesNotFit"  # trainer/worker/setup.py's exception: OOM at the smallest micro-batch

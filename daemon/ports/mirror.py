@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import journal
-from .common import checkpoints
-from .common.atomic import read_json, write_bytes_atomic
-from .common.clock import iso, parse_iso
-from .common.config import Config
+from .. import journal
+from ..common import checkpoints
+from ..common.atomic import read_json, write_bytes_atomic
+from ..common.clock import iso, parse_iso
+from ..common.config import Config
 from .instance import Instance
-from .state import load_state
+from ..state import load_state
 
 
 def restore_state(cfg: Config, log: Any, instance: Instance) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .actions import Action, SendAlert, Shutdown, StopWorker
+from ..actions import Action, SendAlert, Shutdown, StopWorker
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from daemon.actions import SendAlert, Shutdown, StopWorker
-from daemon.budget import BudgetSnapshot, decide
+from daemon.rules.budget import BudgetSnapshot, decide
 
 
 def snap(spent, projected=None, cap=600.0):

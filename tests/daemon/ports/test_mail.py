@@ -8,7 +8,7 @@ import urllib.request
 
 
 from daemon.common.config import Duration, EmailConfig
-from daemon.mail import Outbox, SmtpTransport, apprise_urls, make_transport, smtp_password
+from daemon.ports.mail import Outbox, SmtpTransport, apprise_urls, make_transport, smtp_password
 
 
 class Log:

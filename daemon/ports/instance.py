@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .aws import Aws
-from .common.config import Config
+from ..common.config import Config
 from .imds import Imds, ImdsError
 
 RETRY_MAX_S = 300.0

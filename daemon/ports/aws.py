@@ -16,9 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .common import checkpoints
-from .common.atomic import fsync_dir, write_json_atomic
-from .common.config import AwsConfig
+from ..common import checkpoints
+from ..common.atomic import fsync_dir, write_json_atomic
+from ..common.config import AwsConfig
 
 MARKER_LIMIT = 64 * 1024
 STATE_LIMIT = 16 * 1024 * 1024

@@ -13,8 +13,8 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .actions import Action, KillWorker, SendAlert, StopWorker, Upload
-from .common.config import Config
+from ..actions import Action, KillWorker, SendAlert, StopWorker, Upload
+from ..common.config import Config
 
 OK_PREFIXES = ("StopInstances:", "poweroff requested", "skipped")
 

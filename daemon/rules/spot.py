@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .actions import Action, CheckpointWorker, SendAlert, SpotInterrupted, Upload
+from ..actions import Action, CheckpointWorker, SendAlert, SpotInterrupted, Upload
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ class GpuMonitor:
 
     def sample_alerts(self, now_mono: float, now_iso: str | None = None) -> list:
         """Sample, and an alert for each new kind of problem (a lost GPU, an NVML error), once."""
-        from .actions import SendAlert
+        from ..actions import SendAlert
 
         out = []
         for problem in self.sample(now_mono, now_iso):

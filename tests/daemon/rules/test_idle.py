@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from daemon.actions import SendAlert
-from daemon.idle import IdleRule, IdleSnapshot, decide
+from daemon.rules.idle import IdleRule, IdleSnapshot, decide
 
 RULE = IdleRule(timeout_s=7200, warn_before_s=900, action="ec2-stop")
 MIN = 60.0

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from .common.clock import Clock
+from ..common.clock import Clock
 
 TOKEN_TTL_S = 21600
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.imds import Imds, ImdsError
+from daemon.ports.imds import Imds, ImdsError
 
 
 class FakeClock:

@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .actions import SendAlert
-from .common.config_sections import parse_window
+from ..actions import SendAlert
+from ..common.config_sections import parse_window
 
 
 Point = tuple[float, float, float | None]  # (wall seconds, validation loss, training step or None)

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from .actions import Action, SendAlert, Shutdown
-from .common.atomic import read_json
-from .common.clock import iso, parse_iso
+from ..actions import Action, SendAlert, Shutdown
+from ..common.atomic import read_json
+from ..common.clock import iso, parse_iso
 
 BUSY_ACTIVITIES = frozenset({"loading", "validating", "checkpointing", "evaluating"})
 
