@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import budget, idle
+from daemon.rules import budget, idle
 from daemon.actions import SendAlert, Shutdown
 
 RULE = idle.IdleRule(timeout_s=7200, warn_before_s=900, action="ec2-stop")
