@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import config_rules
 from .config_sections import (AT_FORMS, AwsConfig, BudgetConfig, EmailConfig, GpuConfig,  # noqa: F401 - re-exported
                               IdleConfig, MilestoneConfig, RedFlagsConfig, ShutdownAction, parse_milestone_at)
 from .schema import FRACTION, NON_NEGATIVE, PERCENT, POSITIVE, ConfigError, Duration, _build, _check, between  # noqa: F401
@@ -212,33 +213,6 @@ class Config:
         return self.run.log_dir / "tensorboard"
 
 
-def _cross_checks(cfg: Config, file: str) -> None:
-    def fail(msg: str) -> None:
-        raise ConfigError(f"{file}: {msg}")
-
-    if cfg.idle.warn_before >= cfg.idle.timeout:
-        fail(f"[idle] warn_before must be shorter than timeout ({cfg.idle.warn_before:g}s >= {cfg.idle.timeout:g}s)")
-    fractions = cfg.budget.alert_fractions
-    if any(not 0 < x <= 1 for x in fractions):
-        fail(f"[budget] alert_fractions must each be in (0, 1] (got {fractions})")
-    if cfg.email.transport in ("smtp", "ses") and not cfg.email.to:  # apprise URLs name their own
-        fail(f"[email] to must list at least one address when transport = \"{cfg.email.transport}\"")
-    if any("@" not in a for a in cfg.email.to):
-        fail(f"[email] to must hold email addresses (got {cfg.email.to})")
-    if cfg.aws.s3_prefix.startswith("/") or cfg.aws.s3_prefix.endswith("/"):
-        fail(f"[aws] s3_prefix must not start or end with '/' (got {cfg.aws.s3_prefix!r})")
-    if cfg.supervisor.restart_backoff_initial > cfg.supervisor.restart_backoff_max:
-        fail("[supervisor] restart_backoff_initial must not exceed restart_backoff_max")
-    tiny = cfg.model.tiny
-    if tiny.hidden_size % tiny.num_heads:
-        fail(f"[model.tiny] hidden_size must be divisible by num_heads ({tiny.hidden_size} % {tiny.num_heads} != 0)")
-    if cfg.model.source == "pretrained" and not cfg.model.pretrained:
-        fail("[model] pretrained must name a hub id or a directory when source = \"pretrained\"")
-    kind, value = cfg.milestone.when
-    if kind == "epoch" and value > cfg.train.epochs:  # it would never come: the run ends first
-        fail(f"[milestone] at is epoch {value:g}, after the run's last ([train] epochs = {cfg.train.epochs})")
-
-
 def load_config(path: str | Path) -> Config:
     """Read and validate config.toml; raises ConfigError with a one-line message."""
     path = Path(path)
@@ -260,7 +234,7 @@ def load_config(path: str | Path) -> Config:
             raise ConfigError(f"{name}: top-level key '{section}' must be a [section]")
     cfg = _build(Config, table, "", name, path.resolve().parent)
     cfg = dataclasses.replace(cfg, source=path.resolve())
-    _cross_checks(cfg, name)
+    config_rules.check(cfg, name)  # what keys allow together: a config that passes works at run time
     return cfg
 
 

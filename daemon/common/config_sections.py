@@ -4,6 +4,7 @@ the file. Stdlib only."""
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -12,13 +13,19 @@ from .schema import FRACTION, NON_NEGATIVE, PERCENT, POSITIVE, Duration, _check,
 
 ShutdownAction = Literal["auto", "ec2-stop", "terminate", "poweroff", "none"]
 
+# A price past this is a typo, not an instance: the largest GPU instance lists at about $100 an
+# hour. It keeps every rate x duration the config can express (3650d at most) finite in the ledger.
+MAX_USD_PER_HOUR = 10_000.0
+
 
 @dataclass(frozen=True)
 class IdleConfig:
     """Idle shutdown: no training progress (and, with NVML, GPU under the threshold) for `timeout`."""
 
     timeout: Duration = field(default=Duration(7200), metadata=POSITIVE)
-    gpu_util_threshold_pct: float = field(default=10.0, metadata=PERCENT)
+    gpu_util_threshold_pct: float = field(default=10.0, metadata=_check(
+        lambda v: 1 <= v <= 100, "must be between 1 and 100: at 0 every reading counts as busy and the idle rule "
+                                 "never fires"))
     warn_before: Duration = field(default=Duration(900), metadata=POSITIVE)
     action: ShutdownAction = "auto"
     check_every: Duration = field(default=Duration(30), metadata=POSITIVE)
@@ -30,10 +37,10 @@ class BudgetConfig:
 
     max_usd: float = field(default=600.0, metadata=between(0.01, 1e9))
     # 0: the live Spot price for this instance's type and zone (EC2 DescribeSpotPriceHistory).
-    hourly_rate_usd: float = field(default=0.0, metadata=NON_NEGATIVE)
+    hourly_rate_usd: float = field(default=0.0, metadata=between(0, MAX_USD_PER_HOUR))
     # While the live price is unknown (IMDS or EC2 not answering yet), spend is charged at this
     # ceiling, never at $0: an unknown price must not switch the cap off.
-    ceiling_usd_per_hour: float = field(default=1.0, metadata=POSITIVE)
+    ceiling_usd_per_hour: float = field(default=1.0, metadata=between(0.001, MAX_USD_PER_HOUR))
     alert_fractions: list[float] = field(default_factory=lambda: [0.5, 0.8])
     ebs_gb: float = field(default=0.0, metadata=NON_NEGATIVE)
     ebs_usd_per_gb_month: float = field(default=0.08, metadata=NON_NEGATIVE)
@@ -81,19 +88,27 @@ class EmailConfig:
     shutdown_wait: Duration = field(default=Duration(120), metadata=POSITIVE)
 
 
-AT_FORMS = "a duration (\"35d\"), a share of training (\"62.5%\") or an epoch (\"epoch 12\")"
+AT_FORMS = "a duration (\"35d\"), a share of training from 1% to 100% (\"62.5%\") or an epoch (\"epoch 12\")"
+# ASCII digits only: float() and int() also take "+50", "5_0", "1e-300", "９" and "٣", none of them meant.
+_SHARE = re.compile(r"([0-9]+(?:\.[0-9]+)?)%")
+_EPOCH = re.compile(r"epoch[ \t]*([0-9]+)")
 
 
 def parse_milestone_at(text: str) -> tuple[str, float]:
     """`[milestone] at`: "35d" -> ("duration", s), "62.5%" -> ("share", 0.625), "epoch 12" -> ("epoch", 12)."""
     t = text.strip().lower()
-    with contextlib.suppress(ValueError):
-        if not t.isascii():  # int() and float() take "９" and "٣": a typo, never meant
-            raise ValueError(t)
-        kind, value = (("share", float(t[:-1]) / 100) if t.endswith("%") else ("epoch", int(t[5:]))
-                       if t.startswith("epoch") else ("duration", float(Duration.parse(t))))
-        if value > 0 and (kind != "share" or value <= 1):
-            return kind, float(value)
+    share, epoch = _SHARE.fullmatch(t), _EPOCH.fullmatch(t)
+    if share:  # below 1 % the milestone is the run's first minutes: a slip of the decimal point
+        if 1 <= float(share[1]) <= 100:
+            return "share", float(share[1]) / 100
+    elif epoch:
+        if int(epoch[1]) > 0:
+            return "epoch", float(int(epoch[1]))
+    else:
+        with contextlib.suppress(ValueError):
+            seconds = float(Duration.parse(t))
+            if seconds > 0:
+                return "duration", seconds
     raise ValueError(f"must be {AT_FORMS}")
 
 
@@ -148,7 +163,7 @@ class MilestoneConfig:
         return ("duration", float(self.after)) if legacy else parse_milestone_at(self.at)
 
 
-WINDOW_FORMS = "a duration (\"3d\") or a share of training (\"15%\")"
+WINDOW_FORMS = "a duration (\"3d\") or a share of training from 1% to 100% (\"15%\")"
 
 
 def parse_window(text: str) -> tuple[str, float]:

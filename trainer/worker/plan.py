@@ -180,6 +180,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
               f"(got {args.clips}, {args.mfu}, {args.price})", file=sys.stderr)
         return exits.CONFIG
     clips, clips_from = (args.clips, "--clips") if args.clips else train_clips(cfg)
+    per_step = cfg.train.batch_size * cfg.train.grad_accum_steps
+    if clips < per_step:  # the worker would exit 78 on it: no row "fits" a run with no optimizer step
+        print(f"amapiano-train plan: {cfg.source}: [train] batch_size x grad_accum_steps ({per_step}) is more than "
+              f"the {clips} training clips ({clips_from}): one optimizer step needs that many; lower them or add "
+              "clips", file=sys.stderr)
+        return exits.CONFIG
     price, price_from = (args.price, "--price") if args.price is not None else (live_price(cfg) or (None, "unknown"))
     try:
         nproc = cfg.train.nproc_per_node if isinstance(cfg.train.nproc_per_node, int) else 1
