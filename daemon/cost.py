@@ -22,6 +22,10 @@ from .common.clock import iso, parse_iso
 
 HOURS_PER_MONTH = 730.0  # AWS bills EBS per GB-month of 730 hours
 KEEP_HOURLY = 48
+# No figure goes past this: more than ten years at the config's highest price ($10,000/h) is a
+# broken price, not spend. Held at the bound (over any cap, so the cap fires), never inf or NaN,
+# which state.json and the journal cannot hold.
+MAX_LEDGER_USD = 1e12
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class Ledger:
 
     @property
     def total_usd(self) -> float:
-        return self.compute_usd + self.storage_usd
+        return _bounded(self.compute_usd + self.storage_usd)
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
@@ -86,6 +90,11 @@ def new_ledger(boot_id: str, boottime_s: float, now: datetime) -> Ledger:
     return Ledger(boot_id=boot_id, accounted_boottime_s=boottime_s, storage_accounted_at=iso(now))
 
 
+def _bounded(usd: float) -> float:
+    """usd held within [0, MAX_LEDGER_USD]; NaN is held at the bound: billed high, never at $0."""
+    return MAX_LEDGER_USD if not usd <= MAX_LEDGER_USD else max(0.0, usd)
+
+
 def _hour(t: datetime) -> datetime:
     return t.replace(minute=0, second=0, microsecond=0)
 
@@ -115,6 +124,8 @@ def _spread(buckets: dict[str, float], start: datetime, end: datetime, usd: floa
 def accrue(ledger: Ledger, boot_id: str, boottime_s: float, now: datetime, rate_usd_per_h: float | None,
            rate_source: str, ebs_usd_per_h: float) -> Ledger:
     """The ledger brought up to `now`."""
+    rate_usd_per_h = None if rate_usd_per_h is None else _bounded(rate_usd_per_h)
+    ebs_usd_per_h = _bounded(ebs_usd_per_h)
     boots = ledger.boots
     if boot_id == ledger.boot_id:
         seconds = max(0.0, boottime_s - ledger.accounted_boottime_s)
@@ -123,11 +134,11 @@ def accrue(ledger: Ledger, boot_id: str, boottime_s: float, now: datetime, rate_
     compute, unpriced = ledger.compute_usd, ledger.unpriced_s + seconds
     hourly, daily = ledger.hourly, ledger.daily
     if rate_usd_per_h is not None and unpriced > 0:
-        usd = unpriced * rate_usd_per_h / 3600.0
+        usd = _bounded(unpriced * rate_usd_per_h / 3600.0)
         start = now - timedelta(seconds=unpriced)
         hourly = _spread(hourly, start, now, usd, _hour, timedelta(hours=1), 13)
         daily = _spread(daily, start, now, usd, _day, timedelta(days=1), 10)
-        compute, unpriced = compute + usd, 0.0
+        compute, unpriced = _bounded(compute + usd), 0.0
     if len(hourly) > KEEP_HOURLY:
         hourly = dict(sorted(hourly.items())[-KEEP_HOURLY:])
     stored_since = parse_iso(ledger.storage_accounted_at)
@@ -135,7 +146,7 @@ def accrue(ledger: Ledger, boot_id: str, boottime_s: float, now: datetime, rate_
     return dataclasses.replace(
         ledger, boot_id=boot_id, accounted_boottime_s=boottime_s, boots=boots,
         compute_usd=compute, unpriced_s=unpriced, hourly=hourly, daily=daily,
-        storage_usd=ledger.storage_usd + storage_hours * ebs_usd_per_h,
+        storage_usd=_bounded(ledger.storage_usd + storage_hours * ebs_usd_per_h),
         storage_accounted_at=iso(now) if storage_hours > 0 else ledger.storage_accounted_at,
         rate_usd_per_h=rate_usd_per_h if rate_usd_per_h is not None else ledger.rate_usd_per_h,
         rate_source=rate_source if rate_usd_per_h is not None else ledger.rate_source)
@@ -151,16 +162,20 @@ class Forecast:
 
 def forecast(total_usd: float, rate_usd_per_h: float | None, ebs_usd_per_h: float, steps_per_s: float | None,
              steps_left: int | None, hours_to_milestone: float | None) -> Forecast:
-    """Projected spend if the instance runs on at today's rate and the worker at its measured pace."""
+    """Projected spend if the instance runs on at today's rate and the worker at its measured pace;
+    a figure that overflows (a pace near zero, a broken price) is unknown, never inf in state.json."""
+    def known(x: float | None) -> float | None:
+        return x if x is not None and math.isfinite(x) else None
+
     per_h = None if rate_usd_per_h is None else rate_usd_per_h + ebs_usd_per_h
     hours = None
     if steps_per_s and steps_per_s > 0 and steps_left is not None:
-        hours = steps_left / steps_per_s / 3600.0
+        hours = known(steps_left / steps_per_s / 3600.0)
     at_completion = total_usd + hours * per_h if hours is not None and per_h is not None else None
     at_milestone = (total_usd + max(0.0, hours_to_milestone) * per_h
                     if hours_to_milestone is not None and per_h is not None else None)
-    return Forecast(steps_per_s, hours, at_completion, at_milestone)
+    return Forecast(steps_per_s, hours, known(at_completion), known(at_milestone))
 
 
 def ebs_usd_per_hour(gb: float, usd_per_gb_month: float) -> float:
-    return gb * usd_per_gb_month / HOURS_PER_MONTH
+    return _bounded(gb * usd_per_gb_month / HOURS_PER_MONTH)

@@ -1,11 +1,13 @@
 """The cost ledger: accrues by the boot's clock, survives restarts, never counts twice."""
 from __future__ import annotations
 
+import json
+import math
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from daemon.cost import Ledger, accrue, ebs_usd_per_hour, forecast, new_ledger
+from daemon.cost import MAX_LEDGER_USD, Ledger, accrue, ebs_usd_per_hour, forecast, new_ledger
 
 T0 = datetime(2026, 11, 25, 13, 30, tzinfo=timezone.utc)
 
@@ -79,3 +81,22 @@ def test_forecast():
     assert f.at_milestone_usd == pytest.approx(196.0)
     unknown = forecast(100.0, 4.0, 0.0, None, 3600, None)
     assert unknown.at_completion_usd is None and unknown.at_milestone_usd is None
+
+
+@pytest.mark.parametrize("rate, ebs", [(1e308, 0.0), (float("inf"), 0.0), (float("nan"), 0.0), (3.6, 1e308),
+                                       (3.6, float("inf")), (1e308, 1e308)])
+def test_no_figure_is_ever_infinite_or_nan(rate, ebs):
+    """The config refuses such prices, but a price from outside (a pricing reply) or a config from
+    before that rule must still never put `"total_usd": Infinity` in state.json (status then exits
+    65 and the journal cannot be written): a figure past the ledger's bound is held at the bound,
+    which is over any cap, so the cap fires."""
+    ledger = new_ledger("a", 0.0, T0)
+    for minutes in (60, 10 * 365 * 24 * 60):  # an hour, then ten years stopped and a new boot
+        ledger = run(ledger, "a" if minutes == 60 else "b", 3600.0, minutes, rate=rate, ebs=ebs)
+        data = ledger.to_json()
+        json.dumps(data, allow_nan=False)  # raises on inf or nan
+        assert Ledger.from_json(data) == ledger
+        assert 0 < ledger.total_usd <= MAX_LEDGER_USD and math.isfinite(ledger.total_usd)
+    assert ebs_usd_per_hour(1e308, 1e308) <= MAX_LEDGER_USD
+    f = forecast(ledger.total_usd, rate, ebs, 1e-300, 10**9, 1e300)
+    assert all(x is None or math.isfinite(x) for x in (f.hours_to_completion, f.at_completion_usd, f.at_milestone_usd))
