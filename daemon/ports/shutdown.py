@@ -74,9 +74,11 @@ class Machine:
         cmd = self.cfg.supervisor.poweroff_command
         behaviour = (self.instance.facts or {}).get("shutdown_behavior")
         what = f" (this instance's shutdown behaviour: {behaviour})" if behaviour else ""
+        if not cmd:  # config check refuses it; a failed attempt, retried and alerted, never an IndexError per poll
+            return False, "failed: [supervisor] poweroff_command is empty"
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as e:
+        except (OSError, ValueError, subprocess.TimeoutExpired) as e:  # ValueError: a NUL in a word
             return False, f"failed: {' '.join(cmd)}: {e}"
         if done.returncode != 0:
             return False, f"failed: {' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()[:200]}"
