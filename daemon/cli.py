@@ -33,6 +33,9 @@ from .common import exits
 from .common.config import ConfigError, load_config
 
 DEFAULT_CONFIG = Path("/etc/amapiano-train/config.toml")
+# A hold is for a person at work on the instance now; `hold 3650d` switched the idle rule off for
+# ten years, and an idle GPU bills all the while. A week covers a long weekend.
+MAX_HOLD_S = 7 * 86400.0
 
 
 def version() -> str:
@@ -159,6 +162,9 @@ def cmd_hold(args) -> int:
     cfg = _load(args.config)
     try:
         seconds = 0.0 if args.duration in ("0", "off") else Duration.parse(args.duration)
+        if seconds > MAX_HOLD_S:
+            raise ValueError(f"must be at most 7d (got {args.duration!r}): a longer hold is the idle rule switched "
+                             "off; for that set [idle] action = \"none\" or a longer [idle] timeout in the config")
     except ValueError as e:
         print(f"amapiano-train hold: DURATION {e}", file=sys.stderr)
         return 2
@@ -257,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("hold", help="postpone an idle shutdown",
                        description="Keep the instance up for DURATION whatever the idle rule says (\"2h\", "
-                                   "\"90m\", \"1d\"); `hold 0` cancels. The supervisor reads it within "
-                                   "[idle] check_every.")
+                                   "\"90m\", \"1d\"; at most 7d); `hold 0` cancels. The supervisor reads it "
+                                   "within [idle] check_every. The budget cap still applies.")
     h.add_argument("duration", metavar="DURATION")
     h.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     h.set_defaults(func=cmd_hold)

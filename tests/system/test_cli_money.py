@@ -134,3 +134,18 @@ def test_status_watch_renders_until_interrupted(tmp_path):
     assert (first + out).count("amapiano-train status, every") >= 2
     bad = cli("status", "--config", str(config), "--watch", "0")
     assert bad.returncode == 2 and "SECONDS must be a number from 0.1 to 3600" in bad.stderr
+
+
+def test_hold_has_a_ceiling_of_a_week(tmp_path):
+    """`hold 3650d` switched the idle rule off for ten years: the GPU could bill idle for all of
+    them. A hold is for a person who is working on the instance now; longer is refused in one line
+    with the usage status, and nothing is written."""
+    config = write_config(tmp_path)
+    (tmp_path / "state").mkdir()
+    for too_long in ("3650d", "8d", "7d1s", "2w"):
+        r = cli("hold", too_long, "--config", str(config))
+        assert r.returncode == 2 and r.stdout == "", r
+        assert len(r.stderr.strip().splitlines()) == 1 and "DURATION must be at most 7d" in r.stderr
+        assert "[idle]" in r.stderr and not (tmp_path / "state" / "hold.json").exists()
+    ok = cli("hold", "7d", "--config", str(config))
+    assert ok.returncode == 0 and "postponed until" in ok.stdout
