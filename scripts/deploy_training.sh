@@ -12,7 +12,8 @@
 #      (torch from PyPI: the CUDA build on x86_64 Linux; pin one with TORCH_SPEC="torch==2.5.1")
 #   3. /etc/amapiano-train/config.toml from etc/ if there is none yet (the shipped one is always
 #      written beside it as config.toml.dist, to compare after an upgrade), then `config check`
-#   4. the units in /etc/systemd/system (the service, and TensorBoard on 127.0.0.1:6006 that
+#   4. a polkit rule letting the service user power off (a warning line when there is no polkit),
+#      the units in /etc/systemd/system (the service, and TensorBoard on 127.0.0.1:6006 that
 #      runs with it), daemon-reload, enable
 set -euo pipefail
 
@@ -71,7 +72,9 @@ run mkdir -p "$PREFIX"
 run rm -rf "$PREFIX/src.new"
 run mkdir -p "$PREFIX/src.new"
 run tar -C "$SRC" --exclude=./.git --exclude=./.venv --exclude='*.egg-info' --exclude=__pycache__ -cf "$PREFIX/src.tar" .
-run tar -C "$PREFIX/src.new" -xf "$PREFIX/src.tar"
+# As root, tar would keep the clone's owner and modes: the person who cloned would own the code
+# that root installs and the service runs.
+run tar -C "$PREFIX/src.new" -xf "$PREFIX/src.tar" --no-same-owner --no-same-permissions
 run rm -f "$PREFIX/src.tar"
 run rm -rf "$PREFIX/src"
 run mv "$PREFIX/src.new" "$PREFIX/src"
@@ -95,19 +98,32 @@ else
 fi
 run "$PREFIX/venv/bin/amapiano-train" config check "$ETC/config.toml"
 
-# 4. the unit, and leave to power off for the `poweroff` shutdown action (the service's own user
-#    may not otherwise; `ec2-stop` needs instead an instance role allowing ec2:StopInstances)
-if [ -d "${POLKIT_DIR:-/etc/polkit-1/rules.d}" ] || [ "$DRY_RUN" = 1 ]; then
+# 4. the unit, and leave to power off for the `poweroff` shutdown action and ec2-stop's fall-back
+#    (the service's own user may not otherwise; `ec2-stop` needs instead an instance role allowing
+#    ec2:StopInstances). polkit from 0.106 reads JavaScript rules; older ones (Ubuntu 22.04's 0.105)
+#    read .pkla files.
+POLKIT_DIR=${POLKIT_DIR:-/etc/polkit-1/rules.d}
+PKLA_DIR=${PKLA_DIR:-/etc/polkit-1/localauthority/50-local.d}
+write_file() {  # write_file PATH TEXT: do it, or in --dry-run only show it
+    if [ "$DRY_RUN" = 1 ]; then echo "+ write $1"; else printf '%s\n' "$2" > "$1"; fi
+}
+if [ -d "$POLKIT_DIR" ]; then
     say "allowing $SERVICE_USER to power off (polkit rule)"
-    rule="polkit.addRule(function(action, subject) {
+    write_file "$POLKIT_DIR/50-amapiano-train.rules" "polkit.addRule(function(action, subject) {
     if (subject.user == \"$SERVICE_USER\" &&
         action.id.indexOf(\"org.freedesktop.login1.power-off\") == 0) { return polkit.Result.YES; }
 });"
-    if [ "$DRY_RUN" = 1 ]; then
-        echo "+ write ${POLKIT_DIR:-/etc/polkit-1/rules.d}/50-amapiano-train.rules"
-    else
-        printf '%s\n' "$rule" > "${POLKIT_DIR:-/etc/polkit-1/rules.d}/50-amapiano-train.rules"
-    fi
+elif [ -d "$(dirname "$PKLA_DIR")" ]; then
+    say "allowing $SERVICE_USER to power off (polkit local authority, .pkla)"
+    run mkdir -p "$PKLA_DIR"
+    write_file "$PKLA_DIR/50-amapiano-train.pkla" "[amapiano-train may power off]
+Identity=unix-user:$SERVICE_USER
+Action=org.freedesktop.login1.power-off*
+ResultAny=yes
+ResultInactive=yes
+ResultActive=yes"
+else
+    echo "deploy: warning: no polkit ($POLKIT_DIR and $(dirname "$PKLA_DIR") missing): $SERVICE_USER may not power off, so the \`poweroff\` action and ec2-stop's fall-back will fail; install polkitd and deploy again, or rely on ec2-stop" >&2
 fi
 # The TensorBoard unit is enabled into amapiano-train.service.wants/: it runs with the training.
 for unit in amapiano-train.service amapiano-train-tensorboard.service; do
