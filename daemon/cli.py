@@ -31,11 +31,9 @@ from pathlib import Path
 
 from .common import exits
 from .common.config import ConfigError, load_config
+from .rules.idle import MAX_HOLD_S
 
 DEFAULT_CONFIG = Path("/etc/amapiano-train/config.toml")
-# A hold is for a person at work on the instance now; `hold 3650d` switched the idle rule off for
-# ten years, and an idle GPU bills all the while. A week covers a long weekend.
-MAX_HOLD_S = 7 * 86400.0
 
 
 def version() -> str:

@@ -118,8 +118,15 @@ def load_timer(section: dict | None) -> IdleTimer | None:
     return timer
 
 
+# A hold is for a person at work on the instance now; `hold 3650d` switched the idle rule off for
+# ten years, and an idle GPU bills all the while. A week covers a long weekend. The command refuses
+# more, and a hold file written by hand is read as at most this.
+MAX_HOLD_S = 7 * 86400.0
+
+
 def hold_until_s(hold_file: Path, now_s: float, now: datetime) -> float | None:
-    """`amapiano-train hold`'s deadline in boottime seconds; a garbage hold file is no hold."""
+    """`amapiano-train hold`'s deadline in boottime seconds, at most MAX_HOLD_S ahead; a garbage
+    hold file is no hold."""
     hold = read_json(hold_file)
     if not hold or not isinstance(hold.get("until"), str):
         return None
@@ -127,7 +134,7 @@ def hold_until_s(hold_file: Path, now_s: float, now: datetime) -> float | None:
         until = parse_iso(hold["until"])
     except (ValueError, OverflowError):
         return None
-    return now_s + (until - now).total_seconds()
+    return now_s + min((until - now).total_seconds(), MAX_HOLD_S)
 
 
 def describe(timer: IdleTimer, snap: IdleSnapshot, rule: IdleRule, now: datetime) -> dict:

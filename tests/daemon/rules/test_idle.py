@@ -74,3 +74,18 @@ def test_hold_postpones_and_warns_again_before_the_new_deadline():
     assert out[3] == []  # the old deadline passed without a stop
     assert kinds(out[4]) == ["SendAlert:idle shutdown in 15 min"]
     assert kinds(out[5]) == ["Shutdown"]
+
+
+def test_a_hold_file_written_by_hand_holds_at_most_a_week(tmp_path):
+    """`hold` refuses more than 7d, but hold.json is a plain file: `until` in 2099 written by hand
+    (or by an older binary) switched the idle rule off for 73 years."""
+    from datetime import datetime, timezone
+
+    from daemon.rules.idle import MAX_HOLD_S, hold_until_s
+
+    now = datetime(2026, 12, 3, tzinfo=timezone.utc)
+    hold = tmp_path / "hold.json"
+    hold.write_text('{"until": "2099-01-01T00:00:00Z"}')
+    assert hold_until_s(hold, 1000.0, now) == 1000.0 + MAX_HOLD_S
+    hold.write_text('{"until": "2026-12-03T02:00:00Z"}')
+    assert hold_until_s(hold, 1000.0, now) == 1000.0 + 7200
