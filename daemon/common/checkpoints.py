@@ -10,10 +10,15 @@ bucket object: its step must match its name and its `file` must be the .pt besid
 A sharded checkpoint (FSDP: one file per process, written by torch.distributed.checkpoint) is
 the directory `step_00001000.dcp/`, committed the same way by its marker, whose `manifest` names
 every file in it with its size and SHA-256, and whose `sha256` is the hash of that manifest.
+
+Which checkpoints this disk's trainer wrote itself is noted in `written-here.json` (not a step_
+name, so never mirrored or restored): one the bucket brought back, or anyone planted, is not in
+it, and the trainer trusts it less (trainer/worker/checkpoint.py's load_latest).
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -21,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .atomic import DIR_MODE, write_json_atomic
 
 PREFIX = "step_"
 MARKER_SUFFIX = ".json"
@@ -103,6 +110,39 @@ def parse_marker(meta: Any, step: int, directory: Path) -> Marker | None:
     if sharded and not _valid_manifest(meta.get("manifest")):
         return None
     return Marker(step, (sharded_path if sharded else data_path)(directory, step), meta)
+
+
+def commit(directory: Path, step: int, meta: dict[str, Any]) -> None:
+    """Commit checkpoint `step` (its bytes already in place) by writing its marker; first noted as
+    written here, so that every committed checkpoint of ours is known as ours."""
+    record_own(directory, step, meta["sha256"])
+    write_json_atomic(marker_path(directory, step), meta)
+
+
+OWN = "written-here.json"
+OWN_LIMIT = 1 << 20  # a few dozen bytes a checkpoint: anything larger is not ours
+
+
+def _read_own(directory: Path) -> dict[str, str]:
+    try:
+        with open(directory / OWN, "rb") as f:
+            own = json.loads(f.read(OWN_LIMIT))
+    except (OSError, ValueError, RecursionError):
+        return {}  # unreadable: nothing is known as ours, so nothing is trusted more
+    return {k: v for k, v in own.items() if isinstance(v, str)} if isinstance(own, dict) else {}
+
+
+def record_own(directory: Path, step: int, sha256: str) -> None:
+    """Note that this process wrote checkpoint `step` with this digest; the notes of checkpoints
+    no longer committed as written are dropped, so the file stays as small as the directory."""
+    committed = {str(m.step): m.meta["sha256"] for m in list_checkpoints(directory)}
+    own = {k: v for k, v in _read_own(directory).items() if committed.get(k) == v}
+    write_json_atomic(directory / OWN, {**own, str(step): sha256})
+
+
+def is_own(marker: Marker) -> bool:
+    """Whether this disk's trainer wrote the bytes `marker` commits (not the bucket, not anyone else)."""
+    return _read_own(marker.path.parent).get(str(marker.step)) == marker.meta.get("sha256")
 
 
 def list_checkpoints(directory: Path) -> list[Marker]:
@@ -264,6 +304,20 @@ def verify(marker: Marker) -> str | None:
     if digest_file(marker.path, marker.meta.get("hash")) != marker.meta.get("sha256"):
         return f"{marker.path}: SHA-256 does not match its marker (damaged on disk)"
     return None
+
+
+def set_aside(dest: Path, *paths: Path) -> Path:
+    """Move `paths` (a marker and its bytes, or one file) into `dest` under their names, or, where
+    one is taken, all under one number (step_00000020.1.pt, .1.json): nothing there is replaced."""
+    dest.mkdir(mode=DIR_MODE, exist_ok=True)
+    for n in itertools.count():
+        names = [p.name if n == 0 else p.name.replace(".", f".{n}.", 1) for p in paths]
+        if not any(os.path.lexists(dest / name) for name in names):
+            break
+    for path, name in zip(paths, names):  # the marker first: it is what makes a checkpoint "committed"
+        if os.path.lexists(path):
+            os.replace(path, dest / name)
+    return dest
 
 
 def inside(directory: Path, name: str) -> Path | None:

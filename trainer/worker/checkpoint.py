@@ -6,20 +6,27 @@ the .pt is written to a temp name, fsynced and renamed, its SHA-256 computed on 
 then the marker (size, hash, step, losses) is written the same way. torch.load does not notice
 flipped bytes, so loading verifies size and hash first; a damaged checkpoint is moved to
 corrupt/ with a warning and the previous one is used. Kept: the last `keep` plus the best.
+
+Nothing is unpickled by a general unpickler: a .pt is loaded weights-only, and a sharded one's
+DCP metadata through an allow-list (a checkpoint the S3 restore brought down is any bytes anyone
+with the bucket's role wrote). What is set aside (corrupt/, uncommitted/) is never overwritten.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from concurrent.futures import ThreadPoolExecutor
+import pickle
 import shutil
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from daemon.common import checkpoints as layout
-from daemon.common.atomic import write_atomic_with, write_json_atomic
+from daemon.common.atomic import write_atomic_with
 from daemon.common.checkpoints import Marker, best, list_checkpoints, newest  # noqa: F401 - re-exported
 from daemon.common.clock import Clock, iso
 
@@ -94,22 +101,13 @@ def clean_partial(directory: Path) -> list[str]:
         elif p.is_file() and temp:
             p.unlink()
             removed.append(p.name)
-        elif p.is_file() and orphan:  # uncommitted, but maybe intact (a lost marker): kept for a look
-            _keep_uncommitted(directory, p)
+        elif p.is_file() and orphan:
+            # A kill between the rename and the marker, or a marker someone deleted: maybe intact, so
+            # kept beside any kept before, never deleted (nothing tells the two apart, and the first
+            # needs a kill inside two small JSON writes: a kill storm leaves a few at most).
+            layout.set_aside(directory / "uncommitted", p)
             removed.append(p.name)
     return removed
-
-
-def _keep_uncommitted(directory: Path, pt: Path) -> None:
-    """A .pt without its marker: a kill between the rename and the marker (the usual case), or a
-    marker someone deleted. Never deleted outright: the newest one is kept in uncommitted/ (only
-    one, so a kill storm of 5 GB checkpoints cannot fill the disk); it is not a checkpoint."""
-    dest = directory / "uncommitted"
-    dest.mkdir(exist_ok=True)
-    os.replace(pt, dest / pt.name)
-    kept = sorted(dest.glob(f"{layout.PREFIX}*{layout.DATA_SUFFIX}"), key=lambda q: layout.step_of(q.name) or -1)
-    for old in kept[:-1]:
-        old.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -145,7 +143,7 @@ def save(directory: Path, step: int, payload: dict, meta: dict, clock: Clock | N
         w = write_atomic_with(path, write)
     meta = {"step": step, "file": path.name, "bytes": w.hash.size, "sha256": w.hash.hexdigest(), "hash": layout.PIECES,
             "format": FORMAT, "time": iso((clock or Clock()).now()), **meta}
-    write_json_atomic(layout.marker_path(directory, step), meta)
+    layout.commit(directory, step, meta)
     return Marker(step, path, meta)
 
 
@@ -154,68 +152,143 @@ def load(marker: Marker, map_location: str | torch.device = "cpu", full: bool = 
     sharded, for ranks that load their shards themselves).
 
     CorruptCheckpoint if its bytes are damaged or missing; CheckpointError if intact bytes do
-    not load (a code or version problem: the file is fine and must not be thrown away).
+    not load (a pickle that names code, another step's payload, or a code or version problem).
     """
     wrong = layout.verify(marker)
     if wrong is not None:
         raise CorruptCheckpoint(wrong)
     try:
-        if marker.sharded:
-            payload = torch.load(marker.path / EXTRA, map_location=map_location, weights_only=True)
-            if full:
-                payload.update(load_full(marker.path))
-        else:
-            payload = torch.load(marker.path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings(action="ignore", category=UserWarning):  # torch's, on a pickle it refuses
+            if marker.sharded:
+                payload = torch.load(marker.path / EXTRA, map_location=map_location, weights_only=True)
+                reader = _safe_dcp()[0](marker.path)
+                reader.read_metadata()  # refused here, in one line (torch's loader would log a traceback), and
+                payload.update(_load_whole(reader) if full else {})  # before the ranks load their shards
+            else:
+                payload = torch.load(marker.path, map_location=map_location, weights_only=True)
     except Exception as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{marker.path}: intact (SHA-256 matches) but does not load with this "
-                              f"version of amapiano-train/torch ({type(e).__name__}: {first_line})") from None
+        raise CheckpointError(f"{marker.path}: intact (SHA-256 matches) but does not load ({_why(e)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or payload.get("step") != marker.step:
         raise CheckpointError(f"{marker.path}: not a format-{FORMAT} checkpoint of step {marker.step}")
     return payload
 
 
-def load_full(path: Path) -> dict:
+def _why(e: BaseException) -> str:
+    """The line of an error that says what is wrong (not weights_only's advice to turn it off)."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip() and not x.strip().startswith(_ADVICE)]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _load_whole(reader: Any) -> dict:
     """A sharded checkpoint's model and optimizer, whole, in this one process (no process group):
     what a single process, evaluate and export load. The optimizer's state is keyed by name."""
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     state: dict = {}
-    _load_state_dict(state, storage_reader=FileSystemReader(path), planner=_EmptyStateDictLoadPlanner(),
-                     no_dist=True)
+    try:
+        _load_state_dict(state, storage_reader=reader, planner=_safe_dcp()[2](), no_dist=True)
+    except CheckpointException as e:  # a BaseException, holding each rank's: the first, for load() to catch
+        raise next(iter(e.failures.values()))[0] from None
     return {"model": state["model"], "optimizer": state["optimizer"], "optimizer_keys": "fqn"}
+
+
+def dcp_load_args(path: Path) -> dict:
+    """What torch.distributed.checkpoint.load needs to read a sharded checkpoint running nothing in it."""
+    return {"storage_reader": _safe_dcp()[0](path), "planner": _safe_dcp()[1]()}
+
+
+# Every global a real save of our model and its AdamW state pickles into DCP's `.metadata`
+# (tests/trainer/worker/test_checkpoint_trust.py loads one), and the dtypes: constructors of plain
+# records. Whatever else a `.metadata` names (os.system, builtins.eval...) is refused.
+_METADATA_GLOBALS = {
+    *(("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+    ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if (module, name) not in _METADATA_GLOBALS and not dtype:
+            raise pickle.UnpicklingError(f".metadata names {module}.{name}, no part of DCP metadata: refused, not run")
+        return super().find_class(module, name)
+
+
+@functools.cache
+def _safe_dcp() -> tuple[type, type, type]:
+    """torch.distributed.checkpoint's reader and its two load planners, made safe: the reader
+    unpickles `.metadata` (torch: pickle.load) through the allow-list and reads items only from
+    files of the checkpoint's own directory; the planners load the non-tensor items, optimizer
+    hyperparameters, weights-only (torch: weights_only=False), as torch already loads the tensors."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint._traverse import set_element
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+    class Reader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+            with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+            if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data, dict):
+                raise pickle.UnpicklingError(f".metadata holds a {type(metadata).__name__}, not DCP metadata")
+            for item in metadata.storage_data.values():  # no stream transforms (decompressors): we write none
+                name = getattr(item, "relative_path", None)
+                if not isinstance(name, str) or "/" in name or layout.inside(Path(self.path), name) is None \
+                        or getattr(item, "transform_descriptors", None):
+                    raise pickle.UnpicklingError(f".metadata reads an item from {name!r}, outside the checkpoint"
+                                                 " or through a transform")
+            if getattr(metadata, "storage_meta", None) is None:  # as torch's read_metadata does
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class WeightsOnlyBytes:
+        def load_bytes(self, read_item: Any, value: Any) -> None:
+            item = torch.load(value, weights_only=True)
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], item)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = item
+
+    return (Reader, type("LoadPlanner", (WeightsOnlyBytes, DefaultLoadPlanner), {}),
+            type("WholeLoadPlanner", (WeightsOnlyBytes, _EmptyStateDictLoadPlanner), {}))
 
 
 def quarantine(marker: Marker) -> Path:
     """Move a damaged checkpoint (and its marker) into corrupt/, keeping the bytes for a look."""
-    dest = marker.path.parent / QUARANTINE
-    dest.mkdir(exist_ok=True)
-    if marker.marker.exists():
-        os.replace(marker.marker, dest / marker.marker.name)  # first: it is what makes it "committed"
-    if marker.path.exists():
-        os.replace(marker.path, dest / marker.path.name)
-    return dest
+    return layout.set_aside(marker.path.parent / QUARANTINE, marker.marker, marker.path)
 
 
 def load_latest(directory: Path, log: Any, map_location: str | torch.device = "cpu",
                 full: bool = True, quarantined: list[int] | None = None) -> tuple[Marker, dict] | None:
-    """The newest checkpoint that verifies; damaged newer ones are quarantined with a warning
-    (their steps appended to `quarantined`).
+    """The newest checkpoint that verifies and loads; damaged newer ones are quarantined with a
+    warning (their steps appended to `quarantined`: an S3 mirror may hold them intact), and so
+    are intact ones this disk's trainer did not write that do not load (planted or restored: the
+    bucket holds the same bytes, so they are not appended).
 
-    An intact checkpoint that fails to load raises CheckpointError: falling back past it
-    would silently throw away training.
+    An intact checkpoint of our own that fails to load raises CheckpointError: a version problem,
+    and falling back past it would silently throw away training.
     """
     for marker in reversed(list_checkpoints(directory)):
         try:
             return marker, load(marker, map_location, full)
         except CorruptCheckpoint as e:
-            where = quarantine(marker)
-            log.warning("checkpoint.corrupt", step=marker.step, error=str(e), moved_to=str(where),
+            log.warning("checkpoint.corrupt", step=marker.step, error=str(e), moved_to=str(quarantine(marker)),
                         note="falling back to the previous checkpoint")
             if quarantined is not None:
                 quarantined.append(marker.step)
+        except CheckpointError as e:
+            if layout.is_own(marker):
+                raise CheckpointError(f"{e}; this trainer wrote it, so amapiano-train or torch changed: "
+                                      "it is kept and nothing older is trained on in its place") from None
+            log.warning("checkpoint.refused", step=marker.step, error=str(e), moved_to=str(quarantine(marker)),
+                        note="not written here (restored from the bucket?): falling back to the previous checkpoint")
     damaged = sorted((directory / "corrupt").glob(f"{layout.PREFIX}*{layout.MARKER_SUFFIX}"))
     if damaged:  # never start again at step 0 silently when training existed
         raise CheckpointError(f"{directory}: no intact checkpoint left ({len(damaged)} damaged, in corrupt/); "
@@ -229,8 +302,7 @@ def prune(directory: Path, keep: int) -> list[int]:
     keeping = layout.kept(markers, keep)
     removed = []
     for junk in layout.garbage_markers(directory):  # unreadable markers commit nothing: out of the way
-        (directory / "uncommitted").mkdir(exist_ok=True)
-        os.replace(junk, directory / "uncommitted" / junk.name)
+        layout.set_aside(directory / "uncommitted", junk)
     for m in markers:
         if m.step not in keeping:
             m.marker.unlink(missing_ok=True)  # un-commit first
@@ -240,25 +312,6 @@ def prune(directory: Path, keep: int) -> list[int]:
                 m.path.unlink(missing_ok=True)
             removed.append(m.step)
     return removed
-
-
-def _param_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> list[str]:
-    """The optimizer's parameters, in its own order, by their names in the model."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
-
-
-def optimizer_by_index(osd: dict, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
-    """A name-keyed optimizer state (torch.distributed.checkpoint's) as optimizer.load_state_dict takes it."""
-    index = {n: i for i, n in enumerate(_param_names(optimizer, model))}
-    return {"state": {index[n]: s for n, s in osd["state"].items()},
-            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
-
-
-def optimizer_by_name(osd: dict, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
-    names = _param_names(optimizer, model)
-    return {"state": {names[i]: s for i, s in osd["state"].items()},
-            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
 
 
 def check_weights(marker: Marker, weights: Any, expected: dict[str, torch.Tensor]) -> None:

@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 
 from daemon.common import checkpoints as layout
-from daemon.common.atomic import fsync_dir, write_json_atomic
+from daemon.common.atomic import fsync_dir
 from daemon.common.clock import Clock, iso
 from daemon.common.config import Config, ConfigError
 
@@ -289,7 +289,7 @@ class Group:
             meta = {"step": step, "file": final.name, "bytes": sum(e["bytes"] for e in manifest.values()),
                     "sha256": layout.manifest_sha256(manifest), "manifest": manifest, "format": checkpoint.FORMAT,
                     "sharded": self.world, "time": iso((clock or Clock()).now()), **meta}
-            write_json_atomic(layout.marker_path(directory, step), meta)
+            layout.commit(directory, step, meta)
         self.barrier()
         return layout.read_marker(layout.marker_path(directory, step))
 
@@ -300,7 +300,7 @@ class Group:
 
     def load_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, marker: Any, payload: dict) -> None:
         """Model and optimizer from a checkpoint of any width and either strategy."""
-        from . import checkpoint
+        from . import checkpoint, resume
 
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import (
@@ -314,19 +314,19 @@ class Group:
 
                 msd, osd = get_state_dict(model, optimizer)
                 state = {"model": msd, "optimizer": osd}
-                dcp.load(state, checkpoint_id=marker.path)
+                dcp.load(state, **checkpoint.dcp_load_args(marker.path))  # its pickles refused, not run
                 set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
             else:  # a .pt of one process or DDP: every rank read it whole, each keeps its shard
                 osd = payload["optimizer"]
                 if payload.get("optimizer_keys") != "fqn":
-                    osd = checkpoint.optimizer_by_name(osd, optimizer, model)
+                    osd = resume.optimizer_by_name(osd, optimizer, model)
                 set_state_dict(model, optimizer, model_state_dict=payload["model"], optim_state_dict=osd,
                                options=StateDictOptions(full_state_dict=True))
             return
         self.unwrap(model).load_state_dict(payload["model"])
         osd = payload["optimizer"]
         if payload.get("optimizer_keys") == "fqn":  # a sharded checkpoint, loaded whole
-            osd = checkpoint.optimizer_by_index(osd, optimizer, self.unwrap(model))
+            osd = resume.optimizer_by_index(osd, optimizer, self.unwrap(model))
         optimizer.load_state_dict(osd)
 
 

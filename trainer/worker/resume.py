@@ -1,6 +1,7 @@
 """What a checkpoint restores beside the tensors, and the checks that make a resume exact: every
 RNG, the shape-defining config, the data position (epoch and step in epoch, recomputed and
-compared), and where training stands (Progress)."""
+compared), where training stands (Progress), and the optimizer's state keyed by index (a .pt) or
+by parameter name (a sharded checkpoint)."""
 from __future__ import annotations
 
 import random
@@ -73,3 +74,22 @@ class Progress:
     loss: float | None = None            # the last optimizer step's training loss (read at log intervals)
     last_ckpt: Marker | None = None
     resumed_from: int | None = None
+
+
+def _param_names(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> list[str]:
+    """The optimizer's parameters, in its own order, by their names in the model."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def optimizer_by_index(osd: dict, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
+    """A name-keyed optimizer state (torch.distributed.checkpoint's) as optimizer.load_state_dict takes it."""
+    index = {n: i for i, n in enumerate(_param_names(optimizer, model))}
+    return {"state": {index[n]: s for n, s in osd["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
+
+
+def optimizer_by_name(osd: dict, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
+    names = _param_names(optimizer, model)
+    return {"state": {names[i]: s for i, s in osd["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}

@@ -85,6 +85,7 @@ def test_intact_but_unloadable_is_an_error_not_a_silent_fallback(tmp_path):
     m.path.write_bytes(blob)
     meta = json.loads(m.path.with_suffix(".json").read_text())
     meta.update(bytes=len(blob), sha256=layout.digest_file(m.path, meta.get("hash")))
+    layout.record_own(tmp_path, 20, meta["sha256"])  # written here: not planted (test_checkpoint_trust.py)
     m.path.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(checkpoint.CheckpointError, match="intact .* but does not load"):
         checkpoint.load_latest(tmp_path, Log())
