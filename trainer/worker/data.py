@@ -135,10 +135,37 @@ def load_cache(cfg: Config, model) -> tuple[Split, Split]:
         if rows.size == 0:
             raise DataError(f"{cfg.tokens_dir}: no finished {name} clips in the token cache "
                             "(run `amapiano-train dataset tokenize`)")
-        splits.append(Split(torch.from_numpy(np.asarray(arrays["codes.i16"][rows])),
+        codes = np.asarray(arrays["codes.i16"][rows])
+        check_codes(cfg.tokens_dir / "codes.i16", codes, rows, index["clips"], model.config.decoder.vocab_size)
+        splits.append(Split(torch.from_numpy(codes),
                             torch.from_numpy(np.asarray(arrays["text.f16"][rows])),
                             torch.from_numpy(np.asarray(arrays["mask.u8"][rows])), pad=pad))
     return splits[0], splits[1]
+
+
+def check_codes(path, codes, rows, clips: list[dict], vocab: int, chunk: int = 1024) -> None:
+    """DataError, one line naming the row and clip, unless every code of these cache rows is in
+    0..vocab-1, or -1 past the end of its clip (every codebook from the same frame on), as `dataset
+    tokenize` writes them: a flipped byte was an IndexError deep in the embedding, and a -1 (0xFFFF)
+    inside a clip trained on silently as padding. `chunk` rows at a time: a cache is gigabytes."""
+    import numpy as np
+
+    for start in range(0, len(codes), chunk):
+        block = codes[start:start + chunk]
+        ended = block == -1
+        past_end = np.flip(np.logical_and.accumulate(np.flip(ended.all(axis=1), -1), axis=-1), -1)  # (B, T)
+        wrong = (block < -1) | (block >= vocab) | (ended & ~past_end[:, None, :])
+        bad = wrong.any(axis=(1, 2))
+        if not bad.any():
+            continue
+        j = int(np.argmax(bad))
+        k, t = (int(x) for x in np.argwhere(wrong[j])[0])
+        value, row = int(block[j, k, t]), int(rows[start + j])
+        what = (f"-1 inside the clip at codebook {k}, frame {t} (its codes end at frame "
+                f"{int((~past_end[j]).sum())})" if value == -1 else
+                f"code {value} at codebook {k}, frame {t} is outside 0..{vocab - 1}")
+        raise DataError(f"{path}: row {row} (clip {clips[row].get('clip_id')}): {what}; the cache is damaged: "
+                        f"move {path.parent} aside and rebuild it with `amapiano-train dataset tokenize`")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
