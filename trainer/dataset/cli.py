@@ -131,7 +131,11 @@ def cmd_select(args) -> int:
     if not sel.clips:
         print(f"{PROG} select: no clip has what was asked; nothing written (see the counts above)", file=sys.stderr)
         return exits.DATAERR
-    write_manifest(args.out, sel.clips)
+    try:
+        write_manifest(args.out, sel.clips)
+    except OSError as e:  # a directory that takes no files (/proc, /sys), read-only, full
+        print(f"{PROG} select: --out {args.out}: cannot write ({e.strerror or e})", file=sys.stderr)
+        return exits.DATAERR
     print(f"wrote {args.out}")
     return exits.OK
 

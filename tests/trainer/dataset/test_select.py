@@ -180,3 +180,12 @@ def test_select_refuses_what_would_write_nothing_useful(tmp_path, args, words):
 def test_select_refuses_split_sizes_below_one(tmp_path, flag):
     r = cli("dataset", "select", "--annotations", str(REAL), "--out", str(tmp_path / "m.jsonl"), *flag)
     assert r.returncode == 2 and "must be at least 1" in r.stderr and not (tmp_path / "m.jsonl").exists()
+
+
+@pytest.mark.parametrize("out", ["/proc/x", "/sys/amapiano-manifest.jsonl"])
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path, out):
+    """A directory that exists but takes no files (once a FileNotFoundError traceback)."""
+    path = synthetic(tmp_path / "a.csv", GOOD)
+    r = cli("dataset", "select", "--annotations", str(path), "--tags", "house,piano,drums", "--out", out)
+    assert r.returncode == 65 and f"--out {out}: cannot write" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
