@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .common.atomic import FILE_MODE, write_bytes_atomic
+from .common.atomic import FILE_MODE, loads, write_bytes_atomic
 from .common.clock import is_utc_time
 from .cost import Ledger
 
@@ -54,7 +54,7 @@ def last(path: Path) -> dict | None:
         return None
     for raw in reversed(lines):
         try:
-            rec = json.loads(raw)
+            rec = loads(raw)
         except ValueError:
             continue
         if isinstance(rec, dict) and isinstance(rec.get("run_id"), str) and is_utc_time(rec.get("started_at")):

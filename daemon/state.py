@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .common.atomic import write_json_atomic
+from .common.atomic import loads, write_json_atomic
 from .common.clock import is_utc_time, iso
 from .states import Phase
 
@@ -183,7 +183,7 @@ def load_state(path: Path) -> State | None:
     if len(raw) > MAX_BYTES:
         raise StateError(f"{path}: {len(raw)} bytes, more than a state file can be ({MAX_BYTES}); {MOVE_ASIDE}")
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        data = loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except UnicodeDecodeError:
         raise StateError(f"{path}: not UTF-8 text; {MOVE_ASIDE}") from None
     except (json.JSONDecodeError, ValueError) as e:

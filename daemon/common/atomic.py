@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO
@@ -59,11 +60,47 @@ def write_json_atomic(path: Path, obj: Any, mode: int = FILE_MODE) -> None:
     write_bytes_atomic(path, data, mode)
 
 
-def read_json(path: Path) -> dict | None:
-    """A small JSON object written atomically by another process; None if absent or unreadable
-    (a torn, non-UTF-8 or non-object file reads as absent: the caller decides what that means)."""
+MAX_DEPTH = 64            # no file of ours nests deeper than a few levels
+READ_LIMIT = 16 * 1024 * 1024
+
+
+def loads(raw: bytes | str, max_depth: int = MAX_DEPTH, **kw: Any) -> Any:
+    """json.loads, with nesting deeper than `max_depth` refused as ValueError like any other bad
+    JSON: a file nested 100,000 deep raised RecursionError through every reader (a traceback and
+    a restart loop), and one a few hundred deep broke the recursive checks after it."""
     try:
-        data = json.loads(Path(path).read_bytes())
+        data = json.loads(raw, **kw)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {max_depth} levels") from None
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > max_depth:
+                raise ValueError(f"nested deeper than {max_depth} levels")
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return data
+
+
+def read_bytes(path: Path, limit: int = READ_LIMIT) -> bytes:
+    """A regular file's bytes, at most `limit` (OSError past it): a FIFO or a device planted at
+    the path is refused instead of blocking the reader for ever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(f"{path}: more than {limit} bytes")
+    return data
+
+
+def read_json(path: Path, limit: int = READ_LIMIT) -> dict | None:
+    """A small JSON object written atomically by another process; None if absent or unreadable
+    (a torn, non-UTF-8, too large, too deeply nested or non-object file reads as absent: the
+    caller decides what that means)."""
+    try:
+        data = loads(read_bytes(Path(path), limit))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -8,7 +8,6 @@ bucket is read with a size limit and never unpickled.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common import checkpoints
-from ..common.atomic import fsync_dir, write_json_atomic
+from ..common.atomic import fsync_dir, loads, write_json_atomic
 from ..common.config import AwsConfig
 
 MARKER_LIMIT = 64 * 1024
@@ -153,7 +152,7 @@ class Aws:
 
     def get_marker(self, step: int) -> Any:
         raw = self._get_small(self._key(checkpoints.marker_path(Path("."), step).name), MARKER_LIMIT)
-        return None if raw is None else json.loads(raw)
+        return None if raw is None else loads(raw)
 
     def get_state(self) -> bytes | None:
         return self._get_small(self._state_key(), STATE_LIMIT)

@@ -174,3 +174,67 @@ def test_status_into_a_closed_pipe_is_quiet(tmp_path):
         p.stdout.close()  # closed before it writes a byte
         err = p.stderr.read().decode()
         assert p.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def test_json_nested_too_deep_is_bad_json_wherever_the_daemon_reads_it(tmp_path, aws):
+    """Found by the hostile pass: a state.json nested 100,000 deep was a RecursionError traceback
+    (exit 1, never moved aside: a restart loop under systemd). Too deep is unparseable, everywhere."""
+    import boto3
+
+    from daemon import journal
+    from daemon.common.atomic import read_json
+    from daemon.common.config import AwsConfig
+    from daemon.ports.aws import Aws
+
+    path = tmp_path / "state.json"
+    for content in (DEEP, b'{"run_id": ' + b"[" * 500 + b"]" * 500 + b"}"):  # and deeper than any file of ours
+        path.write_bytes(content)
+        with pytest.raises(StateError, match="nested deeper than 64 levels"):
+            load_state(path)
+        assert read_json(path) is None  # heartbeat, hold, failure file, OOM note, reports
+    good = journal.record("run-7", T0, None, [], None, T0)
+    (tmp_path / journal.NAME).write_bytes(json.dumps(good).encode() + b"\n" + DEEP + b"\n")
+    assert journal.last(tmp_path / journal.NAME)["run_id"] == "run-7"  # the deep line is skipped like a torn one
+    s3 = boto3.client("s3", endpoint_url=aws, region_name="us-east-1")
+    s3.create_bucket(Bucket="deep-bucket")
+    s3.put_object(Bucket="deep-bucket", Key="p/checkpoints/step_00000005.json", Body=b"[" * 30_000 + b"]" * 30_000)
+    with pytest.raises((OSError, ValueError), match="nested deeper"):  # refused, never a RecursionError
+        Aws(AwsConfig(endpoint_url=aws, s3_bucket="deep-bucket", s3_prefix="p"), "us-east-1").get_marker(5)
+
+
+def test_status_on_a_deep_state_file_is_one_line_and_65(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_bytes(DEEP)
+    r = cli("status", "--state", str(path), timeout=60)
+    assert r.returncode == 65 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "nested deeper than 64 levels" in r.stderr
+
+
+def test_supervise_moves_a_deep_state_file_aside_and_rebuilds_the_run_from_the_journal(tmp_path, daemons):
+    import time
+
+    from daemon import journal
+
+    config = write_config(tmp_path)
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    journal.append(state_dir / journal.NAME, journal.record("run-7", "2026-11-01T00:00:00Z", None, [], None, T0))
+    (state_dir / "state.json").write_bytes(DEEP)
+    d = daemons(config)
+    deadline = time.monotonic() + 60
+    while not list(state_dir.glob("state.json.bad.*")):  # (this test's own reader must not meet it either)
+        assert time.monotonic() < deadline and d.proc.poll() is None, d.log_text()[-3000:]
+        time.sleep(0.05)
+    state = d.wait_state(lambda s: s.get("run_id") == "run-7", timeout=60)
+    assert state["started_at"] == "2026-11-01T00:00:00Z"
+    assert [p.read_bytes() == DEEP for p in state_dir.glob("state.json.bad.*")] == [True]
+    assert d.stop() == 0
+    # Without a journal there is nothing to rebuild from: one line, 65, the file left for a person.
+    (state_dir / journal.NAME).unlink()
+    (state_dir / "state.json").write_bytes(DEEP)
+    r = cli("supervise", "--config", str(config), "--log-format", "json", timeout=60)
+    assert r.returncode == 65 and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert (state_dir / "state.json").read_bytes() == DEEP
