@@ -89,7 +89,11 @@ class Evaluation:
 
     def complete(self) -> None:
         """All epochs done: the final evaluation and the export, then the completion report
-        (after a milestone evaluation in progress, if there is one)."""
+        (after a milestone evaluation in progress, if there is one). Once only: a run that completed
+        before (its worker exits 0 again at every start) is not evaluated, exported or announced again."""
+        if (self.state.get("completion") or {}).get("status") == "done":
+            self.log.info("completion.already_done", report=self.state["completion"].get("report"))
+            return
         self.final_pending = True
         self.state["completion"] = {"status": "pending", "requested_at": iso(self.clock.now())}
 

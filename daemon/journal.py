@@ -3,8 +3,9 @@
 state.json is rewritten every tick; if it is lost, damaged or moved aside (the exit-65 advice),
 the run must not start over at $0 with a new run_id and a new milestone date. Each cost check
 appends one line (run_id, started_at, the ledger's totals, the budget alerts already sent, the
-milestone's due time and decision), fsynced. A torn last line is skipped. Past MAX_BYTES the
-journal is compacted to its last line (atomically), so it stays small on a weeks-long run.
+milestone's due time and decision, whether the completion is done), fsynced. A torn last line is
+skipped. Past MAX_BYTES the journal is compacted to its last line (atomically), so it stays small
+on a weeks-long run.
 """
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ def record(run_id: str, started_at: str, ledger: Ledger | None, budget_fired: li
            milestone: dict | None, at: str) -> dict:
     led = None if ledger is None else {k: v for k, v in ledger.to_json().items() if k not in ("hourly", "daily")}
     m = {k: (milestone or {}).get(k) for k in ("due_at", "status", "decision", "decided_at")}
+    done = (milestone or {}).get("completion")
+    # A run rebuilt from here must not evaluate, export and announce its completion a second time.
+    m["completion"] = {"status": done["status"]} if isinstance(done, dict) and isinstance(done.get("status"), str) \
+        else None
     return {"run_id": run_id, "started_at": started_at, "at": at, "ledger": led, "budget_fired": budget_fired,
             "milestone": m}
 

@@ -268,6 +268,9 @@ def open_run(path: Path, now: datetime, log: Any) -> State:
         state.cost = ledger.to_json() if ledger else None
         state.budget = {"fired": [x for x in rec.get("budget_fired") or [] if isinstance(x, str)]}
         ms = _clean({k: v for k, v in (rec.get("milestone") or {}).items() if isinstance(v, str)})
+        done = (rec.get("milestone") or {}).get("completion")
+        if isinstance(done, dict) and isinstance(done.get("status"), str):
+            ms["completion"] = {"status": done["status"]}
         state.milestone = ms or None
         log.warning("run.rebuilt_from_journal", state_file=str(path), summary=journal.describe(rec))
     elif state is None:
