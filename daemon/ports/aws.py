@@ -5,15 +5,22 @@ A small port: production talks to AWS, tests to moto's server on 127.0.0.1 throu
 .json marker, so a bucket listing never shows a checkpoint whose bytes are not all there, and
 an upload counts only once head_object confirms its size and SHA-256. What comes back from the
 bucket is read with a size limit and never unpickled.
+
+Every call is bounded in time: botocore's timeouts bound each connect and each socket read and
+its retries are counted; a small call (a listing, a marker, state.json, an EC2 call the scheduler
+thread makes) also has a total deadline, since a reply that drips a byte at a time passes every
+per-read timeout; a transfer must keep a minimum pace.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from ..common import checkpoints
 from ..common.atomic import fsync_dir, loads, write_json_atomic
@@ -21,6 +28,48 @@ from ..common.config import AwsConfig
 
 MARKER_LIMIT = 64 * 1024
 STATE_LIMIT = 16 * 1024 * 1024
+CONNECT_TIMEOUT_S, READ_TIMEOUT_S, ATTEMPTS = 5, 20, 3   # ATTEMPTS: the first try included
+CALL_TIMEOUT_S = 30.0            # a small call's total deadline, retries included
+LIST_PAGES = 100                 # 100,000 keys: far more than a mirror keeps
+PACE_BYTES_PER_S, PACE_GRACE_S = 256 * 1024, 60.0   # a transfer slower than this for longer is stuck
+MISSING = {"NoSuchKey", "404", "NotFound"}
+T = TypeVar("T")
+
+
+class BadObject(OSError):
+    """The bucket answered, with something that is not what it should be (size, digest, form)."""
+
+
+def error_code(e: BaseException) -> str | None:
+    """The S3 error code of a botocore ClientError (AccessDenied, SlowDown, NoSuchBucket...), else None."""
+    response = getattr(e, "response", None)
+    return str((response.get("Error") or {}).get("Code")) if isinstance(response, dict) else None
+
+
+def unreadable(e: BaseException) -> bool:
+    """The bucket could not be asked or did not answer (403, throttling, 5xx, a timeout, no network):
+    what it holds is unknown. Not: an answer that something is missing or bad."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(e, BadObject):
+        return False
+    if isinstance(e, ClientError):
+        return error_code(e) not in MISSING | {"NoSuchBucket"}
+    return isinstance(e, (BotoCoreError, TimeoutError, ConnectionError))
+
+
+class _Pace:
+    """A transfer's progress callback: raises once it has run past the grace time below the pace."""
+
+    def __init__(self, what: str):
+        self.what, self.began, self.done = what, time.monotonic(), 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        took = time.monotonic() - self.began
+        if took > PACE_GRACE_S and self.done < PACE_BYTES_PER_S * took:
+            raise TimeoutError(f"{self.what}: {self.done} bytes in {took:.0f} s, under "
+                               f"{PACE_BYTES_PER_S // 1024} KiB/s")
 
 
 def parse_spot_price(response: dict) -> tuple[float, datetime] | None:
@@ -39,41 +88,77 @@ def parse_spot_price(response: dict) -> tuple[float, datetime] | None:
 
 
 class Aws:
-    def __init__(self, cfg: AwsConfig, region: str):
-        self.cfg, self.region = cfg, region
+    def __init__(self, cfg: AwsConfig, region: str, call_timeout_s: float = CALL_TIMEOUT_S):
+        self.cfg, self.region, self.call_timeout_s = cfg, region, call_timeout_s
         self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()   # boto3's default session does not build clients thread-safely
+        self._in_flight: dict[str, threading.Thread] = {}
 
     def client(self, name: str) -> Any:
-        if name not in self._clients:
-            import boto3
-            from botocore.config import Config
+        with self._lock:
+            if name not in self._clients:
+                import boto3
+                from botocore.config import Config
 
-            self._clients[name] = boto3.client(
-                name, region_name=self.region, endpoint_url=self.cfg.endpoint_url or None,
-                config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}))
-        return self._clients[name]
+                self._clients[name] = boto3.client(
+                    name, region_name=self.region, endpoint_url=self.cfg.endpoint_url or None,
+                    config=Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
+                                  retries={"total_max_attempts": ATTEMPTS, "mode": "standard"}))
+            return self._clients[name]
+
+    def bounded(self, name: str, call: Callable[[], T], timeout_s: float | None = None) -> T:
+        """call() on a thread of its own, waited for at most the deadline (TimeoutError after it).
+        The thread is left to end by botocore's own timeouts; until it has, the same call is not
+        started again (TimeoutError at once), so a stuck endpoint costs one thread, not one a try."""
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = call()
+            except BaseException as e:  # handed to the caller below
+                box["error"] = e
+
+        with self._lock:
+            running = self._in_flight.get(name)
+            if running is not None and running.is_alive():
+                raise TimeoutError(f"{name}: the previous call has not returned yet")
+            thread = self._in_flight[name] = threading.Thread(target=run, name=f"aws-{name}", daemon=True)
+        thread.start()
+        limit = self.call_timeout_s if timeout_s is None else timeout_s
+        thread.join(limit)
+        if thread.is_alive():
+            raise TimeoutError(f"{name}: no answer in {limit:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     # -- EC2 -------------------------------------------------------------------------------
+    # (each called from the scheduler thread: bounded by the call deadline)
     def spot_price(self, instance_type: str, zone: str, now: datetime) -> tuple[float, datetime] | None:
-        response = self.client("ec2").describe_spot_price_history(
+        response = self.bounded("ec2.spot_price", lambda: self.client("ec2").describe_spot_price_history(
             InstanceTypes=[instance_type], AvailabilityZone=zone, ProductDescriptions=["Linux/UNIX"],
-            StartTime=now, MaxResults=20)
+            StartTime=now, MaxResults=20))
         return parse_spot_price(response)
 
     def stop_instance(self, instance_id: str) -> str:
         """StopInstances on this instance; returns the state EC2 reports it moving to."""
-        response = self.client("ec2").stop_instances(InstanceIds=[instance_id])
+        response = self.bounded("ec2.stop", lambda: self.client("ec2").stop_instances(InstanceIds=[instance_id]))
         return response["StoppingInstances"][0]["CurrentState"]["Name"]
 
     def instance_state(self, instance_id: str) -> str:
-        response = self.client("ec2").describe_instances(InstanceIds=[instance_id])
+        response = self.bounded("ec2.describe", lambda: self.client("ec2").describe_instances(
+            InstanceIds=[instance_id]))
         return response["Reservations"][0]["Instances"][0]["State"]["Name"]
 
     def terminate_instance(self, instance_id: str) -> str:
-        response = self.client("ec2").terminate_instances(InstanceIds=[instance_id])
+        response = self.bounded("ec2.terminate", lambda: self.client("ec2").terminate_instances(
+            InstanceIds=[instance_id]))
         return response["TerminatingInstances"][0]["CurrentState"]["Name"]
 
     def instance_facts(self, instance_id: str) -> dict[str, Any]:
+        return self.bounded("ec2.facts", lambda: self._instance_facts(instance_id))
+
+    def _instance_facts(self, instance_id: str) -> dict[str, Any]:
         """What stopping this instance can do: its market (spot/on-demand), its Spot request's type
         and interruption behaviour, and what a shutdown from inside does (stop or terminate)."""
         ec2 = self.client("ec2")
@@ -109,7 +194,7 @@ class Aws:
         if expect_sha256 is not None and sha != expect_sha256:
             raise OSError(f"{path}: SHA-256 does not match its marker (damaged on disk); not uploaded")
         size = path.stat().st_size
-        s3.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}})
+        s3.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}}, Callback=_Pace(f"upload {key}"))
         head = s3.head_object(Bucket=bucket, Key=key)
         if head["ContentLength"] != size or (head.get("Metadata") or {}).get("sha256") != sha:
             raise OSError(f"s3://{bucket}/{key}: {head['ContentLength']} bytes / checksum "
@@ -132,8 +217,14 @@ class Aws:
 
     def bucket_steps(self) -> list[int]:
         """Steps with a committed marker in the bucket, oldest first (other keys are ignored)."""
+        return self.bounded("s3.list", self._bucket_steps)
+
+    def _bucket_steps(self) -> list[int]:
         s3, steps = self.client("s3"), set()
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.cfg.s3_bucket, Prefix=self._key("step_")):
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.cfg.s3_bucket, Prefix=self._key("step_"))
+        for n, page in enumerate(pages):
+            if n >= LIST_PAGES:
+                raise BadObject(f"s3://{self.cfg.s3_bucket}/{self._key('')}: more than {LIST_PAGES} pages of keys")
             for obj in page.get("Contents", []):
                 step = checkpoints.step_of(obj["Key"].rsplit("/", 1)[-1])
                 if step is not None and obj["Key"] == self._key(checkpoints.marker_path(Path("."), step).name):
@@ -141,21 +232,28 @@ class Aws:
         return sorted(steps)
 
     def _get_small(self, key: str, limit: int) -> bytes | None:
+        """An object of at most `limit` bytes, or None if there is no such key."""
         s3 = self.client("s3")
         try:
             obj = s3.get_object(Bucket=self.cfg.s3_bucket, Key=key)
-        except s3.exceptions.NoSuchKey:
-            return None
+        except s3.exceptions.ClientError as e:
+            if error_code(e) in MISSING:
+                return None
+            raise
         if obj["ContentLength"] > limit:
-            raise OSError(f"s3://{self.cfg.s3_bucket}/{key}: {obj['ContentLength']} bytes, more than {limit}")
+            raise BadObject(f"s3://{self.cfg.s3_bucket}/{key}: {obj['ContentLength']} bytes, more than {limit}")
         return obj["Body"].read(limit + 1)[:limit]
 
     def get_marker(self, step: int) -> Any:
-        raw = self._get_small(self._key(checkpoints.marker_path(Path("."), step).name), MARKER_LIMIT)
-        return None if raw is None else loads(raw)
+        key = self._key(checkpoints.marker_path(Path("."), step).name)
+        raw = self.bounded("s3.get_marker", lambda: self._get_small(key, MARKER_LIMIT))
+        try:
+            return None if raw is None else loads(raw)
+        except ValueError as e:
+            raise BadObject(f"s3://{self.cfg.s3_bucket}/{key}: not a JSON marker ({e})") from None
 
-    def get_state(self) -> bytes | None:
-        return self._get_small(self._state_key(), STATE_LIMIT)
+    def get_state(self, timeout_s: float | None = None) -> bytes | None:
+        return self.bounded("s3.get_state", lambda: self._get_small(self._state_key(), STATE_LIMIT), timeout_s)
 
     def delete_checkpoint(self, step: int) -> None:
         """Un-commit first (the marker), then the bytes (a .pt, or a sharded checkpoint's files)."""
@@ -174,7 +272,7 @@ class Aws:
         step = meta.get("step") if isinstance(meta, dict) else None
         marker = checkpoints.parse_marker(meta, step, directory) if isinstance(step, int) else None
         if marker is None or (marker.sharded and checkpoints.manifest_sha256(meta["manifest"]) != meta["sha256"]):
-            raise OSError(f"s3://{self.cfg.s3_bucket}: the marker for step {step} is not a valid checkpoint marker")
+            raise BadObject(f"s3://{self.cfg.s3_bucket}: the marker for step {step} is not a valid checkpoint marker")
         directory.mkdir(mode=0o750, parents=True, exist_ok=True)
         # Everything lands in one temp directory first (boto3's own temp files too, so a download
         # killed half-way leaves only `.step_X.*.tmp/`, which the worker's clean_partial removes).
@@ -203,12 +301,15 @@ class Aws:
         """One object to `dest`, fsynced, 0640, and only if its size and digest are the marker's
         (the size is checked before a byte is fetched: a bucket cannot fill the disk)."""
         s3, key = self.client("s3"), self._key(name)
-        found = s3.head_object(Bucket=self.cfg.s3_bucket, Key=key)["ContentLength"]
+        found = self.bounded("s3.head", lambda: s3.head_object(Bucket=self.cfg.s3_bucket, Key=key))["ContentLength"]
         if found != size:
-            raise OSError(f"s3://{self.cfg.s3_bucket}/{key}: {found} bytes, its marker says {size}")
-        s3.download_file(self.cfg.s3_bucket, key, str(dest))
+            raise BadObject(f"s3://{self.cfg.s3_bucket}/{key}: {found} bytes, its marker says {size}")
+        s3.download_file(self.cfg.s3_bucket, key, str(dest), Callback=_Pace(f"download {key}"))
         with open(dest, "rb") as f:
             os.fsync(f.fileno())
+            got = os.fstat(f.fileno()).st_size   # replaced in the bucket since the size was checked
+        if got != size:
+            raise BadObject(f"s3://{self.cfg.s3_bucket}/{key}: {got} bytes arrived, its marker says {size}")
         if checkpoints.digest_file(dest, scheme) != sha256:
-            raise OSError(f"s3://{self.cfg.s3_bucket}/{key}: SHA-256 does not match its marker")
+            raise BadObject(f"s3://{self.cfg.s3_bucket}/{key}: SHA-256 does not match its marker")
         os.chmod(dest, 0o640)

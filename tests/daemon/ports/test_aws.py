@@ -350,3 +350,44 @@ def test_the_prune_never_deletes_what_it_just_uploaded_nor_what_it_could_not_rea
     mirror.sync()
     mirror.wait(60)
     assert port.bucket_steps() == [10, 40, 50, 93, 94]  # the best stays while its marker cannot be read
+
+
+@pytest.mark.parametrize("mode", ["stall", "drip"])
+def test_no_s3_or_ec2_call_outlasts_its_deadline(aws, mode):
+    """A bucket that never answers, or answers a byte every 0.5 s (inside any per-read timeout):
+    each call is over at its deadline, and a second call while the first is still stuck does not
+    pile up another thread behind it. Before, get_state waited 3 x 60 s on a stall, and for ever
+    on a drip; the scheduler thread's EC2 calls likewise."""
+    import time
+
+    import boto3
+
+    from bucket_faults import FaultyBucket, plant_state
+
+    s3 = boto3.client("s3", endpoint_url=aws, region_name="us-east-1")
+    s3.create_bucket(Bucket="slow-bucket")
+    plant_state(s3, "slow-bucket", "p", "r", "2026-01-01T00:00:00Z", 1.0)
+    bucket = FaultyBucket(aws, mode=mode)
+    try:
+        port = Aws(AwsConfig(endpoint_url=bucket.url, s3_bucket="slow-bucket", s3_prefix="p"), "us-east-1",
+                   call_timeout_s=1.0)
+        for call in (port.get_state, port.bucket_steps, lambda: port.get_marker(5),
+                     lambda: port.spot_price("g5.xlarge", "us-east-1a", datetime.now(timezone.utc))):
+            began = time.monotonic()
+            with pytest.raises(TimeoutError, match="no answer in 1 s"):
+                call()
+            assert time.monotonic() - began < 5
+        began = time.monotonic()
+        with pytest.raises(TimeoutError, match="previous call has not returned"):
+            port.get_state()
+        assert time.monotonic() - began < 1
+    finally:
+        bucket.close()
+
+
+def test_clients_bound_every_connect_read_and_retry(aws):
+    port = Aws(AwsConfig(endpoint_url=aws), "us-east-1")
+    for name in ("s3", "ec2"):
+        config = port.client(name).meta.config
+        assert config.connect_timeout <= 10 and config.read_timeout <= 30
+        assert config.retries == {"total_max_attempts": 3, "mode": "standard"}  # the first try and two more
