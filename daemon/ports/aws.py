@@ -7,9 +7,8 @@ an upload counts only once head_object confirms its size and SHA-256. What comes
 bucket is read with a size limit and never unpickled.
 
 Every call is bounded in time: botocore's timeouts bound each connect and each socket read and
-its retries are counted; a small call (a listing, a marker, state.json, an EC2 call the scheduler
-thread makes) also has a total deadline, since a reply that drips a byte at a time passes every
-per-read timeout; a transfer must keep a minimum pace.
+its retries are counted; and each call has a total deadline on a thread of its own (a transfer's
+grows with its size), since a reply that drips a byte at a time passes every per-read timeout.
 """
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -31,7 +29,7 @@ STATE_LIMIT = 16 * 1024 * 1024
 CONNECT_TIMEOUT_S, READ_TIMEOUT_S, ATTEMPTS = 5, 20, 3   # ATTEMPTS: the first try included
 CALL_TIMEOUT_S = 30.0            # a small call's total deadline, retries included
 LIST_PAGES = 100                 # 100,000 keys: far more than a mirror keeps
-PACE_BYTES_PER_S, PACE_GRACE_S = 256 * 1024, 60.0   # a transfer slower than this for longer is stuck
+TRANSFER_BYTES_PER_S = 1 << 20  # a transfer's deadline: the call's plus a second a MiB (S3 moves far more)
 MISSING = {"NoSuchKey", "404", "NotFound"}
 T = TypeVar("T")
 
@@ -56,20 +54,6 @@ def unreadable(e: BaseException) -> bool:
     if isinstance(e, ClientError):
         return error_code(e) not in MISSING | {"NoSuchBucket"}
     return isinstance(e, (BotoCoreError, TimeoutError, ConnectionError))
-
-
-class _Pace:
-    """A transfer's progress callback: raises once it has run past the grace time below the pace."""
-
-    def __init__(self, what: str):
-        self.what, self.began, self.done = what, time.monotonic(), 0
-
-    def __call__(self, n: int) -> None:
-        self.done += n
-        took = time.monotonic() - self.began
-        if took > PACE_GRACE_S and self.done < PACE_BYTES_PER_S * took:
-            raise TimeoutError(f"{self.what}: {self.done} bytes in {took:.0f} s, under "
-                               f"{PACE_BYTES_PER_S // 1024} KiB/s")
 
 
 def parse_spot_price(response: dict) -> tuple[float, datetime] | None:
@@ -194,8 +178,10 @@ class Aws:
         if expect_sha256 is not None and sha != expect_sha256:
             raise OSError(f"{path}: SHA-256 does not match its marker (damaged on disk); not uploaded")
         size = path.stat().st_size
-        s3.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}}, Callback=_Pace(f"upload {key}"))
-        head = s3.head_object(Bucket=bucket, Key=key)
+        self.bounded("s3.upload", lambda: s3.upload_file(str(path), bucket, key,
+                                                         ExtraArgs={"Metadata": {"sha256": sha}}),
+                     self.call_timeout_s + size / TRANSFER_BYTES_PER_S)
+        head = self.bounded("s3.head", lambda: s3.head_object(Bucket=bucket, Key=key))
         if head["ContentLength"] != size or (head.get("Metadata") or {}).get("sha256") != sha:
             raise OSError(f"s3://{bucket}/{key}: {head['ContentLength']} bytes / checksum "
                           f"{(head.get('Metadata') or {}).get('sha256')} in the bucket, {size} / {sha} on disk")
@@ -256,6 +242,9 @@ class Aws:
         return self.bounded("s3.get_state", lambda: self._get_small(self._state_key(), STATE_LIMIT), timeout_s)
 
     def delete_checkpoint(self, step: int) -> None:
+        self.bounded("s3.delete", lambda: self._delete_checkpoint(step))
+
+    def _delete_checkpoint(self, step: int) -> None:
         """Un-commit first (the marker), then the bytes (a .pt, or a sharded checkpoint's files)."""
         s3, bucket = self.client("s3"), self.cfg.s3_bucket
         for path in (checkpoints.marker_path(Path("."), step), checkpoints.data_path(Path("."), step)):
@@ -304,7 +293,8 @@ class Aws:
         found = self.bounded("s3.head", lambda: s3.head_object(Bucket=self.cfg.s3_bucket, Key=key))["ContentLength"]
         if found != size:
             raise BadObject(f"s3://{self.cfg.s3_bucket}/{key}: {found} bytes, its marker says {size}")
-        s3.download_file(self.cfg.s3_bucket, key, str(dest), Callback=_Pace(f"download {key}"))
+        self.bounded("s3.download", lambda: s3.download_file(self.cfg.s3_bucket, key, str(dest)),
+                     self.call_timeout_s + size / TRANSFER_BYTES_PER_S)
         with open(dest, "rb") as f:
             os.fsync(f.fileno())
             got = os.fstat(f.fileno()).st_size   # replaced in the bucket since the size was checked
