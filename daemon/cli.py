@@ -5,6 +5,7 @@
   amapiano-train supervise --config FILE   the daemon systemd runs (amapiano-train.service)
   amapiano-train status [--json] [--watch] where the run stands, from state.json
   amapiano-train hold 2h                   postpone an idle shutdown (hold 0: cancel the hold)
+  amapiano-train start-fresh               S3 holds a run it cannot read: go on without it
   amapiano-train alert test                send a test alert now, to know alerts arrive before it matters
   amapiano-train train --config FILE       one training worker, by hand (the daemon starts its own)
   amapiano-train evaluate --config FILE    the milestone figures for a checkpoint and the baseline
@@ -85,7 +86,10 @@ def cmd_supervise(args) -> int:
         log.error("state.unusable", error=str(e))
         print(f"amapiano-train: {e}", file=sys.stderr)
         return exits.DATAERR
-    return supervisor.run()
+    code = supervisor.run()
+    # A provisional run (the bucket could not be read at start) whose bucket reads now: EX_TEMPFAIL,
+    # and systemd (Restart=on-failure) starts the service again on the bucket's run.
+    return exits.PREEMPTED if supervisor.mirror.reopen_wanted else code
 
 
 def _watch_seconds(text: str) -> float:
@@ -186,6 +190,15 @@ def cmd_hold(args) -> int:
     return 0
 
 
+def cmd_start_fresh(args) -> int:
+    from .ports.restore import request_fresh_start
+
+    cfg = _load(args.config)
+    ok, text = request_fresh_start(cfg, os.environ.get("SUDO_USER") or os.environ.get("USER"))
+    print(f"{text}" if ok else f"amapiano-train start-fresh: {text}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
 def cmd_alert_test(args) -> int:
     from .common import log as logs
     from .ports.aws import Aws
@@ -266,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("duration", metavar="DURATION")
     h.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     h.set_defaults(func=cmd_hold)
+
+    f = sub.add_parser("start-fresh", help="go on without an S3 run that cannot be read",
+                       description="When S3 may hold this run but cannot be read (403, throttling, an outage) "
+                                   "or its state.json was refused, and this disk has nothing to go on from, the "
+                                   "supervisor does not start the worker: a new run would begin at $0 or step 0. "
+                                   "It alerts, tries again with backoff, and goes on by itself once the bucket "
+                                   "reads. start-fresh tells it to go on now without the bucket (state.json's "
+                                   "mirror.restore shows the wait); exit 1 when nothing waits.")
+    f.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    f.set_defaults(func=cmd_start_fresh)
 
     a = sub.add_parser("alert", help="alert tools (email, SES, apprise)")
     asub = a.add_subparsers(dest="alert_command", required=True, metavar="ACTION")

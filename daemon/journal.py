@@ -34,8 +34,17 @@ def record(run_id: str, started_at: str, ledger: Ledger | None, budget_fired: li
             "milestone": m}
 
 
+def _line(rec: dict) -> bytes:
+    return (json.dumps(rec, allow_nan=False, separators=(",", ":")) + "\n").encode()
+
+
+def replace(path: Path, rec: dict) -> None:
+    """The journal as this one record: a run taken from the bucket in place of a provisional one."""
+    write_bytes_atomic(path, _line(rec))
+
+
 def append(path: Path, rec: dict) -> None:
-    line = (json.dumps(rec, allow_nan=False, separators=(",", ":")) + "\n").encode()
+    line = _line(rec)
     try:
         size = path.stat().st_size
     except FileNotFoundError:

@@ -59,7 +59,7 @@ class Supervisor:
         self._last_tick: float | None = None
         self._worker_started_s: float | None = None
         self.instance = Instance(cfg, log, self.clock)
-        restore_state(cfg, log, self.instance)  # a replacement instance: the run comes back from S3
+        restored = restore_state(cfg, log, self.instance)  # a replacement instance: the run comes back from S3
         self.state = open_run(cfg.state_file, self.clock.now(), log)  # StateError: the CLI exits 65
         s = self.state
         self.lifecycle = Lifecycle(log, lambda: iso(self.clock.now()), cfg.supervisor, self._checkpoint_step(),
@@ -68,7 +68,7 @@ class Supervisor:
         self.outbox = Outbox(cfg.email, None, log, self.clock, previous=s.alerts, run_name=s.run_id)
         self.gpu = GpuMonitor(log, nvml)
         self.mirror = Mirror(cfg, log, self.clock, self.instance, lambda: self.worker.running, self.outbox.send,
-                             s.mirror)
+                             s.mirror, restored, self.request_stop)  # stops to reopen on the bucket's run
         self.shutdown_stages = ShutdownStages(cfg, log, Machine(cfg, log, self.instance, self.mirror.confirmed_newest))
         self.executor = Executor(log, self.clock, self.lifecycle, self.worker, self.outbox, self.shutdown_stages,
                                  self.mirror, self._checkpoint_step)

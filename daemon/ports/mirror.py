@@ -7,7 +7,8 @@ local directory (the last K plus the best). Nothing from the bucket is trusted: 
 must match its key and its `file` must be its own .pt or .dcp (a sharded checkpoint, whose
 manifest names only plain files), every local path is resolved inside the checkpoint
 directory, bytes (every shard's) are checked against the marker's SHA-256 before they are committed,
-a state.json must load as one before it replaces anything, and nothing is unpickled.
+a state.json must load as one and pass daemon/rules/restore.py before it replaces anything, what
+cannot be read is waited for (daemon/ports/restore.py), and nothing is unpickled.
 """
 from __future__ import annotations
 
@@ -16,106 +17,54 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import journal
 from ..common import checkpoints
-from ..common.atomic import read_json, write_bytes_atomic
 from ..common.clock import iso, parse_iso
 from ..common.config import Config
 from .instance import Instance
-from ..state import load_state
+from .restore import Restorer, StateRestore, restore_state
 
-
-def restore_state(cfg: Config, log: Any, instance: Instance) -> str | None:
-    """Before the run opens: a missing or older local state.json is replaced by the bucket's (same
-    run_id, ledger, milestone, alerts sent, red flags). A newer local state wins. Never raises."""
-    if not cfg.aws.s3_bucket:
-        return None
-    instance.refresh()
-    if instance.aws is None:
-        log.warning("s3.state_restore_skipped", note="no AWS region known yet (IMDS down and no [aws] region)")
-        return None
-    try:
-        raw = instance.aws.get_state()
-        if raw is None:
-            return None
-        tmp = cfg.state_file.with_name(".state.from-s3.json")
-        write_bytes_atomic(tmp, raw)
-        try:
-            theirs = load_state(tmp)  # must be a state file this version understands
-        finally:
-            tmp.unlink(missing_ok=True)
-        local = read_json(cfg.state_file) or {}
-        mine = local.get("updated_at") or (journal.last(cfg.state_file.with_name(journal.NAME)) or {}).get("at")
-        if isinstance(mine, str) and theirs.updated_at and parse_iso(mine) >= parse_iso(theirs.updated_at):
-            log.info("s3.state_not_needed", local_updated_at=mine, s3_updated_at=theirs.updated_at)
-            return None
-        write_bytes_atomic(cfg.state_file, raw)
-        log.warning("s3.state_restored", run_id=theirs.run_id, updated_at=theirs.updated_at,
-                    spend_usd=(theirs.cost or {}).get("total_usd"))
-        return theirs.run_id
-    except Exception as e:  # StateError, OSError, botocore's: the bucket is outside, anything may come
-        log.error("s3.state_restore_failed", error=f"{type(e).__name__}: {e}", note="starting from the local state")
-        return None
+__all__ = ["Mirror", "restore_state"]
 
 
 class Mirror:
     def __init__(self, cfg: Config, log: Any, clock: Any, instance: Instance,
-                 worker_running: Callable[[], bool], alert: Callable[[str, str, str], Any], section: dict | None):
+                 worker_running: Callable[[], bool], alert: Callable[[str, str, str], Any], section: dict | None,
+                 restored: StateRestore | None = None, reopen: Callable[[], Any] = lambda: None):
         self.cfg, self.log, self.clock, self.instance = cfg, log, clock, instance
         self._worker_running, self._alert = worker_running, alert
         self.records: dict[str, dict] = {}
         self.confirmed: dict = {k: v for k, v in (section or {}).items() if k in ("step", "at", "state_at")}
         self._lock = threading.Lock()
         self.uploads: list[threading.Thread] = []
-        self.restoring: threading.Thread | None = None
+        self.restorer = Restorer(cfg, log, clock, instance, alert, restored, reopen)
         self._failed = False
 
     @property
     def enabled(self) -> bool:
         return bool(self.cfg.aws.s3_bucket) and self.instance.aws is not None
 
-    # -- restore ------------------------------------------------------------------------------
+    # -- restore (daemon/ports/restore.py) ---------------------------------------------------
     def start_restore(self) -> None:
-        if self.enabled:
-            self.restoring = threading.Thread(target=self._restore, name="s3-restore", daemon=True)
-            self.restoring.start()
+        self.restorer.start()
 
     @property
     def restore_pending(self) -> bool:
-        return self.restoring is not None and self.restoring.is_alive()
+        return self.restorer.pending
 
-    def _restore(self) -> None:
-        """The newest bucket checkpoint newer than the local ones that verifies; one that does not
-        (a garbage marker, a damaged or missing object) is skipped for the one before it."""
-        try:
-            aws, local = self.instance.aws, checkpoints.newest(self.cfg.checkpoint_dir)
-            steps = aws.bucket_steps()
-        except Exception as e:
-            self.log.error("s3.restore_failed", error=f"{type(e).__name__}: {e}",
-                           note="starting from the newest local checkpoint")
-            return
-        for step in reversed(steps):
-            if local is not None and local.step >= step:
-                self.log.info("s3.restore_not_needed", s3_step=step, local_step=local.step)
-                return
-            try:
-                marker = aws.get_marker(step)
-                if checkpoints.parse_marker(marker, step, self.cfg.checkpoint_dir) is None:
-                    raise ValueError("its step, file or manifest does not match its key")
-                self.log.info("s3.restoring", step=step, bucket=self.cfg.aws.s3_bucket)
-                path = aws.download_checkpoint(marker, self.cfg.checkpoint_dir)
-            except Exception as e:  # the bucket is outside: anything may come
-                self.log.error("s3.checkpoint_refused", step=step, error=f"{type(e).__name__}: {e}",
-                               note="trying the one before it")
-                continue
-            self.log.info("s3.restored", step=step, path=str(path))
-            return
+    @property
+    def restoring(self) -> threading.Thread | None:
+        return self.restorer.thread
+
+    @property
+    def reopen_wanted(self) -> bool:
+        """The bucket's run can be read now, and this one is provisional: start again on it."""
+        return self.restorer.adopted
 
     # -- upload -------------------------------------------------------------------------------
     def sync(self) -> None:
         """The continuous mirror's job: upload what is newer than the bucket's copy (one at a time)."""
         newest = checkpoints.newest(self.cfg.checkpoint_dir)
-        if not self.enabled or newest is None or self.uploads_pending:
+        if not self.enabled or newest is None or self.uploads_pending or self.restore_pending:
             return
         if newest.step > (self.confirmed.get("step") or -1) or self._state_due():
             self._start(newest.step, "mirror", wait=False)
@@ -165,7 +114,8 @@ class Mirror:
             aws = self.instance.aws
             if newest.step > (self.confirmed.get("step") or -1):
                 record["objects"] = aws.upload_checkpoint(newest)
-            aws.upload_state(self.cfg.state_file)
+            if not self.restorer.provisional:  # a placeholder run never overwrites the bucket's
+                aws.upload_state(self.cfg.state_file)
             now = iso(self.clock.now())
             with self._lock:
                 self.confirmed = {"step": max(newest.step, self.confirmed.get("step") or -1), "at": now,
@@ -228,5 +178,6 @@ class Mirror:
             return None
         with self._lock:
             return {"bucket": self.cfg.aws.s3_bucket, "prefix": self.cfg.aws.s3_prefix, **self.confirmed,
-                    "last": self.records.get("mirror"), "enabled": self.enabled}
+                    "last": self.records.get("mirror"), "enabled": self.enabled,
+                    **({"restore": dict(waiting)} if (waiting := self.restorer.waiting) else {})}
 
