@@ -191,18 +191,25 @@ def test_a_bucket_that_lists_but_refuses_reads_holds_a_fresh_disk_until_it_reads
     assert open_run(cfg.state_file, datetime.now(timezone.utc), log).run_id == "bucket-run"
 
 
-def test_a_person_can_start_fresh_while_the_bucket_refuses(tmp_path, aws, refusing):
+def waiting_with_a_local_run(tmp_path, aws, refusing):
+    """A run on this disk but no checkpoint (starting now would begin at step 0), a bucket listing
+    step 100 that refuses reads, and the restore running: (cfg, log, calls, mirror) once it alerted."""
     cfg = setup_world(tmp_path, refusing.url)
     s3 = s3_client(aws)
     s3.create_bucket(Bucket=BUCKET)
     plant_checkpoint(s3, BUCKET, PREFIX, 100)
     log, calls = Log(), Calls()
-    local_run(cfg)   # a run here, but no checkpoint: starting now would begin at step 0
+    local_run(cfg)
     restored = restore_state(cfg, log, Instance(cfg, log, Clock()))
     assert not restored.provisional
     mirror = mirror_for(cfg, log, restored, calls)
     mirror.start_restore()
     wait_for(lambda: calls.alerts, 20, "the alert")
+    return cfg, log, calls, mirror
+
+
+def test_a_person_can_start_fresh_while_the_bucket_refuses(tmp_path, aws, refusing):
+    cfg, log, calls, mirror = waiting_with_a_local_run(tmp_path, aws, refusing)
     time.sleep(1.5)
     assert mirror.restore_pending
     (cfg.run.state_dir / FRESH).write_text(json.dumps({"at": now_plus(0), "by": "test"}))
@@ -215,15 +222,7 @@ def test_a_person_can_start_fresh_while_the_bucket_refuses(tmp_path, aws, refusi
 def test_a_local_run_without_checkpoints_waits_then_takes_the_buckets_once_it_reads(tmp_path, aws, refusing):
     from daemon.common import checkpoints
 
-    cfg = setup_world(tmp_path, refusing.url)
-    s3 = s3_client(aws)
-    s3.create_bucket(Bucket=BUCKET)
-    plant_checkpoint(s3, BUCKET, PREFIX, 100)
-    log, calls = Log(), Calls()
-    local_run(cfg)
-    mirror = mirror_for(cfg, log, restore_state(cfg, log, Instance(cfg, log, Clock())), calls)
-    mirror.start_restore()
-    wait_for(lambda: calls.alerts, 20, "the alert")
+    cfg, log, calls, mirror = waiting_with_a_local_run(tmp_path, aws, refusing)
     refusing.mode = "pass"
     wait_for(lambda: not mirror.restore_pending, 20, "the restore")
     assert checkpoints.newest(cfg.checkpoint_dir).step == 100 and not calls.reopened.is_set()
