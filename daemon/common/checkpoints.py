@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import DIR_MODE, write_json_atomic
+from .atomic import DIR_MODE, loads, write_json_atomic
 
 PREFIX = "step_"
 MARKER_SUFFIX = ".json"
@@ -89,7 +89,7 @@ def read_marker(path: Path) -> Marker | None:
     if step is None or path.suffix != MARKER_SUFFIX:
         return None
     try:
-        meta = json.loads(path.read_bytes())
+        meta = loads(path.read_bytes())  # (too deeply nested is bad JSON too)
     except (OSError, ValueError):
         return None
     return parse_marker(meta, step, path.parent)

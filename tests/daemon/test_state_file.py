@@ -185,6 +185,7 @@ def test_json_nested_too_deep_is_bad_json_wherever_the_daemon_reads_it(tmp_path,
     import boto3
 
     from daemon import journal
+    from daemon.common import checkpoints
     from daemon.common.atomic import read_json
     from daemon.common.config import AwsConfig
     from daemon.ports.aws import Aws
@@ -195,6 +196,10 @@ def test_json_nested_too_deep_is_bad_json_wherever_the_daemon_reads_it(tmp_path,
         with pytest.raises(StateError, match="nested deeper than 64 levels"):
             load_state(path)
         assert read_json(path) is None  # heartbeat, hold, failure file, OOM note, reports
+    ckpts = tmp_path / "checkpoints"   # a marker, read by the supervisor's tick and the worker alike
+    ckpts.mkdir()
+    (ckpts / "step_00000005.json").write_bytes(DEEP)
+    assert checkpoints.newest(ckpts) is None
     good = journal.record("run-7", T0, None, [], None, T0)
     (tmp_path / journal.NAME).write_bytes(json.dumps(good).encode() + b"\n" + DEEP + b"\n")
     assert journal.last(tmp_path / journal.NAME)["run_id"] == "run-7"  # the deep line is skipped like a torn one
