@@ -236,7 +236,7 @@ def test_supervise_moves_a_deep_state_file_aside_and_rebuilds_the_run_from_the_j
     state = d.wait_state(lambda s: s.get("run_id") == "run-7", timeout=60)
     assert state["started_at"] == "2026-11-01T00:00:00Z"
     assert [p.read_bytes() == DEEP for p in state_dir.glob("state.json.bad.*")] == [True]
-    assert d.stop() == 0
+    d.kill()  # (what was under test is done; no need to wait for the worker's checkpoint)
     # Without a journal there is nothing to rebuild from: one line, 65, the file left for a person.
     (state_dir / journal.NAME).unlink()
     (state_dir / "state.json").write_bytes(DEEP)
