@@ -69,3 +69,100 @@ def test_server_error_is_an_imds_error(imds):
     imds.fail_with = 500
     with pytest.raises(ImdsError, match="answered 500"):
         Imds(imds.url).spot_action()
+
+
+# -- hostile answers: each is "unknown" (ImdsError) within the deadline, never a library's exception
+
+def _within(seconds: float, fn):
+    """fn's outcome (a value or the exception it raised), or None if it is still running after `seconds`."""
+    import threading
+
+    out: list = []
+
+    def run():
+        try:
+            out.append(fn())
+        except BaseException as e:  # noqa: BLE001 - the outcome is what the test looks at
+            out.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    return out[0] if out else None
+
+
+@pytest.mark.parametrize("token", [False, True], ids=["get", "token"])
+def test_a_dripping_reply_is_unknown_within_the_deadline(imds, token, fault_report):
+    """Headers at once, then a byte every 0.5 s: urllib's timeout is per read and never tripped."""
+    import time
+
+    imds.set_fault("slow", token=token)
+    started = time.monotonic()
+    outcome = _within(15, Imds(imds.url, timeout=1.0).identity)
+    assert outcome is not None, "identity() still reading a dripping reply after 15 s"
+    assert isinstance(outcome, ImdsError) and "within 1" in str(outcome)
+    assert time.monotonic() - started < 5  # one deadline per request, not per byte
+    fault_report(f"IMDS dripping a byte every 0.5 s ({'token' if token else 'GET'}): ImdsError after "
+                 f"{time.monotonic() - started:.1f} s")
+
+
+@pytest.mark.parametrize("kind, says", [("short", "cut short"), ("undecodable", "not UTF-8")])
+@pytest.mark.parametrize("token", [False, True], ids=["get", "token"])
+def test_a_short_or_undecodable_reply_is_unknown(imds, kind, says, token):
+    imds.set_fault(kind, token=token)
+    client = Imds(imds.url, timeout=1.0)
+    for call in (client.identity, client.spot_action, client.rebalance):
+        with pytest.raises(ImdsError, match=says):
+            call()
+    imds.clear_faults()
+    assert client.identity()["instanceId"] == "i-0123456789abcdef0"  # and it answers again once IMDS does
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "until-close"])
+def test_a_huge_reply_is_refused_without_reading_it(imds, declared):
+    imds.huge_bytes, imds.huge_declared = 200 * 2**20, declared
+    imds.set_fault("huge")
+    with pytest.raises(ImdsError, match="over 64 KiB"):
+        Imds(imds.url, timeout=5.0).identity()
+    # the client stops at the cap; what got onto the wire is what the socket buffers took
+    assert imds.sent_bytes < 64 * 2**20
+
+
+def test_a_huge_reply_costs_no_memory(imds, tmp_path, fault_report):
+    """In a process of its own, so its peak RSS is the client's alone: an 800 MiB reply was read
+    whole (and decoded: 1.6 GB) at each retry."""
+    import subprocess
+    import sys
+
+    imds.huge_bytes = 200 * 2**20
+    imds.set_fault("huge")
+    # VmHWM, not ru_maxrss: Linux carries the forking parent's peak (pytest's) into ru_maxrss across exec
+    code = ("import sys\n"
+            "from daemon.ports.imds import Imds, ImdsError\n"
+            "for _ in range(3):\n"
+            "    try: Imds(sys.argv[1], timeout=30.0).identity()\n"
+            "    except ImdsError as e: print(e)\n"
+            "print([int(x.split()[1]) // 1024 for x in open('/proc/self/status') if x.startswith('VmHWM')][0])\n")
+    out = subprocess.run([sys.executable, "-c", code, imds.url], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    peak_mib = int(out.stdout.split()[-1])
+    assert out.stdout.count("over 64 KiB") == 3
+    assert peak_mib < 80, f"peak RSS {peak_mib} MiB for a refused 200 MiB reply"
+    fault_report(f"IMDS replying 200 MiB (three tries): refused at 64 KiB, client peak RSS {peak_mib} MiB")
+
+
+@pytest.mark.parametrize("body", ["[" * 30_000 + "]" * 30_000, "1" * 50_000, '{"instanceId": 7}'],
+                         ids=["deep", "long-int", "typed"])
+def test_json_that_python_cannot_hold_is_unknown(imds, body):
+    imds.identity = body  # a str route is served as it is
+    with pytest.raises(ImdsError, match="not JSON|no instance identity"):
+        Imds(imds.url).identity()
+
+
+def test_a_token_that_is_not_a_header_value_is_unknown(imds, monkeypatch):
+    """A token with a newline would be a header injection; http.client raises ValueError on it."""
+    import uuid
+
+    monkeypatch.setattr(uuid, "uuid4", lambda: type("U", (), {"hex": "abc\r\nX-Evil: 1"})())
+    with pytest.raises(ImdsError, match="token"):
+        Imds(imds.url).identity()
