@@ -4,6 +4,10 @@ The arithmetic is daemon/cost.py's (the ledger) and the decision daemon/rules/bu
 this module keeps their memory between checks and turns a check into actions. The price is the
 config's fixed rate, else the live Spot price; while neither is known the ceiling price is
 charged (never $0), and state.json's `rate_source` says so.
+
+The live price is fetched on an outside thread (`refresh_price`, daemon/outside_jobs.py), never on
+the tick's or on the way to READY: EC2 may take minutes to answer. It hands the price over in one
+assignment, so a check never reads a new rate with an old source.
 """
 from __future__ import annotations
 
@@ -30,15 +34,23 @@ class Money:
         self.journal_path = cfg.state_file.with_name(journal.NAME)
         self._journal_failed = False
         b = cfg.budget
-        self.rate: float = b.hourly_rate_usd or b.ceiling_usd_per_hour
-        self.rate_source = "config" if b.hourly_rate_usd else "ceiling (price unknown)"
-        self.rate_at: str | None = None
+        # (USD/hour, where it came from, when): replaced whole by the price thread
+        self.price: tuple[float, str, str | None] = (b.hourly_rate_usd, "config", None) if b.hourly_rate_usd \
+            else (b.ceiling_usd_per_hour, "ceiling (price unknown)", None)
         self.ebs_per_h = ebs_usd_per_hour(b.ebs_gb, b.ebs_usd_per_gb_month)
         self.ledger: Ledger | None = Ledger.from_json(cost) if cost else None
         self.fired = frozenset(x for x in (budget or {}).get("fired", []) if isinstance(x, str)
                                and not x.startswith("gpu:"))
         self.forecast: Forecast | None = None
         self._pace: deque[tuple[float, int]] = deque()
+
+    @property
+    def rate(self) -> float:
+        return self.price[0]
+
+    @property
+    def rate_source(self) -> str:
+        return self.price[1]
 
     @property
     def spent(self) -> float | None:
@@ -48,35 +60,37 @@ class Money:
     def over_cap(self) -> bool:
         return self.ledger is not None and self.ledger.total_usd >= self.cfg.budget.max_usd
 
-    def refresh_price(self) -> None:
-        """The live Spot price, when we know where we run; keeps the last one on a failure."""
+    def refresh_price(self) -> bool:
+        """The live Spot price, when we know where we run; keeps the last one on a failure.
+        False while there is none yet (the outside thread then tries again sooner)."""
         if self.cfg.budget.hourly_rate_usd:
-            return
+            return True
         inst = self.instance
         if not inst.refresh() or inst.aws is None:
-            return
+            return False
         ident = inst.identity
         try:
             found = inst.aws.spot_price(ident["instanceType"], ident["availabilityZone"], self.clock.now())
         except Exception as e:
             self.log.warning("cost.price_failed", error=f"{type(e).__name__}: {e}", keeping=self.rate,
                              source=self.rate_source)
-            return
+            return self.price[2] is not None
         if found is None or not math.isfinite(found[0]) or found[0] < 0:
             self.log.warning("cost.price_missing", instance_type=ident["instanceType"], keeping=self.rate)
-            return
+            return self.price[2] is not None
         price, at = found
         if price != self.rate:
             self.log.info("cost.rate", usd_per_h=price, source="spot", price_time=iso(at))
-        self.rate, self.rate_at = price, iso(self.clock.now())
-        self.rate_source = f"spot {ident['instanceType']} {ident['availabilityZone']}"
+        self.price = (price, f"spot {ident['instanceType']} {ident['availabilityZone']}", iso(self.clock.now()))
+        return True
 
     def accrue(self) -> Ledger:
         now, boot_id, boottime = self.clock.now(), self.clock.boot_id(), self.clock.boottime()
         if self.ledger is None:
             self.ledger = new_ledger(boot_id, boottime, now)
         before = self.ledger
-        self.ledger = accrue(self.ledger, boot_id, boottime, now, self.rate, self.rate_source, self.ebs_per_h)
+        rate, source, _ = self.price
+        self.ledger = accrue(self.ledger, boot_id, boottime, now, rate, source, self.ebs_per_h)
         if self.ledger.boots != before.boots:
             self.log.info("cost.new_boot", boots=self.ledger.boots, counted_since_boot_s=round(boottime, 1),
                           compute_usd=round(self.ledger.compute_usd, 4))
@@ -140,8 +154,9 @@ class Money:
         if self.ledger is None:
             return None, None
         f = self.forecast
-        cost = {**self.ledger.to_json(), "rate_usd_per_h": self.rate, "rate_source": self.rate_source,
-                "rate_updated_at": self.rate_at or self.ledger.rate_updated_at, "ebs_usd_per_h": self.ebs_per_h,
+        rate, source, at = self.price
+        cost = {**self.ledger.to_json(), "rate_usd_per_h": rate, "rate_source": source,
+                "rate_updated_at": at or self.ledger.rate_updated_at, "ebs_usd_per_h": self.ebs_per_h,
                 "forecast": None if f is None else {
                     "steps_per_s": f.steps_per_s, "hours_to_completion": f.hours_to_completion,
                     "at_completion_usd": f.at_completion_usd, "at_milestone_usd": f.at_milestone_usd}}

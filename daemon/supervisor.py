@@ -26,7 +26,7 @@ from .executor import Executor
 from .lifecycle import Lifecycle
 from .money import Money
 from .ports.gpu import GpuMonitor
-from .ports.imds import ImdsError
+from .outside_jobs import OutsideJobs
 from .ports.instance import Instance
 from .ports.mail import Outbox, make_transport
 from .ports.mirror import Mirror, restore_state
@@ -56,6 +56,7 @@ class Supervisor:
         self.finished = threading.Event()  # a rule's shutdown was carried out (the demo waits on it)
         self.job_failures: dict[str, int] = {}
         self._scheduler: BackgroundScheduler | None = None
+        self.outside = OutsideJobs(self._guard)  # IMDS and pricing: never on the scheduler's thread
         self._last_tick: float | None = None
         self._worker_started_s: float | None = None
         self.instance = Instance(cfg, log, self.clock)
@@ -66,7 +67,7 @@ class Supervisor:
                                    restarts=s.trainer.restarts)
         self.money = Money(cfg, log, self.clock, self.instance, s.cost, s.budget, (s.run_id, s.started_at))
         self.outbox = Outbox(cfg.email, None, log, self.clock, previous=s.alerts, run_name=s.run_id)
-        self.gpu = GpuMonitor(log, nvml)
+        self.gpu = GpuMonitor(log, nvml, self.clock)
         self.mirror = Mirror(cfg, log, self.clock, self.instance, lambda: self.worker.running, self.outbox.send,
                              s.mirror, restored, self.request_stop)  # stops to reopen on the bucket's run
         self.shutdown_stages = ShutdownStages(cfg, log, Machine(cfg, log, self.instance, self.mirror.confirmed_newest))
@@ -208,17 +209,14 @@ class Supervisor:
         self.executor.execute(alerts)
 
     def gpu_job(self) -> None:
-        self.executor.execute(self.gpu.sample_alerts(self.clock.monotonic(), iso(self.clock.now())))
+        self.executor.execute(self.gpu.alerts(self.clock.monotonic()))  # sampled on an outside thread
         self.tb.write(self.gpu.scalars(self.clock.monotonic()), self.clock.now(), self.state.trainer.step)
 
     def spot_job(self) -> None:
-        if not self.instance.refresh():
+        """Decides on the notices the outside thread last read (Instance.watch)."""
+        if (notices := self.instance.notices) is None:
             return
-        try:
-            interruption, rebalance = self.instance.spot_notices()
-        except ImdsError as e:
-            self.log.warning("spot.imds_failed", error=str(e))
-            return
+        interruption, rebalance = notices
         snap = spot.SpotSnapshot(interruption, rebalance, self.state.trainer.step or 0, self.mirror.enabled)
         actions, seen = spot.decide(snap, self.spot_seen)
         self.spot_notes.update(spot.notes(seen - self.spot_seen, snap, iso(self.clock.now())))
@@ -274,7 +272,7 @@ class Supervisor:
         jobs = [(self.tick, c.supervisor.poll_interval, "tick"), (self.cost_job, c.budget.check_every, "cost"),
                 (self.idle_job, c.idle.check_every, "idle"), (self.halt_job, c.supervisor.poll_interval, "halt"),
                 (self.red_flags_job, max(c.budget.check_every, 1.0), "red-flags"),
-                (self.spot_job, c.aws.spot_poll, "spot"), (self.money.refresh_price, c.aws.price_refresh, "price")]
+                (self.spot_job, c.aws.spot_poll, "spot")]
         if self.gpu.available:
             jobs.append((self.gpu_job, c.gpu.sample_every, "gpu"))
         if c.aws.s3_bucket:
@@ -284,11 +282,12 @@ class Supervisor:
         return jobs
 
     def start(self) -> None:
-        """Find out where we run, bring the ledger to now, start the jobs (non-blocking)."""
+        """Start the jobs (non-blocking); IMDS, the price and NVML answer later, on outside threads."""
         self.outbox.transport = make_transport(self.cfg.email, self.instance.ses_factory())
         self.gpu.start()
-        self.instance.refresh()
-        self.money.refresh_price()
+        self.outside.start(self.instance.watch, self.cfg.aws.spot_poll, "imds")
+        self.outside.start(self.money.refresh_price, self.cfg.aws.price_refresh, "price", retry=60.0)
+        self.outside.start(self.gpu.sample, self.cfg.gpu.sample_every, "nvml")  # (a no-op without a GPU)
         self.money.accrue()
         self.mirror.start_restore()
         self.lifecycle.next_start = self.clock.monotonic()
@@ -312,6 +311,7 @@ class Supervisor:
     def shutdown(self) -> None:
         """Stop the jobs, checkpoint-and-stop the worker within stop_timeout, write the state."""
         self.stop_requested.set()
+        self.outside.stop()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)  # lets a running job finish; none starts after
         self.evaluation.terminate()

@@ -3,9 +3,13 @@
 IMDS can answer 503 or time out at start, or at any time. The identity is re-tried with backoff
 for the daemon's whole life (never "not EC2" for good after one miss); until it is known, Spot
 notices cannot be read and ec2-stop cannot be called, and both say so at warning level.
+
+IMDS is read on an outside thread (`watch`, daemon/outside_jobs.py), never on the scheduler's:
+the scheduler reads what it left (`identity`, `notices`), each set in one assignment.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable
 
 from .aws import Aws
@@ -24,15 +28,24 @@ class Instance:
         self.misses = 0
         self._next_try = 0.0
         self.facts: dict | None = None   # what stopping can do here (aws.instance_facts), once known
+        self.notices: tuple[dict | None, dict | None] | None = None  # (interruption, rebalance), last read
+        self._refreshing = threading.Lock()  # the outside threads (and restore_state before them) share IMDS
 
     @property
     def on_ec2(self) -> bool:
         return self.identity is not None
 
     def refresh(self) -> bool:
-        """Try to learn the identity (if due); True once it is known."""
+        """Try to learn the identity (if due); True once it is known. Reads IMDS: never call it
+        from the scheduler's thread."""
         if self.identity is not None or self.imds is None:
             return self.identity is not None
+        with self._refreshing:
+            return self._refresh()
+
+    def _refresh(self) -> bool:
+        if self.identity is not None:
+            return True  # another thread learnt it while this one waited
         now = self.clock.monotonic()
         if now < self._next_try:
             return False
@@ -46,13 +59,9 @@ class Instance:
             getattr(self.log, level)("aws.identity_unknown", reason=str(e), attempt=self.misses,
                                      retry_in_s=delay, note="no Spot notices, no live price, no ec2-stop until known")
             return False
-        for key in ("instanceId", "instanceType", "availabilityZone"):
-            if not isinstance(doc.get(key), str):
-                self.log.error("aws.identity_invalid", field=key)
-                return False
-        self.identity = doc
         if self.aws is None and isinstance(doc.get("region"), str):
-            self.aws = Aws(self.cfg.aws, doc["region"])
+            self.aws = Aws(self.cfg.aws, doc["region"])  # before the identity: a reader that sees it finds both
+        self.identity = doc
         self.log.info("aws.instance", instance_id=doc["instanceId"], instance_type=doc["instanceType"],
                       zone=doc["availabilityZone"], after_misses=self.misses)
         return True
@@ -68,8 +77,9 @@ class Instance:
         return self.aws.terminate_instance(self.identity["instanceId"])
 
     def learn_facts(self) -> dict | None:
-        """Market, Spot request type and interruption behaviour, shutdown behaviour (read once)."""
-        if self.facts is None and self.refresh() and self.aws is not None:
+        """Market, Spot request type and interruption behaviour, shutdown behaviour (read once).
+        Only from the identity already known: the halt job runs on the scheduler's thread."""
+        if self.facts is None and self.identity is not None and self.aws is not None:
             try:
                 self.facts = self.aws.instance_facts(self.identity["instanceId"])
                 self.log.info("aws.instance_facts", **self.facts, can_stop=self.can_stop)
@@ -95,14 +105,21 @@ class Instance:
         return {"instance_id": i.get("instanceId"), "instance_type": i.get("instanceType"),
                 "zone": i.get("availabilityZone"), **(self.facts or {}), "can_stop": self.can_stop}
 
-    def spot_notices(self) -> tuple[dict | None, dict | None]:
-        """(interruption, rebalance) from IMDS; raises ImdsError when it cannot tell."""
+    def watch(self) -> None:
+        """The outside thread's job: learn the identity (when due), then read the Spot notices into
+        `notices`; when IMDS cannot tell, the last ones read stay (AWS does not take a notice back)."""
+        if not self.refresh():
+            return
         assert self.imds is not None
-        return self.imds.spot_action(), self.imds.rebalance()
+        try:
+            self.notices = self.imds.spot_action(), self.imds.rebalance()
+        except ImdsError as e:
+            self.log.warning("spot.imds_failed", error=str(e))
 
     def ses_factory(self) -> Callable[[], Any] | None:
-        """A factory for the SES client (mail through SES), in our region once it is known."""
+        """A factory for the SES client (mail through SES), in our region once it is known (the
+        identity may come after the mail transport is made)."""
         if self.cfg.email.transport != "ses":
             return None
-        region = self.cfg.aws.region or (self.identity or {}).get("region") or "us-east-1"
-        return lambda: Aws(self.cfg.aws, region).client("ses")
+        return lambda: Aws(self.cfg.aws, self.cfg.aws.region or (self.identity or {}).get("region")
+                           or "us-east-1").client("ses")

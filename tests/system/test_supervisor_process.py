@@ -140,3 +140,90 @@ def test_a_notify_socket_nobody_reads_never_stalls_the_daemon(tmp_path, daemons)
         assert d.stop() == 0
     finally:
         sock.close()
+
+
+# -- a hostile metadata service: READY, the watchdog and SIGTERM never wait on it -------------------
+
+def imds_config(tmp_path, imds, **aws) -> Path:
+    """On "EC2" by our IMDS alone (no region in the config), the price from EC2: everything outside-bound."""
+    return write_config(tmp_path, LONG, {"aws": {"imds_url": imds.url, "region": "", "spot_poll": "300ms", **aws},
+                                         "budget": {"hourly_rate_usd": 0.0}})
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_dripping_metadata_service_delays_nothing(tmp_path, daemons, notify_socket, imds, fault_report):
+    """Token at once, then the identity a byte every 0.5 s: start() once sat in that read for good
+    (no READY, no WATCHDOG, no state.json, no worker; SIGTERM ignored). Here each IMDS request may
+    take 30 s, so only keeping IMDS off those paths can pass."""
+    imds.set_fault("slow")
+    started = time.monotonic()
+    d = daemons(imds_config(tmp_path, imds, imds_timeout="30s"),
+                {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "1000000"})
+    notify_socket.wait_for(lambda m: m.startswith("READY=1"), timeout=45)
+    ready_s = time.monotonic() - started
+    notify_socket.wait_for(lambda m: m == "WATCHDOG=1", timeout=10)
+    # training: so the stop below is the worker's checkpoint, while the identity is still dripping
+    state = d.wait_state(lambda s: s.get("cost") and (s["trainer"]["step"] or 0) >= 2, timeout=90)
+    assert state["instance"] is None and state["cost"]["rate_source"].startswith("ceiling")  # unknown: the ceiling
+    assert state["cost"]["rate_usd_per_h"] > 0
+    assert imds.sent_bytes > 0  # the identity was being dripped all along
+    stopping = time.monotonic()
+    assert d.stop(timeout=30) == 0
+    stop_s = time.monotonic() - stopping
+    assert stop_s < 20, f"SIGTERM took {stop_s:.1f} s"
+    assert d.state()["phase"] == "STOPPED"
+    fault_report(f"IMDS dripping (30 s per request allowed): READY {ready_s:.1f} s after the process started, "
+                 f"SIGTERM to exit {stop_s:.1f} s")
+
+
+def test_a_metadata_service_that_slows_mid_run_stalls_no_job(tmp_path, daemons, notify_socket, imds):
+    """The Spot notices were read on the scheduler's thread: a slow answer there silenced the watchdog."""
+    d = daemons(imds_config(tmp_path, imds, imds_timeout="30s"),
+                {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "1000000"})
+    d.wait_state(lambda s: s.get("instance") and s["phase"] == "RUNNING", timeout=60)
+    imds.set_fault("slow")
+    time.sleep(1.0)  # the next notice read is dripping now
+    seen, before = len(notify_socket.drain()), d.state()["updated_at"]
+    time.sleep(4.0)
+    pings = notify_socket.drain()[seen:].count("WATCHDOG=1")
+    assert pings >= 3, f"{pings} WATCHDOG=1 in 4 s while IMDS dripped (interval 0.5 s)"
+    d.wait_state(lambda s: s["updated_at"] > before, timeout=30)
+    assert d.stop(timeout=30) == 0
+
+
+@pytest.mark.parametrize("kind", ["short", "undecodable", "huge"])
+def test_a_garbled_metadata_reply_is_unknown_and_retried(tmp_path, daemons, notify_socket, imds, kind,
+                                                         fault_report):
+    """Cut short (IncompleteRead) and not UTF-8 (UnicodeDecodeError) were tracebacks and exit 1;
+    200 MiB was read whole, and again at each retry."""
+    imds.huge_bytes = 200 * 2**20
+    imds.set_fault(kind)
+    d = daemons(imds_config(tmp_path, imds), {"NOTIFY_SOCKET": str(notify_socket.path),
+                                              "WATCHDOG_USEC": "1000000"})
+    notify_socket.wait_for(lambda m: m.startswith("READY=1"), timeout=45)
+    d.wait_state(lambda s: s["phase"] == "RUNNING", timeout=60)
+    import re
+
+    for _ in range(200):  # the second try (backoff 2 s) too
+        unknown = [e for _, e in d.events() if e["event"] == "aws.identity_unknown"]
+        if len(unknown) >= 2:
+            break
+        time.sleep(0.1)
+    assert len(unknown) >= 2 and unknown[-1]["level"] == "warning"  # the first miss off EC2 is info
+    says = {"short": "cut short", "undecodable": "not UTF-8", "huge": "over 64 KiB"}[kind]
+    assert says in unknown[0]["reason"]
+    assert "Traceback" not in d.log_text() and not re.search(r"job\.failed", d.log_text())
+    peak = peak_rss_mib(d.proc.pid)
+    assert peak < 250, f"supervisor peak RSS {peak:.0f} MiB"
+    imds.clear_faults()
+    state = d.wait_state(lambda s: s.get("instance"), timeout=40)  # retried with backoff: known once IMDS answers
+    assert state["instance"]["instance_id"] == "i-0123456789abcdef0"
+    assert d.stop(timeout=30) == 0
+    fault_report(f"IMDS reply {kind}: 'unknown', retried, READY and the worker as usual; supervisor peak RSS "
+                 f"{peak:.0f} MiB")
