@@ -242,9 +242,7 @@ class Restorer:
     def _sleep(self, seconds: float) -> bool:
         """Wait, watching for the person's switch; True if it was thrown."""
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if (self.cfg.run.state_dir / FRESH).exists():
-                return True
+        while time.monotonic() < deadline and not (self.cfg.run.state_dir / FRESH).exists():
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         return (self.cfg.run.state_dir / FRESH).exists()
 
@@ -323,8 +321,10 @@ class Restorer:
         marker = aws.get_marker(step)
         if marker is None:
             raise BadObject("its marker is gone (pruned since the listing)")
-        if checkpoints.parse_marker(marker, step, self.cfg.checkpoint_dir) is None:
-            raise BadObject("its step, file or manifest does not match its key")
+        if (checkpoints.parse_marker(marker, step, self.cfg.checkpoint_dir) is None
+                or marker.get("sha256") in checkpoints.set_aside_digests(self.cfg.checkpoint_dir)):
+            raise BadObject("its step, file or manifest does not match its key, or these bytes were set aside "
+                            "here before (checkpoints/corrupt/): not fetched again only to be refused again")
         self.log.info("s3.restoring", step=step, bucket=self.cfg.aws.s3_bucket)
         return aws.download_checkpoint(marker, self.cfg.checkpoint_dir)
 
