@@ -117,6 +117,10 @@ def _machine_rows(state: State) -> list[tuple[str, str]]:
         rows.append(("s3 mirror", f"s3://{mirror.get('bucket')}/{mirror.get('prefix')}  step {mirror.get('step', '-')} "
                                   f"confirmed {mirror.get('at') or 'never'}"
                                   + (f"  LAST UPLOAD FAILED: {last['error']}" if last.get("error") else "")))
+        wait = mirror.get("restore") if isinstance(mirror.get("restore"), dict) else {}
+        if wait.get("status") == "waiting":
+            rows.append(("s3 restore", f"WAITING since {wait.get('since')} ({wait.get('reason')}); the worker is held. "
+                                       "`sudo amapiano-train start-fresh` goes on without the bucket"))
     if state.shutdown:
         sd = state.shutdown
         rows.append(("shutdown", f"{sd.get('reason')}: {sd.get('result') or sd.get('action')} at {sd.get('at')}"

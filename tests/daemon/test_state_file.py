@@ -243,3 +243,20 @@ def test_supervise_moves_a_deep_state_file_aside_and_rebuilds_the_run_from_the_j
     r = cli("supervise", "--config", str(config), "--log-format", "json", timeout=60)
     assert r.returncode == 65 and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
     assert (state_dir / "state.json").read_bytes() == DEEP
+
+
+def test_status_says_the_worker_waits_for_the_bucket_and_how_to_go_on():
+    """A bucket that lists but refuses reads holds the worker; the person looking in must see it
+    on the status screen, not only in state.json and an alert."""
+    from daemon.status import render
+
+    state = State.new(NOW)
+    state.phase = "STARTING"
+    state.mirror = {"bucket": "runs", "prefix": "demo", "restore": {
+        "status": "waiting", "reason": "cannot list the bucket: AccessDenied", "since": "2026-12-03T10:00:00Z",
+        "attempts": 3}}
+    screen = render(state, datetime(2026, 12, 3, 10, 5, tzinfo=timezone.utc))
+    line = next(x for x in screen.splitlines() if "s3 restore" in x)
+    assert "WAITING since 2026-12-03T10:00:00Z" in line and "AccessDenied" in line and "start-fresh" in line
+    state.mirror["restore"] = "garbage"
+    assert "s3 restore" not in render(state, datetime(2026, 12, 3, 10, 5, tzinfo=timezone.utc))
