@@ -10,6 +10,7 @@
   amapiano-train train --config FILE       one training worker, by hand (the daemon starts its own)
   amapiano-train evaluate --config FILE    the milestone figures for a checkpoint and the baseline
   amapiano-train export --config FILE      the best checkpoint as transformers and audiocraft models
+  amapiano-train report [--out DIR]        the HTML report: decision, plots, clips side by side
   amapiano-train score [--offline] FILE... how Amapiano-like any audio files are (authenticity_pct)
   amapiano-train plan [--gpu T4] [--json]  before paying: precision, batch, memory, hours, cost per GPU
   amapiano-train dataset ACTION            MagnaTagATune -> manifest -> clips -> token cache
@@ -311,10 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.dataset.cli import add_parser as add_dataset
     from trainer.evaluation.cli import add_parsers as add_evaluation
     from trainer.worker.cli import add_parser as add_train
+    from .report.cli import add_parser as add_report
 
-    add_train(sub)  # the trainer-side commands: torch-free parsers, handlers that import torch when run
-    add_evaluation(sub)
-    add_dataset(sub)
+    for add in (add_train, add_evaluation, add_dataset, add_report):  # torch-free parsers; torch (matplotlib) when run
+        add(sub)
 
     c = sub.add_parser("config", help="config file tools")
     csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -24,6 +24,11 @@ class ScalarWriter:
         A full or read-only log disk costs the curves, never the daemon."""
         if type(step) is int and self.step < step < 2 ** 62:  # an event's step is an int64
             self.step = step
+        self.write_at(scalars, now, self.step)
+
+    def write_at(self, scalars: dict[str, float | None], now: datetime, step: int) -> None:
+        """At exactly `step` (an evaluation's figures at the step of the checkpoint it evaluated),
+        leaving the furthest step as it is."""
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -34,7 +39,7 @@ class ScalarWriter:
                 self._writer = EventFileWriter(str(self.logdir))
             for tag, value in scalars.items():
                 if value is not None:
-                    self._writer.add_event(Event(wall_time=now.timestamp(), step=self.step, summary=Summary(
+                    self._writer.add_event(Event(wall_time=now.timestamp(), step=step, summary=Summary(
                         value=[Summary.Value(tag=tag, simple_value=float(value))])))
             self._writer.flush()
             self._failed = False
