@@ -180,6 +180,12 @@ def load_state(path: Path) -> State | None:
         return None
     except OSError as e:
         raise StateError(f"{path}: cannot read ({e.strerror})") from None
+    return parse_state(raw, path)
+
+
+def parse_state(raw: bytes, path: Path | str) -> State:
+    """A state file's bytes (named `path` in messages) as a State; raises StateError if unusable.
+    The bucket's copy is judged from its bytes: no temp file on a disk that may refuse one."""
     if len(raw) > MAX_BYTES:
         raise StateError(f"{path}: {len(raw)} bytes, more than a state file can be ({MAX_BYTES}); {MOVE_ASIDE}")
     try:

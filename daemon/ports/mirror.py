@@ -21,7 +21,8 @@ from ..common import checkpoints
 from ..common.clock import iso, parse_iso
 from ..common.config import Config
 from .instance import Instance
-from .restore import Restorer, StateRestore, restore_state
+from .bucket_state import StateRestore, restore_state
+from .restore import Restorer
 
 __all__ = ["Mirror", "restore_state"]
 

@@ -275,3 +275,31 @@ def test_bytes_the_trainer_set_aside_are_not_fetched_again(tmp_path, aws):
     assert checkpoints.newest(cfg.checkpoint_dir) is None
     assert not list(cfg.checkpoint_dir.glob("step_*")) and not list(cfg.checkpoint_dir.glob("*.tmp*"))
     assert [kw["step"] for _, kw in log.named("s3.checkpoint_refused")] == [100]
+
+
+@pytest.mark.parametrize("bucket", ["refuses reads", "holds another run"])
+def test_a_read_only_state_directory_costs_the_marker_never_the_start(tmp_path, aws, refusing, bucket):
+    """Chaos seeds 721571723 and 45119020: with the state directory read-only (ext4's
+    errors=remount-ro), restore_state raised OSError out of Supervisor.__init__ while writing or
+    removing its provisional marker: exit 1 with a traceback, and nothing watched the instance."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    cfg = setup_world(tmp_path, refusing.url if bucket == "refuses reads" else aws)
+    s3 = s3_client(aws)
+    s3.create_bucket(Bucket=BUCKET)
+    plant_state(s3, BUCKET, PREFIX, "bucket-run", now_plus(-60), 3.63)
+    if bucket == "holds another run":   # a provisional run on this disk, which the bucket's replaces
+        (cfg.run.state_dir / PROVISIONAL).write_text("{}")
+    where = str(cfg.run.state_dir)
+    subprocess.run(["mount", "--bind", where, where], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", where], check=True)
+        log = Log()
+        restored = restore_state(cfg, log, Instance(cfg, log, Clock()))   # raised OSError
+    finally:
+        subprocess.run(["umount", "-l", where], check=True)
+    assert restored.outcome in ("unreadable", "absent", "refused")
+    assert log.named("s3.state_restore_failed"), (restored, log.events)
