@@ -59,7 +59,10 @@ class AwsConfig:
     endpoint_url: str = ""      # empty: AWS itself (tests point this at a local moto server)
     imds_url: str = field(default="http://169.254.169.254", metadata=_check(
         lambda u: u == "" or u.startswith(("http://", "https://")), "must be an http:// URL, or \"\" for none"))
-    imds_timeout: Duration = field(default=Duration(1), metadata=POSITIVE)
+    # Each IMDS request's whole deadline. restore_state asks IMDS for the region before READY, so a
+    # long one would hold the start (TimeoutStartSec is 120 s): 10 s is already slow for a link-local server.
+    imds_timeout: Duration = field(default=Duration(1), metadata=_check(
+        lambda v: 0 < v <= 10, "must be > 0 and at most 10s (a link-local service; it is asked before READY)"))
     spot_poll: Duration = field(default=Duration(5), metadata=POSITIVE)
     price_refresh: Duration = field(default=Duration(3600), metadata=POSITIVE)
     s3_bucket: str = ""         # empty: no S3 mirror of checkpoints

@@ -160,10 +160,10 @@ def peak_rss_mib(pid: int) -> float:
 def test_a_dripping_metadata_service_delays_nothing(tmp_path, daemons, notify_socket, imds, fault_report):
     """Token at once, then the identity a byte every 0.5 s: start() once sat in that read for good
     (no READY, no WATCHDOG, no state.json, no worker; SIGTERM ignored). Here each IMDS request may
-    take 30 s, so only keeping IMDS off those paths can pass."""
+    take 10 s (the most the config allows), so only keeping IMDS off those paths can pass."""
     imds.set_fault("slow")
     started = time.monotonic()
-    d = daemons(imds_config(tmp_path, imds, imds_timeout="30s"),
+    d = daemons(imds_config(tmp_path, imds, imds_timeout="10s"),
                 {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "1000000"})
     notify_socket.wait_for(lambda m: m.startswith("READY=1"), timeout=45)
     ready_s = time.monotonic() - started
@@ -178,13 +178,13 @@ def test_a_dripping_metadata_service_delays_nothing(tmp_path, daemons, notify_so
     stop_s = time.monotonic() - stopping
     assert stop_s < 20, f"SIGTERM took {stop_s:.1f} s"
     assert d.state()["phase"] == "STOPPED"
-    fault_report(f"IMDS dripping (30 s per request allowed): READY {ready_s:.1f} s after the process started, "
+    fault_report(f"IMDS dripping (10 s per request allowed): READY {ready_s:.1f} s after the process started, "
                  f"SIGTERM to exit {stop_s:.1f} s")
 
 
 def test_a_metadata_service_that_slows_mid_run_stalls_no_job(tmp_path, daemons, notify_socket, imds):
     """The Spot notices were read on the scheduler's thread: a slow answer there silenced the watchdog."""
-    d = daemons(imds_config(tmp_path, imds, imds_timeout="30s"),
+    d = daemons(imds_config(tmp_path, imds, imds_timeout="10s"),
                 {"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "1000000"})
     d.wait_state(lambda s: s.get("instance") and s["phase"] == "RUNNING", timeout=60)
     imds.set_fault("slow")

@@ -146,3 +146,11 @@ def test_plan_refuses_fewer_clips_than_one_optimizer_step(tmp_path):
     r = cli("plan", "--config", str(path), "--clips", "20", "--gpu", "T4", env={"AWS_EC2_METADATA_DISABLED": "true"})
     assert r.returncode == exits.CONFIG and r.stdout == ""
     assert "batch_size x grad_accum_steps (32) is more than the 20 training clips" in _line(r)
+
+
+def test_the_imds_deadline_is_bounded(tmp_path):
+    """restore_state asks IMDS for the region before READY: `imds_timeout = "1h"` passed and could
+    hold the start past the unit's TimeoutStartSec."""
+    with pytest.raises(ConfigError, match=r"\[aws\] imds_timeout must be > 0 and at most 10s"):
+        load_config(write_config(tmp_path, {"aws": {"imds_timeout": "1h"}}))
+    load_config(write_config(tmp_path, {"aws": {"imds_timeout": "10s"}}))
