@@ -8,7 +8,9 @@ boto3, or apprise: Slack, Discord, Telegram, SNS, webhooks... one URL each), ret
 the alert itself. Secrets never come from config.toml: the SMTP password and the apprise URLs
 (they carry tokens) come from a systemd credential ($CREDENTIALS_DIRECTORY/<password_credential>,
 <apprise_credential>) or the environment (AMAPIANO_SMTP_PASSWORD, AMAPIANO_APPRISE_URLS, e.g.
-from the unit's EnvironmentFile), and no child process inherits them (common/launch.py).
+from the unit's EnvironmentFile), and no child process inherits them (common/launch.py). Each is
+told to the log's redactor as it is read (common/log.py), and what a transport answers (apprise
+quotes its own log) is redacted before it is logged or kept in state.json.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Any, Callable
 
 from ..common.clock import Clock, iso
 from ..common.config import EmailConfig
+from ..common.log import add_secret, add_secret_url, redact
 
 SUBJECT_PREFIX = "[amapiano-train] "
 PASSWORD_ENV = "AMAPIANO_SMTP_PASSWORD"
@@ -44,6 +47,7 @@ class Alert:
     sent_at: str | None = None
     error: str | None = None
     next_try_mono: float = 0.0
+    once: str = ""       # sent once per run, restarts included (state.json keeps it): a FAILED run's alert
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
@@ -52,24 +56,38 @@ class Alert:
         return data
 
 
+class CredentialError(ValueError):
+    """A systemd credential that is there but cannot be read as text."""
+
+
+def _credential(env: dict, name: str) -> str | None:
+    """The credential's text; None when there is none. The error names the file, never its bytes."""
+    creds = env.get("CREDENTIALS_DIRECTORY")
+    path = Path(creds) / name if creds else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return path.read_bytes()[:65536].decode()
+    except OSError as e:
+        raise CredentialError(f"credential {path} cannot be read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise CredentialError(f"credential {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def smtp_password(cfg: EmailConfig, environ: dict | None = None) -> str | None:
     env = os.environ if environ is None else environ
-    creds = env.get("CREDENTIALS_DIRECTORY")
-    if creds and (Path(creds) / cfg.password_credential).is_file():
-        return (Path(creds) / cfg.password_credential).read_text().strip()
-    return env.get(PASSWORD_ENV) or None
+    text = _credential(env, cfg.password_credential)
+    return add_secret((text.strip() if text is not None else env.get(PASSWORD_ENV)) or None)
 
 
 def apprise_urls(cfg: EmailConfig, environ: dict | None = None) -> list[str]:
     """The apprise URLs: the credential file (one a line, # comments) or $AMAPIANO_APPRISE_URLS
     (separated by spaces or newlines; a comma belongs to the URL, e.g. mailto://...?to=a,b)."""
     env = os.environ if environ is None else environ
-    creds = env.get("CREDENTIALS_DIRECTORY")
-    if creds and (Path(creds) / cfg.apprise_credential).is_file():
-        text = (Path(creds) / cfg.apprise_credential).read_text()
-    else:
-        text = env.get(APPRISE_ENV) or ""
-    return [word for line in text.splitlines() if not line.strip().startswith("#") for word in line.split()]
+    text = _credential(env, cfg.apprise_credential)
+    text = env.get(APPRISE_ENV) or "" if text is None else text
+    return [add_secret_url(word) for line in text.splitlines() if not line.strip().startswith("#")
+            for word in line.split()]
 
 
 def _scheme(url: str) -> str:
@@ -77,13 +95,31 @@ def _scheme(url: str) -> str:
     return url.split("://", 1)[0][:20] + "://..." if "://" in url else "(no scheme)"
 
 
-class SmtpTransport:
+class _OneDestination:
+    """SMTP and SES: one destination, one result."""
+
+    def __init__(self, cfg: EmailConfig):
+        self.cfg, self.destination, self.unusable = cfg, ", ".join(cfg.to), []
+
+    def send(self, message: EmailMessage) -> None:
+        raise NotImplementedError
+
+    def try_each(self, message: EmailMessage) -> list[tuple[str, str | None]]:
+        try:
+            self.send(message)
+            return [(self.destination, None)]
+        except Exception as e:  # any failure of the mail path is a result, never raised
+            return [(self.destination, redact(f"{type(e).__name__}: {e}"))]
+
+
+class SmtpTransport(_OneDestination):
     def __init__(self, cfg: EmailConfig, password: str | None):
-        self.cfg, self._password = cfg, password
-        self.destination = ", ".join(cfg.to)
+        super().__init__(cfg)
+        self._password = password
 
     def send(self, message: EmailMessage) -> None:
         cfg = self.cfg
+        # (its debug output stays off: smtplib prints the session, AUTH included, to stderr itself)
         with smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=cfg.timeout) as smtp:
             smtp.ehlo()
             if cfg.smtp_starttls:  # verified against the system's CAs (or smtp_ca_file)
@@ -94,12 +130,17 @@ class SmtpTransport:
             smtp.send_message(message)
 
 
-class SesTransport:
-    def __init__(self, cfg: EmailConfig, client: Any):
-        self.cfg, self._client = cfg, client
-        self.destination = ", ".join(cfg.to)
+class SesTransport(_OneDestination):
+    """The client is made at the first send, so a client that cannot be made is a failed send
+    (retried, said in one line), not an exception where the transport is built."""
+
+    def __init__(self, cfg: EmailConfig, client_factory: Callable[[], Any]):
+        super().__init__(cfg)
+        self._factory, self._client = client_factory, None
 
     def send(self, message: EmailMessage) -> None:
+        if self._client is None:
+            self._client = self._factory()
         self._client.send_email(
             Source=message["From"], Destination={"ToAddresses": list(self.cfg.to)},
             Message={"Subject": {"Data": message["Subject"]},
@@ -107,49 +148,94 @@ class SesTransport:
 
 
 class AppriseTransport:
-    """Every alert to every apprise URL; a failure anywhere is an error, and the outbox retries.
-    A URL apprise cannot parse is left out and named (by position and scheme) in `unusable`."""
+    """Every alert to every apprise URL, one by one, so each has its own result; a failure anywhere
+    is an error, and the outbox retries. A URL apprise cannot parse is left out and named (by
+    position and scheme) in `unusable`; a usable one is shown as apprise's privacy mode shows it."""
 
     def __init__(self, cfg: EmailConfig, urls: list[str]):
         self.cfg = cfg
         self.unusable: list[str] = []
+        self._each: list[tuple[str, Any]] = []
         try:
             import apprise
         except ImportError:  # a dependency in pyproject; an old venv may lack it
-            self._apprise, self.unusable = None, ["apprise is not installed (pip install apprise)"]
-            self.destination = ""
+            self.unusable, self.destination = ["apprise is not installed (pip install apprise)"], ""
             return
-        self._apprise = apprise.Apprise()
         for n, url in enumerate(urls, 1):
-            if not self._apprise.add(url):
+            one = apprise.Apprise()
+            if one.add(url):
+                self._each.append((redact(one[0].url(privacy=True).split("?", 1)[0]), one))
+            else:
                 self.unusable.append(f"URL {n} ({_scheme(url)}) is not one apprise knows")
-        usable = len(self._apprise)
+        usable = len(self._each)
         self.destination = f"{usable} apprise URL{'s' if usable != 1 else ''}" if usable else ""
 
-    def send(self, message: EmailMessage) -> None:
-        if not self.destination:
-            raise ValueError("no usable apprise URL: " + ("; ".join(self.unusable) or f"set {APPRISE_ENV}"))
+    def try_each(self, message: EmailMessage) -> list[tuple[str, str | None]]:
         import logging
 
         import apprise
 
-        with apprise.LogCapture(level=logging.WARNING) as captured:
-            delivered = self._apprise.notify(title=message["Subject"], body=message.get_content())
-        if not delivered:
+        results: list[tuple[str, str | None]] = []
+        for shown, one in self._each:
+            with apprise.LogCapture(level=logging.WARNING) as captured:
+                delivered = one.notify(title=message["Subject"], body=message.get_content())
             lines = [line.split(" - ", 2)[-1] for line in captured.getvalue().splitlines() if line.strip()]
-            raise ConnectionError("apprise: " + (" / ".join(lines[-3:]) or "a service refused the message"))
+            error = None if delivered else redact(" / ".join(lines[-3:]) or "the service refused the message")
+            results.append((shown, error))
+        return results
+
+    def send(self, message: EmailMessage) -> None:
+        if not self.destination:
+            raise ValueError("no usable apprise URL: " + ("; ".join(self.unusable) or f"set {APPRISE_ENV}"))
+        failed = [f"{shown}: {error}" for shown, error in self.try_each(message) if error]
+        if failed:
+            raise ConnectionError("apprise: " + " / ".join(failed))
 
 
 def make_transport(cfg: EmailConfig, ses_client_factory: Callable[[], Any] | None = None,
                    environ: dict | None = None):
+    """The configured transport; a credential that cannot be read leaves it without the secret and
+    says so in `unusable` (alerts then fail and are retried, and the error level says why)."""
+    problem = None
     if cfg.transport == "smtp":
-        return SmtpTransport(cfg, smtp_password(cfg, environ))
-    if cfg.transport == "ses":
+        try:
+            password = smtp_password(cfg, environ)
+        except CredentialError as e:
+            password, problem = None, str(e)
+        transport: Any = SmtpTransport(cfg, password)
+    elif cfg.transport == "ses":
         assert ses_client_factory is not None
-        return SesTransport(cfg, ses_client_factory())
-    if cfg.transport == "apprise":
-        return AppriseTransport(cfg, apprise_urls(cfg, environ))
-    return None
+        transport = SesTransport(cfg, ses_client_factory)
+    elif cfg.transport == "apprise":
+        try:
+            urls = apprise_urls(cfg, environ)
+        except CredentialError as e:
+            urls, problem = [], str(e)
+        transport = AppriseTransport(cfg, urls)
+    else:
+        return None
+    transport.unusable[:0] = [problem] if problem else []
+    return transport
+
+
+def compose(cfg: EmailConfig, alert: "Alert", run_name: str = "") -> EmailMessage:
+    """The message every transport sends: subject, body and a footer naming the run."""
+    msg = EmailMessage()
+    msg["From"] = cfg.sender
+    msg["To"] = ", ".join(cfg.to)
+    msg["Subject"] = alert.subject
+    msg["X-Amapiano-Alert"] = f"{alert.kind} {alert.id}"
+    footer = f"\n\n-- \namapiano-train{' run ' + run_name if run_name else ''}, {alert.created_at}\n"
+    msg.set_content(alert.body + footer)
+    return msg
+
+
+def try_test_alert(cfg: EmailConfig, transport: Any, clock: Clock | None = None) -> list[tuple[str, str | None]]:
+    """`alert test`: one attempt at each destination, (where, None or why not) for each."""
+    alert = Alert(id=uuid.uuid4().hex[:8], kind="test", subject=SUBJECT_PREFIX + "test message: mail works",
+                  body="This is amapiano-train's test message. Budget, idle, Spot, milestone and failure "
+                       "alerts will come here.", created_at=iso((clock or Clock()).now()))
+    return transport.try_each(compose(cfg, alert))
 
 
 class Outbox:
@@ -175,11 +261,17 @@ class Outbox:
         self._thread.start()
 
     # -- raising -----------------------------------------------------------------------
-    def send(self, kind: str, subject: str, body: str) -> Alert:
+    def send(self, kind: str, subject: str, body: str, once: str = "") -> Alert:
+        """Queue an alert; with `once`, not if an alert with that key was raised before (this run)."""
+        with self._cond:
+            told = next((a for a in self._alerts if once and a.once == once), None)
+        if told is not None:
+            self.log.info("alert.already_sent", kind=kind, subject=told.subject, alert_id=told.id, status=told.status)
+            return told
         # apprise URLs name their own destinations; email needs [email] to
         deliverable = self.transport is not None and bool(getattr(self.transport, "destination", self.cfg.to))
-        alert = Alert(id=uuid.uuid4().hex[:8], kind=kind, subject=SUBJECT_PREFIX + subject, body=body,
-                      created_at=iso(self.clock.now()), status="pending" if deliverable else "logged")
+        alert = Alert(id=uuid.uuid4().hex[:8], kind=kind, subject=redact(SUBJECT_PREFIX + subject), body=redact(body),
+                      created_at=iso(self.clock.now()), status="pending" if deliverable else "logged", once=once)
         self.log.warning("alert", kind=kind, subject=alert.subject, alert_id=alert.id,
                          delivery=alert.status if alert.status == "logged" else self.cfg.transport)
         unusable = getattr(self.transport, "unusable", None)
@@ -188,7 +280,8 @@ class Outbox:
             self.log.error("alert.transport_unusable", transport=self.cfg.transport, problems=unusable)
         with self._cond:
             self._alerts.append(alert)
-            del self._alerts[:-KEEP_ALERTS]
+            while len(self._alerts) > KEEP_ALERTS:  # the oldest goes; a `once` key is kept while others can go
+                self._alerts.remove(next((a for a in self._alerts if not a.once), self._alerts[0]))
             self._cond.notify_all()
         return alert
 
@@ -209,16 +302,6 @@ class Outbox:
         self._thread.join(timeout)
 
     # -- delivery ------------------------------------------------------------------------
-    def _message(self, alert: Alert) -> EmailMessage:
-        msg = EmailMessage()
-        msg["From"] = self.cfg.sender
-        msg["To"] = ", ".join(self.cfg.to)
-        msg["Subject"] = alert.subject
-        msg["X-Amapiano-Alert"] = f"{alert.kind} {alert.id}"
-        footer = f"\n\n-- \namapiano-train{' run ' + self.run_name if self.run_name else ''}, {alert.created_at}\n"
-        msg.set_content(alert.body + footer)
-        return msg
-
     def _due(self) -> Alert | None:
         now = self.clock.monotonic()
         for alert in self._alerts:
@@ -239,12 +322,12 @@ class Outbox:
                 alert = self._due()
                 if alert is None:
                     continue
-                message = self._message(alert)
+                message = compose(self.cfg, alert, self.run_name)
             error = None
             try:
                 self.transport.send(message)
             except Exception as e:  # any failure of the mail path is retried, never raised
-                error = f"{type(e).__name__}: {e}"
+                error = redact(f"{type(e).__name__}: {e}")
             with self._cond:
                 alert.attempts += 1
                 if error is None:

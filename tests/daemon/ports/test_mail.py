@@ -271,3 +271,24 @@ def test_no_child_inherits_the_apprise_urls():
 
     env = child_environment({"AMAPIANO_APPRISE_URLS": "slack://T/B/C", "AMAPIANO_CONFIG": "/etc/x", "PATH": "/bin"})
     assert "AMAPIANO_APPRISE_URLS" not in env and env["AMAPIANO_CONFIG"] == "/etc/x"
+
+
+def test_an_alert_sent_once_is_not_sent_again_after_a_restart(smtp_sink):
+    """A FAILED run's alert: once per failure, restarts included (state.json keeps the key), and
+    kept in the list while fifty newer alerts push older ones out."""
+    smtp_sink.up()
+    cfg = smtp_cfg(smtp_sink.port)
+    first = Outbox(cfg, SmtpTransport(cfg, None), Log())
+    alert = first.send("failed", "run FAILED: x", "why", once="failed:abc")
+    assert first.send("failed", "run FAILED: x", "why", once="failed:abc") is alert
+    assert first.wait(alert, timeout=10)
+    saved = json.loads(json.dumps(first.to_json()))  # as state.json holds it
+    first.close()
+    log = Log()
+    second = Outbox(cfg, None, log, previous=saved)  # no transport: nothing goes out anyway
+    assert second.send("failed", "run FAILED: x", "why", once="failed:abc").id == alert.id
+    for n in range(60):
+        second.send("gpu", f"note {n}", "")
+    assert second.send("failed", "run FAILED: x", "why", once="failed:abc").id == alert.id
+    second.close()
+    assert len(smtp_sink.messages) == 1 and [ev for _, ev, _ in log.events].count("alert.already_sent") == 2
