@@ -12,6 +12,7 @@ class SendAlert:
     kind: str
     subject: str
     body: str
+    once: str = ""  # a key: sent once per run, daemon restarts included (daemon/ports/mail.py Outbox)
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,18 @@ held. One place decides what a worker exit means; daemon/executor.py carries it 
     any live phase -> STOPPING -> STOPPED                           systemctl stop
 
 A transition not in ALLOWED is a bug: it is logged at error level and refused.
+
+Every phase that stops the worker for good is told: a rule's halt, a Spot interruption and a
+completion by their own alerts, FAILED by `gave_up` here (once per failure, restarts included).
 """
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .actions import SendAlert
 from .common.config import SupervisorConfig
 from .rules.restart import RestartHistory, WorkerExit, decide
 from .states import Phase, log_transition
@@ -48,6 +53,29 @@ class Hold:
 
 
 Outcome = Literal["complete", "fail", "restart", "held"]
+RESTART = "systemctl restart amapiano-train"
+
+
+def way_on(ended: WorkerExit) -> str:
+    """What a person does about a FAILED run, by how the worker ended."""
+    if ended.kind == "config":
+        return f"fix the config or data file it names (`amapiano-train config check FILE`), then: {RESTART}"
+    if ended.kind == "does_not_fit":
+        return f"take a GPU with more memory, or a smaller model or batch (`amapiano-train plan`), then: {RESTART}"
+    return f"read why in the journal (`journalctl -u amapiano-train -p err`), fix the cause, then: {RESTART}"
+
+
+def failure_alert(reason: str, ended: WorkerExit, checkpoint_step: int | None) -> SendAlert:
+    """FAILED, told. Its key is the reason at this checkpoint: after a daemon restart with nothing
+    fixed the worker fails the same way and nobody is told twice; a failure after progress is new."""
+    said = f"The worker said: {ended.message}\n" if ended.message and ended.message not in reason else ""
+    kept = "no checkpoint yet" if checkpoint_step is None else f"the checkpoint of step {checkpoint_step} is kept"
+    body = (f"The run FAILED: {reason}\n{said}\nThe way on: {way_on(ended)}.\nThe worker is not started again ({kept}). "
+            "The supervisor stays up, and so does the instance: it bills until the idle rule or the budget cap "
+            "stops it, or you do.")
+    key = hashlib.sha256(f"{checkpoint_step}|{reason}".encode()).hexdigest()[:16]
+    short = reason if len(reason) <= 100 else reason[:99] + "…"
+    return SendAlert("failed", f"run FAILED: {short}", body, once=f"failed:{key}")
 
 
 class Lifecycle:
@@ -130,6 +158,11 @@ class Lifecycle:
         self.to(P.BACKOFF if decision.delay > 0 else P.STARTING, exit=ended.code, kind=ended.kind,
                 restart_in_s=round(decision.delay, 1), failures_in_a_row=self.history.consecutive_failures)
         return "restart", decision.reason
+
+    def gave_up(self, reason: str, ended: WorkerExit, checkpoint_step: int | None) -> list[SendAlert]:
+        """After a "fail": said at error level (journalctl -p err), and the alert that tells it."""
+        self.log.error("worker.gave_up", reason=reason, hint=way_on(ended))
+        return [failure_alert(reason, ended, checkpoint_step)]
 
     def halted(self, reason: str) -> None:
         """A rule's shutdown was carried out (or skipped): HALTED unless the run already ended."""

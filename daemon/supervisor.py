@@ -162,7 +162,7 @@ class Supervisor:
         elif outcome == "fail":
             self.state.failure = Failure(reason=reason, at=iso(self.clock.now()), exit_code=t.last_exit_code,
                                          message=ended.message)
-            self.log.error("worker.gave_up", reason=reason, hint="fix the cause, then: systemctl restart amapiano-train")
+            self.executor.execute(self.lifecycle.gave_up(reason, ended, step))  # logged, and told once
 
     def cost_job(self) -> None:
         t = self.state.trainer

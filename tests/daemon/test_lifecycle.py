@@ -86,3 +86,30 @@ def test_a_pause_released_starts_again_at_once():
 def test_the_table_covers_every_phase():
     assert set(ALLOWED) == set(Phase)
     assert all(b in Phase for b in itertools.chain(*ALLOWED.values()))
+
+
+# ---------------------------------------------------------------- FAILED is told, once
+
+@pytest.mark.parametrize("ended,way", [
+    (WorkerExit(code=78, message="[data] source = cache but /var/cache/tokens holds no token cache"),
+     "amapiano-train config check"),
+    (WorkerExit(code=1, error_type="DoesNotFit", message="CUDA out of memory at micro-batch 1"), "amapiano-train plan"),
+    (WorkerExit(code=1, error_type="OSError", message="[Errno 28] No space left on device"), "journalctl")])
+def test_a_run_that_fails_says_why_and_the_way_on(ended, way):
+    from daemon.actions import SendAlert
+
+    cfg = SupervisorConfig(max_crashes=1)
+    lc, log = make()
+    lc.cfg = cfg
+    lc.started(1, None)
+    outcome, reason = lc.worker_exited(ended, 40, 100.0, 0.5)
+    assert outcome == "fail" and lc.phase is Phase.FAILED
+    [alert] = lc.gave_up(reason, ended, 40)
+    assert isinstance(alert, SendAlert) and alert.kind == "failed" and alert.subject.startswith("run FAILED: ")
+    assert reason in alert.body and ended.message in alert.body and "step 40" in alert.body
+    assert way in alert.body and "systemctl restart amapiano-train" in alert.body
+    assert [(lvl, ev) for lvl, ev, _ in log.lines][-1] == ("error", "worker.gave_up")
+    # The same failure again (a daemon restart, nothing fixed) carries the same key; another does not.
+    again, _ = make()
+    assert again.gave_up(reason, ended, 40)[0].once == alert.once != ""
+    assert again.gave_up(reason, ended, 48)[0].once != alert.once
