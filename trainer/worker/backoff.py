@@ -9,7 +9,10 @@ from typing import Any
 from daemon.common import oom
 
 from .memory import smaller_micro_batch
-from .setup import DoesNotFit
+
+
+class DoesNotFit(RuntimeError):
+    """CUDA ran out of memory at micro-batch 1: no back-off is left, and a restart cannot help."""
 
 
 class GroupBackOff(RuntimeError):

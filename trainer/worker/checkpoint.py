@@ -122,8 +122,10 @@ def _no_zip_crc32():
         torch.serialization.set_crc32_options(before)
 
 
-def save(directory: Path, step: int, payload: dict, meta: dict, clock: Clock | None = None) -> Marker:
-    """Commit one checkpoint atomically; returns its marker."""
+def save(directory: Path, step: int, payload: dict, meta: dict, clock: Clock | None = None,
+         on_written: Any = None) -> Marker:
+    """Commit one checkpoint atomically; returns its marker. `on_written()`, when given, runs once
+    the bytes are in the temp file, before the fsync and the rename (a test's pause)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = layout.data_path(directory, step)
     payload = {"format": FORMAT, "step": step, **payload}
@@ -137,6 +139,8 @@ def save(directory: Path, step: int, payload: dict, meta: dict, clock: Clock | N
             if w.error is not None:  # say what really happened: "No space left on device", ...
                 raise OSError(w.error.errno, f"{w.error.strerror} while writing checkpoint {path}") from None
             raise
+        if on_written is not None:
+            on_written()
         return w
 
     with ThreadPoolExecutor(layout.hash_threads(), thread_name_prefix="sha256") as pool:

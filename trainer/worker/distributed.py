@@ -19,8 +19,9 @@ asks the Group at the few places where width matters:
   (the unwrapped module's state, so any width and a single process load it). FSDP: a sharded
   torch.distributed.checkpoint directory written by every rank into a temporary name, then
   committed by rank 0 alone after they all finished: renamed, and its marker written over a
-  manifest of the shard files (daemon/common/checkpoints.py). Every rank's RNG state is kept,
-  so a resume at the same width is exact.
+  manifest of the shard files (daemon/common/checkpoints.py). Both in the background
+  (trainer/worker/async_save.py). Every rank's RNG state is kept, so a resume at the same width
+  is exact.
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ import ctypes
 import datetime
 import os
 import random
-import shutil
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,9 +39,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from daemon.common import checkpoints as layout
-from daemon.common.atomic import fsync_dir
-from daemon.common.clock import Clock, iso
+from daemon.common.clock import Clock
 from daemon.common.config import Config, ConfigError
 
 
@@ -120,9 +118,10 @@ class Group:
     """This process's place among torchrun's: rank, world, strategy, and what differs by them."""
 
     def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, strategy: str = "ddp",
-                 comm_device: torch.device = torch.device("cpu")):
+                 comm_device: torch.device = torch.device("cpu"), checkpoint_group: Any = None):
         self.rank, self.world, self.local_rank, self.strategy = rank, world, local_rank, strategy
         self.comm_device = comm_device
+        self.checkpoint_group = checkpoint_group  # FSDP: gloo, the background saves' own (async_save.py)
 
     @property
     def sharded(self) -> bool:
@@ -255,48 +254,16 @@ class Group:
             return ranks[self.rank]
         return payload["rng"]
 
-    def save(self, directory: Path, step: int, payload: dict, meta: dict, clock: Clock | None = None):
-        """Commit one checkpoint: rank 0 writes it (FSDP: every rank its shards, rank 0 commits);
-        every rank returns its marker once it is committed."""
-        from . import checkpoint
+    def save(self, saver: Any, directory: Path, step: int, payload: dict, meta: dict, clock: Clock | None,
+             keep: int, since: float) -> None:
+        """Start committing one checkpoint through `saver` (trainer/worker/async_save.py): rank 0 writes
+        it and prunes (FSDP: every rank its shards, rank 0 commits); `saver.wait()` ends it."""
+        from . import async_save
 
-        if not self.sharded:
-            marker = checkpoint.save(directory, step, payload, meta, clock) if self.rank == 0 else None
-            self.barrier()
-            return marker or layout.read_marker(layout.marker_path(directory, step))
-        import torch.distributed.checkpoint as dcp
-
-        final = layout.sharded_path(directory, step)
-        tmp = directory / f".{final.name}.tmp"
-        if self.rank == 0:
-            directory.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-        self.barrier()
-        sharded = {"model": payload.pop("model"), "optimizer": payload.pop("optimizer")}
-        dcp.save(sharded, checkpoint_id=tmp)
-        self.barrier()
-        if self.rank == 0:
-            extra = {"format": checkpoint.FORMAT, "step": step, **payload}
-            with open(tmp / checkpoint.EXTRA, "wb") as f:
-                torch.save(extra, f)
-                f.flush()
-                os.fsync(f.fileno())
-            manifest = layout.manifest_of(tmp)
-            shutil.rmtree(final, ignore_errors=True)  # an uncommitted one of this step, from a kill
-            os.replace(tmp, final)
-            fsync_dir(directory)
-            meta = {"step": step, "file": final.name, "bytes": sum(e["bytes"] for e in manifest.values()),
-                    "sha256": layout.manifest_sha256(manifest), "manifest": manifest, "format": checkpoint.FORMAT,
-                    "sharded": self.world, "time": iso((clock or Clock()).now()), **meta}
-            layout.commit(directory, step, meta)
-        self.barrier()
-        return layout.read_marker(layout.marker_path(directory, step))
-
-    def prune(self, directory: Path, keep: int) -> list[int]:
-        from . import checkpoint
-
-        return checkpoint.prune(directory, keep) if self.rank == 0 else []
+        if self.sharded:
+            async_save.start_sharded(saver, self, directory, step, payload, meta, clock, keep, since)
+        elif self.rank == 0:
+            saver.start(step, payload, async_save.commit_file(directory, step, meta, clock, keep), since)
 
     def load_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, marker: Any, payload: dict) -> None:
         """Model and optimizer from a checkpoint of any width and either strategy."""
@@ -344,5 +311,8 @@ def init(cfg: Config) -> Group:
     if cuda:
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=10))
+    # DCP's async_save runs its collectives from a thread while training runs its own: on one group
+    # their order would differ between ranks. A gloo group of their own (async_save needs a CPU one).
+    saves = dist.new_group(backend="gloo") if t.strategy == "fsdp" else None
     return Group(rank, world, local_rank, t.strategy,
-                 torch.device("cuda", local_rank) if cuda else torch.device("cpu"))
+                 torch.device("cuda", local_rank) if cuda else torch.device("cpu"), saves)

@@ -32,6 +32,10 @@ from pathlib import Path
 GIB = 1 << 30
 CUDA_CONTEXT = int(0.6 * GIB)   # CUDA context + cuBLAS workspaces: outside torch's allocator
 ALLOCATOR_SLACK = 0.08          # the caching allocator's rounding and fragmentation, of the tensors
+# Host memory. Assumed, not measured: a worker process's own (Python, torch, CUDA's host side). Kept
+# free beside a checkpoint's host copy for the process and the page cache (async_save.py).
+HOST_PROCESS = int(2.5 * GIB)
+HOST_RESERVE = 1 * GIB
 
 
 @dataclass(frozen=True)

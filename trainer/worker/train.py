@@ -2,9 +2,11 @@
 
 `Trainer.run` reads top to bottom: set up (seeds, device, model, data, optimizer), resume from
 the newest valid checkpoint, then one optimizer step at a time, validating and checkpointing on
-their intervals, until every epoch is done (exit 0). SIGUSR1, SIGTERM or SIGINT, or the
-supervisor vanishing (trainer/worker/stop.py), ask for a checkpoint at the next step boundary
-and exit 75; SIGUSR2 asks for a checkpoint and goes on.
+their intervals, until every epoch is done (exit 0). A checkpoint stops the loop only for a copy
+of the step's state; it is written in the background (async_save.py), and the end of training
+or a stop waits for it to commit. SIGUSR1, SIGTERM or SIGINT, or the supervisor vanishing
+(trainer/worker/stop.py), ask for a checkpoint at the next step boundary and exit 75; SIGUSR2
+asks for a checkpoint and goes on.
 
 The GPU side: precision and attention kernels by compute capability (precision.py), gradient
 checkpointing where the memory model says the micro-batch does not fit (memory.py), and a CUDA
@@ -27,18 +29,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from daemon.common import exits, oom
+from daemon.common import exits
 from daemon.common.atomic import write_json_atomic
 from daemon.common.clock import Clock, iso
 from daemon.common.config import Config, ConfigError, to_dict
 
-from . import backoff, checkpoint, distributed, memory, precision
+from . import async_save, backoff, checkpoint, distributed, memory, precision
 from .data import DeviceBatches, epoch_order, load_splits, micro_batches
 from .model import TrainableMusicgen, arch_of, load_base_model, shape_of
 from .resume import (Progress, check_data_position, data_position, rng_state,  # noqa: F401 - re-exported
                      set_rng_state, shape_key, shape_mismatch)
 from .setup import (TEST_OOM_ABOVE, DoesNotFit, lr_lambda, pick_device, pick_dtype,  # noqa: F401
-                    pick_precision, test_oom_hook)
+                    pick_precision, plan_step, test_oom_hook)
 from .stop import StopRequest
 
 class Trainer:
@@ -75,6 +77,8 @@ class Trainer:
             while self.p.step < self.total:
                 if (why := self.stop.check()) is not None:
                     return self.preempt(why)
+                if (done := self.saver.poll()) is not None:  # written in the background since
+                    self.committed(done)
                 self.train_step()
                 if self.due(self.t.log_every):
                     self.report()
@@ -82,6 +86,8 @@ class Trainer:
                     self.validate()
                 if self.stop.take_checkpoint_request() or self.due(self.t.checkpoint_every):
                     self.save_checkpoint()  # SIGUSR2 above: a checkpoint now, then go on
+            self.heartbeat("checkpointing")
+            self.committed(self.saver.wait())  # the last step's, before anyone is told it is done
         finally:
             self.tb.close()
         self.dist.close()
@@ -102,6 +108,7 @@ class Trainer:
             torch.set_num_threads(t.cpu_threads)
         self.dist = distributed.init(cfg)  # one process unless torchrun started this one
         self.device = self.dist.device(pick_device(cfg))
+        self.saver, self.saved_step = async_save.Saver(self.log, self.device), None
         self.precision = pick_precision(cfg, self.device)
         precision.apply(self.precision)
         self.dtype = precision.torch_dtype(self.precision)
@@ -112,22 +119,9 @@ class Trainer:
             base, tokenizer = load_base_model(cfg)
         self.train_split, self.valid_split = splits or load_splits(cfg, base, tokenizer)
         n = len(self.train_split)
-        self.per_step = t.batch_size * t.grad_accum_steps  # clips per optimizer step: never changes
-        if n // self.per_step == 0:
-            raise ConfigError(f"{cfg.source}: [train] batch_size * grad_accum_steps = {self.per_step} is more than "
-                              f"the {n} training clips; one optimizer step needs that many")
-        self.micro, self.oom_backoffs = t.batch_size, 0  # until a CUDA OOM halves it
-        earlier = backoff.recorded(cfg.run.state_dir, self.dist, self.per_step)  # a group's OOM before this start
-        if earlier is not None and earlier.micro_batch < self.micro:
-            self.micro, self.oom_backoffs = earlier.micro_batch, earlier.oom_backoffs
-            self.log.warning("train.oom_backoff_kept", micro_batch=self.micro, grad_accum=self.per_step // self.micro,
-                             since_step=earlier.step, rank=earlier.rank, record=str(oom.path(cfg.run.state_dir)))
-        self.layout = memory.choose_layout(
-            arch_of(base), cfg.data.frames, cfg.data.text_max_tokens, self.precision.dtype, t.batch_size,
-            t.grad_accum_steps, t.gradient_checkpointing,
-            torch.cuda.get_device_properties(self.device).total_memory if self.device.type == "cuda" else None)
-        self.checkpointing = self.layout.checkpointing if self.layout.micro_batch == t.batch_size else \
-            t.gradient_checkpointing != "off"  # nothing fits at this micro-batch: save what can be saved
+        step = plan_step(cfg, arch_of(base), self.precision.dtype, self.device, self.dist, n, self.log)
+        self.per_step, self.micro, self.oom_backoffs = step.per_step, step.micro, step.oom_backoffs
+        self.layout, self.checkpointing = step.layout, step.checkpointing
 
         self.model = TrainableMusicgen(base).to(self.device)
         del base.audio_encoder  # the codec is not needed to train on codes
@@ -139,9 +133,7 @@ class Trainer:
         self.batches, self.stop = self.dist.sliced(self.batches, self.model), self.dist.agreed(self.stop)
         precision.apply_attention_backends(self.precision)  # process-wide: the checkpointed recompute too
         self.attention = contextlib.nullcontext
-        self.oom_hook = test_oom_hook(os.environ.get(TEST_OOM_ABOVE))
-        if self.oom_hook:
-            self.log.warning("train.test_hook", hook=TEST_OOM_ABOVE, above=self.oom_hook[0], from_step=self.oom_hook[1])
+        self.oom_hook = test_oom_hook(os.environ.get(TEST_OOM_ABOVE), self.log)
 
         self.total = t.epochs * (n // self.per_step)
         self.shape = {**shape_of(base), "clips_per_step": self.per_step, "frames": cfg.data.frames, "train_clips": n}
@@ -180,10 +172,8 @@ class Trainer:
                                                 f"that the supervisor brings newer ones back from S3 first")
         if resumed is None:
             log.info("train.started", total_steps=self.total, steps_per_epoch=spe, device=str(self.device),
-                     dtype=self.precision.dtype, train_clips=len(self.train_split),
-                     valid_clips=len(self.valid_split), parameters=sum(p.numel() for p in self.model.parameters()),
-                     micro_batch=self.micro, grad_accum=self.per_step // self.micro,
-                     gradient_checkpointing=self.checkpointing,
+                     dtype=self.precision.dtype, train_clips=len(self.train_split), valid_clips=len(self.valid_split),
+                     parameters=sum(p.numel() for p in self.model.parameters()), **self.layout_fields(),
                      estimated_gpu_gib=round(self.layout.estimate.gpu_total() / memory.GIB, 1))
             return
         marker, payload = resumed
@@ -202,6 +192,7 @@ class Trainer:
         self.oom_backoffs = max(self.oom_backoffs, int(payload.get("oom_backoffs") or 0))  # or a group's record
         self.p = Progress(step=payload["step"], best_val=payload["best_val_loss"], last_val=payload["val_loss"],
                           last_val_step=payload["val_step"], last_ckpt=marker, resumed_from=marker.step)
+        self.saved_step = marker.step
         log.info("train.resumed", step=self.p.step, checkpoint=str(marker.path), epoch=self.p.step // spe,
                  micro_batch=self.micro, grad_accum=self.per_step // self.micro)
 
@@ -212,22 +203,24 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.precision.autocast)
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        if self.oom_hook and len(batch[0]) > self.oom_hook[0] and self.p.step >= self.oom_hook[1] \
-                and self.oom_hook[2] in (None, self.dist.rank):
-            raise torch.OutOfMemoryError(f"CUDA out of memory (test hook {TEST_OOM_ABOVE}: {len(batch[0])} clips "
-                                         f"> {self.oom_hook[0]})")
+        if self.oom_hook:
+            self.oom_hook(len(batch[0]), self.p.step, self.dist.rank)
         with self.attention(), self.autocast():
             return self.model(*batch)
 
     def train_step(self) -> None:
         """One optimizer step; on CUDA OOM, the same step again at half the micro-batch."""
+        self.backing_off(self._train_step, "training")
+
+    def backing_off(self, fn: Any, where: str) -> Any:
+        """fn(), again at half the micro-batch after each CUDA out-of-memory error."""
         while True:
             try:
-                return self._train_step()
+                return fn()
             except torch.OutOfMemoryError as e:
                 error = str(e).strip().splitlines()[0] if str(e).strip() else "CUDA out of memory"
             # Out of the except block: the traceback (and the activations its frames hold) is gone.
-            self.back_off(error, "training")
+            self.back_off(error, where)
 
     def _train_step(self) -> None:
         """One optimizer step over the step's clips, micro-batch by micro-batch, at its data position."""
@@ -294,13 +287,7 @@ class Trainer:
         t, valid, p = self.t, self.valid_split, self.p
         clips = len(valid) if not t.val_batches else min(len(valid), t.val_batches * t.batch_size)
         self.model.eval()
-        while True:
-            try:
-                total = self._validate(clips)
-                break
-            except torch.OutOfMemoryError as e:
-                error = str(e).strip().splitlines()[0] if str(e).strip() else "CUDA out of memory"
-            self.back_off(error, "validating")
+        total = self.backing_off(lambda: self._validate(clips), "validating")
         self.model.train()
         p.last_val, p.last_val_step = total / clips, p.step
         p.best_val = p.last_val if p.best_val is None else min(p.best_val, p.last_val)
@@ -320,10 +307,12 @@ class Trainer:
                 total += loss.double() * len(mine)
         return (self.dist.mean(total) * self.dist.world).item()
 
-    def save_checkpoint(self, then: str = "training") -> None:
-        """Commit a checkpoint of this step and prune the old ones."""
+    def save_checkpoint(self, then: str = "training", wait: bool = False) -> None:
+        """Checkpoint this step: the loop waits for the save before (one at a time) and the copy of
+        this step's state; the write commits in the background (async_save.py), or before return."""
         self.heartbeat("checkpointing")
-        p, started = self.p, time.monotonic()
+        p, since = self.p, time.monotonic()
+        self.committed(self.saver.wait())
         self.step_loss()
         payload = {**self.dist.model_state(self.model, self.optimizer), "rng_ranks": self.dist.gather(rng_state()),
                    "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
@@ -332,18 +321,29 @@ class Trainer:
                    "micro_batch": self.micro, "oom_backoffs": self.oom_backoffs, "config": to_dict(self.cfg)}
         meta = {"epoch": p.step // self.steps_per_epoch, "train_loss": p.loss, "val_loss": p.last_val,
                 "val_step": p.last_val_step}
-        p.last_ckpt = self.dist.save(self.cfg.checkpoint_dir, p.step, payload, meta, self.clock)
-        pruned = self.dist.prune(self.cfg.checkpoint_dir, self.t.keep_checkpoints)
-        self.log.info("checkpoint.saved", step=p.step, path=str(p.last_ckpt.path), bytes=p.last_ckpt.meta["bytes"],
-                      seconds=round(time.monotonic() - started, 3), pruned=pruned or None)
+        self.dist.save(self.saver, self.cfg.checkpoint_dir, p.step, payload, meta, self.clock,
+                       self.t.keep_checkpoints, since)
+        self.saved_step = p.step  # the same on every rank: what a stop decides on
+        if wait:
+            self.committed(self.saver.wait())
         self.heartbeat(then)
 
+    def committed(self, done: async_save.Committed | None) -> None:
+        """A save that has ended: the heartbeat's last checkpoint and longest write, and the log."""
+        if done is not None and done.marker is not None:
+            self.p.last_ckpt = done.marker
+            self.beat["checkpoint_write_s"] = round(max(self.beat.get("checkpoint_write_s", 0), done.write_s), 3)
+            done.log(self.log)
+
     def preempt(self, why: str) -> int:
-        """Asked to stop: make sure this step is checkpointed, say so, exit 75."""
-        if self.p.last_ckpt is None or self.p.last_ckpt.step != self.p.step:
-            self.save_checkpoint(then="stopped")
+        """Asked to stop: the save in flight commits, this step is checkpointed, exit 75."""
+        self.heartbeat("checkpointing")
+        self.committed(self.saver.wait())
+        if self.saved_step != self.p.step:
+            self.save_checkpoint(then="stopped", wait=True)
         else:
             self.heartbeat("stopped")
-        self.log.info("train.preempted", reason=why, step=self.p.step, checkpoint=str(self.p.last_ckpt.path))
+        last = self.p.last_ckpt  # None on the ranks that commit nothing
+        self.log.info("train.preempted", reason=why, step=self.p.step, checkpoint=str(last.path) if last else None)
         self.dist.close()  # every rank agreed on this step
         return exits.PREEMPTED
