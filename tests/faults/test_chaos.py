@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import pickle
 import random
 import re
 import signal
@@ -59,6 +60,10 @@ KINDS = {
     "disk.full": 6, "disk.read-only": 6, "imds.503": 5, "imds.timeout": 5, "s3.refusing": 5, "smtp.down": 5,
     "corrupt.state.json": 6, "corrupt.heartbeat": 6, "corrupt.marker": 6, "corrupt.pt-byte-flip": 6,
     "corrupt.hold": 6,
+    # the borders (issue 17): a metadata service that drips, cuts short, floods or garbles; a bucket
+    # that lists but refuses reads; a pickle and a foreign or future state.json planted in it
+    "imds.slow": 3, "imds.short": 3, "imds.huge": 2, "imds.undecodable": 3, "s3.refuse-reads": 4,
+    "s3.planted-pickle": 3, "s3.planted-state+supervisor.sigkill": 3,
     # the same faults where a restarted supervisor meets them: it must come up and watch
     "corrupt.state.json+supervisor.sigkill": 2, "disk.full+supervisor.sigkill": 2,
     "disk.read-only+supervisor.sigkill": 2,
@@ -83,9 +88,13 @@ def losses(logdir: Path) -> dict[str, list[tuple[int, float]]]:
 class Chaos:
     """The run, the faults and the invariants. One thread: inject, then `pump` checks while time passes."""
 
-    def __init__(self, tmp_path: Path, config: Path, rng: random.Random, notify, imds, smtp, s3, bucket: str):
+    def __init__(self, tmp_path: Path, config: Path, rng: random.Random, notify, imds, smtp, s3, bucket: str,
+                 faulty=None):
         self.tmp, self.config, self.rng, self.notify = tmp_path, config, rng, notify
-        self.imds, self.smtp, self.s3, self.bucket = imds, smtp, s3, bucket
+        self.imds, self.smtp, self.s3, self.bucket, self.faulty = imds, smtp, s3, bucket, faulty
+        self.run_id: str | None = None              # the run's id: nothing from the bucket may change it
+        self.planted: set[str] = set()              # .pt names planted in the bucket (set aside when read)
+        self.pickle_ran = tmp_path / "the-planted-pickle-ran"
         self.state_dir = tmp_path / "state"
         self.ckpt_dir = self.state_dir / "checkpoints"
         self.state_file = self.state_dir / "state.json"
@@ -200,6 +209,7 @@ class Chaos:
         state = self._state()
         if state is not None:
             self._check_money(state)
+            self._check_run_id(state)
         watching = self.sup is not None and self.frozen_sup is None and self.ready_at is not None
         updated = state.get("updated_at") if state else None
         if updated is not None and updated != self.last_updated[0]:
@@ -213,6 +223,19 @@ class Chaos:
             self.violation(f"state.json updated_at stuck at {updated} for {now - self.last_updated[1]:.1f} s "
                            "while the supervisor runs")
             self.last_updated = (updated, now)
+
+    def _check_run_id(self, state: dict) -> None:
+        rid = state.get("run_id")
+        if not isinstance(rid, str):   # garbage the test wrote itself (corrupt.state.json)
+            rid = self.run_id
+        if self.run_id is None:
+            self.run_id = rid
+        elif rid != self.run_id:
+            self.violation(f"the run changed from {self.run_id} to {rid} (a planted state.json taken?)")
+            self.run_id = rid
+        if self.pickle_ran.exists():
+            self.violation("a pickle planted in the bucket ran")
+            self.pickle_ran.rmdir()
 
     def _check_money(self, state: dict) -> None:
         cost = state.get("cost")
@@ -341,14 +364,23 @@ class Chaos:
             self.storage_fault = kind
             self.storage_window = (now, self._write_failed_lines())
             self.undo.append((now + rng.uniform(1.0, 3.0), kind, None))
-        elif kind in ("imds.503", "imds.timeout"):
-            if self.imds.fail_with or self.imds.delay_s:
+        elif kind.startswith("imds."):
+            if self.imds.fail_with or self.imds.delay_s or self.imds.fault:
                 return False
             if kind == "imds.503":
                 self.imds.fail_with = 503
-            else:
+            elif kind == "imds.timeout":
                 self.imds.delay_s = 1.5   # the daemon's imds_timeout is 1 s
+            else:   # slow, short, huge, undecodable; now and then the token request too
+                self.imds.set_fault(kind.split(".")[1], token=rng.random() < 0.3)
             self.undo.append((now + rng.uniform(1.0, 4.0), kind, None))
+        elif kind == "s3.refuse-reads":
+            if self.faulty.mode != "pass":
+                return False
+            self.faulty.mode = "refuse-reads"
+            self.undo.append((now + rng.uniform(2.0, 6.0), kind, None))
+        elif kind.startswith("s3.planted-"):
+            return self._plant(kind)
         elif kind == "s3.refusing":
             if not self._bucket_exists():
                 return False
@@ -425,11 +457,33 @@ class Chaos:
             self.storage_fault, self.storage_window = None, None
             self.last_updated = (self.last_updated[0], time.monotonic())
         elif kind.startswith("imds."):
-            self.imds.fail_with, self.imds.delay_s = None, 0.0
+            self.imds.clear_faults()
+        elif kind == "s3.refuse-reads":
+            self.faulty.mode = "pass"
         elif kind == "s3.refusing":
             self.s3.create_bucket(Bucket=self.bucket)
         elif kind == "smtp.down":
             self.smtp.up()
+
+    def _plant(self, kind: str) -> bool:
+        """What anyone with the instance role can write: a state.json of another run or dated 2099
+        at $0, or a committed checkpoint (marker and digest consistent) whose bytes are a pickle
+        that would run code, a few checkpoints ahead so the next restore takes it."""
+        from bucket_faults import plant_checkpoint, plant_state
+
+        if not self._bucket_exists():
+            return False
+        if kind == "s3.planted-state":
+            plant_state(self.s3, self.bucket, "run", self.rng.choice(["planted", self.run_id or "planted"]),
+                        "2099-01-01T00:00:00Z", 0.0)
+            return True
+        step = ((self._state() or {}).get("trainer") or {}).get("last_checkpoint_step")
+        if not isinstance(step, int) or step + 40 > STEPS:
+            return False
+        step += 40
+        plant_checkpoint(self.s3, self.bucket, "run", step, pickle.dumps(_Payload(self.pickle_ran)))
+        self.planted.add(f"step_{step:08d}.pt")
+        return True
 
     def _bucket_exists(self) -> bool:
         return any(b["Name"] == self.bucket for b in self.s3.list_buckets().get("Buckets", []))
@@ -447,6 +501,16 @@ class Chaos:
             self.frozen_sup = None
             self.last_ping = time.monotonic()
         self.last_updated = (self.last_updated[0], time.monotonic())
+
+
+class _Payload:
+    """Unpickled by a general unpickler, it makes a directory: the proof that planted code ran."""
+
+    def __init__(self, flag: Path):
+        self.flag = flag
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.flag),)
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -520,8 +584,11 @@ def test_chaos(tmp_path, state_tmpfs, aws, imds, smtp_sink, notify_socket, fault
     seed = int(os.environ.get("AMAPIANO_CHAOS_SEED", str(random.randrange(1 << 30))))
     print(f"chaos seed {seed} (replay: AMAPIANO_CHAOS_SEED={seed})", flush=True)
     rng = random.Random(seed)
+    from bucket_faults import FaultyBucket
+
     s3 = boto3.client("s3", endpoint_url=aws, region_name="us-east-1")
     s3.create_bucket(Bucket="chaos")
+    faulty = FaultyBucket(aws)   # the daemon's S3 and EC2 go through it; the test's own calls do not
     smtp_sink.up()
     imds.rebalance = {"noticeTime": "2026-01-01T00:00:00Z"}  # one early checkpoint-and-upload
     machine = {
@@ -529,7 +596,7 @@ def test_chaos(tmp_path, state_tmpfs, aws, imds, smtp_sink, notify_socket, fault
         "budget": {"hourly_rate_usd": RATE, "max_usd": 1e7, "check_every": "200ms", "ebs_gb": 0.0,
                    "alert_fractions": [0.99], "action": "none"},
         "idle": {"timeout": "1h", "warn_before": "10m", "check_every": "300ms", "action": "none"},
-        "aws": {"imds_url": imds.url, "endpoint_url": aws, "region": "us-east-1", "spot_poll": "500ms",
+        "aws": {"imds_url": imds.url, "endpoint_url": faulty.url, "region": "us-east-1", "spot_poll": "500ms",
                 "s3_bucket": "chaos", "s3_prefix": "run"},
         "milestone": {"at": "30d", "after": "30d"},   # not during this test
         "email": {"transport": "smtp", "to": ["person@example.com"], "sender": "bot@example.com",
@@ -541,7 +608,9 @@ def test_chaos(tmp_path, state_tmpfs, aws, imds, smtp_sink, notify_socket, fault
     ref_log = open(ref_dir / "trainer.log", "w")  # noqa: SIM115 - closed once the reference is done
     reference = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(write_config(ref_dir, TRAIN)),
                                   "--log-format", "json"], stdout=ref_log, stderr=subprocess.STDOUT)
-    chaos = Chaos(tmp_path, write_config(tmp_path, TRAIN, machine), rng, notify_socket, imds, smtp_sink, s3, "chaos")
+    imds.huge_bytes = 64 * 2**20   # the daemon reads 64 KiB of it; the rest is the test's own CPU
+    chaos = Chaos(tmp_path, write_config(tmp_path, TRAIN, machine), rng, notify_socket, imds, smtp_sink, s3, "chaos",
+                  faulty)
     chaos.began = time.monotonic()
     plan = draw_faults(rng, FAULTS)
     try:
@@ -587,6 +656,7 @@ def test_chaos(tmp_path, state_tmpfs, aws, imds, smtp_sink, notify_socket, fault
         chaos.calm()
         for d in chaos.daemons:
             d.kill()
+        faulty.close()
         if reference.poll() is None:
             reference.wait(300)
 
@@ -603,8 +673,14 @@ def test_chaos(tmp_path, state_tmpfs, aws, imds, smtp_sink, notify_socket, fault
     logs = "".join(d.log_path.read_text() for d in chaos.daemons)
     corrupt_lines = [json.loads(m.group(1)) for m in re.finditer(r"<\d>(\{[^\n]*\"event\":\"checkpoint\.corrupt\"[^\n]*\})", logs)]
     quarantined = sorted(p.name for p in (chaos.ckpt_dir / "corrupt").glob("*.pt")) if (chaos.ckpt_dir / "corrupt").exists() else []
+    refused_lines = [json.loads(m.group(1)) for m in re.finditer(r"<\d>(\{[^\n]*\"event\":\"checkpoint\.refused\"[^\n]*\})", logs)]
     for name in quarantined:
-        if name not in chaos.damaged:
+        if re.sub(r"\.\d+\.pt$", ".pt", name) in chaos.planted:
+            if any(e.get("step") == int(name[5:13]) for e in refused_lines):
+                chaos.checks["planted checkpoint set aside with a log line, its pickle never run"] += 1
+            else:
+                chaos.violation(f"{name}, planted in the bucket, set aside without a checkpoint.refused line")
+        elif name not in chaos.damaged:
             chaos.violation(f"{name} quarantined, but the test never damaged it")
         elif not any(e.get("step") == int(name[5:13]) for e in corrupt_lines):
             chaos.violation(f"{name} quarantined without a checkpoint.corrupt line")
