@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("script, args, expect", [
-    ("checkpoint_speed.py", ["--params", "2e6", "--repeats", "1"], "save / raw speed:"),
+    ("checkpoint_speed.py", ["--params", "2e6", "--repeats", "1"], "stall / raw write:"),
     ("throughput.py", ["--steps", "3"], "throughput:"),
     ("loop_overhead.py", ["--steps", "2", "--blocks", "1"], "overhead ratio (worker / bare"),
     ("memory_probe.py", ["--layers", "1", "--frames", "50", "--text-tokens", "8"], '"ratio"'),
