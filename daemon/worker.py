@@ -52,7 +52,8 @@ def processes(train: TrainConfig, gpus: int | None = None) -> int:
     if train.device == "cpu":
         return 1
     width = max(1, visible_gpus() if gpus is None else gpus)
-    while train.batch_size % width:
+    unit = train.batch_size if isinstance(train.batch_size, int) else train.per_step  # "auto": any micro-batch
+    while unit % width:
         width -= 1
     return width
 

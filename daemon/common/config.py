@@ -88,11 +88,22 @@ class DatasetConfig:
     tokenize_batch: int = field(default=8, metadata=POSITIVE)
 
 
+AUTO_CLIPS_PER_STEP = 32  # the production step: 8 x 4 clips before batch_size = "auto"
+AUTO_EVAL_BATCH = 8
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = field(default=20, metadata=POSITIVE)
-    batch_size: int = field(default=8, metadata=POSITIVE)
-    grad_accum_steps: int = field(default=4, metadata=POSITIVE)
+    # Clips in one forward/backward pass. "auto": the micro-batch whose step is fastest among those
+    # that fit this GPU by the memory model (trainer/worker/speed.py), at most 8 on the CPU, the
+    # accumulation making up clips_per_step. A number: that micro-batch, x grad_accum_steps a step.
+    batch_size: int | Literal["auto"] = field(default="auto", metadata=_check(
+        lambda v: v == "auto" or 0 < v <= 4096, "must be \"auto\" or a number of clips from 1 to 4096"))
+    grad_accum_steps: int = field(default=4, metadata=POSITIVE)  # with a numeric batch_size
+    # Clips per optimizer step (the data order and the loss curve follow it, not the micro-batch):
+    # 0 is batch_size x grad_accum_steps, or AUTO_CLIPS_PER_STEP with batch_size = "auto".
+    clips_per_step: int = field(default=0, metadata=between(0, 100_000))
     lr: float = field(default=1e-5, metadata=POSITIVE)
     warmup_steps: int = field(default=500, metadata=NON_NEGATIVE)
     min_lr_ratio: float = field(default=0.1, metadata=FRACTION)
@@ -106,10 +117,12 @@ class TrainConfig:
     # (about a third more compute). "auto": on where `amapiano-train plan` finds that the
     # micro-batch does not fit this GPU without it.
     gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
-    compile: bool = False  # torch.compile the model (minutes of start-up, faster steps on a GPU)
+    # torch.compile the model (minutes of start-up, faster steps on a GPU); "auto": on a GPU, when the
+    # steps this worker has left pay for the compilation (trainer/worker/speed.py).
+    compile: bool | Literal["auto"] = "auto"
     log_every: int = field(default=10, metadata=POSITIVE)  # steps between heartbeats
     val_every: int = field(default=500, metadata=POSITIVE)
-    val_batches: int = field(default=0, metadata=NON_NEGATIVE)  # 0: the whole valid split
+    val_batches: int = field(default=0, metadata=NON_NEGATIVE)  # 0: the whole valid split; else x eval_batch clips
     checkpoint_every: int = field(default=1000, metadata=POSITIVE)
     keep_checkpoints: int = field(default=3, metadata=POSITIVE)
     cpu_threads: int = field(default=0, metadata=NON_NEGATIVE)  # 0: torch's default
@@ -122,6 +135,18 @@ class TrainConfig:
     # "ddp": every process holds the whole model; "fsdp": parameters, gradients and optimizer
     # state sharded across processes (musicgen-medium and -large), checkpoints sharded too.
     strategy: Literal["ddp", "fsdp"] = "ddp"
+
+    @property
+    def per_step(self) -> int:
+        """Clips per optimizer step: what the data order and the curve follow, whatever the micro-batch."""
+        if self.clips_per_step:
+            return self.clips_per_step
+        return self.batch_size * self.grad_accum_steps if isinstance(self.batch_size, int) else AUTO_CLIPS_PER_STEP
+
+    @property
+    def eval_batch(self) -> int:
+        """Clips a validation batch counts in (val_batches, evaluation): batch_size, 8 with "auto"."""
+        return self.batch_size if isinstance(self.batch_size, int) else AUTO_EVAL_BATCH
 
 
 @dataclass(frozen=True)

@@ -31,15 +31,46 @@ def _dur(seconds: float) -> str:
     return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
 
 
-def _train(cfg: Any) -> str | None:
-    t, d = cfg.train, cfg.data
-    if isinstance(t.nproc_per_node, int) and t.batch_size % t.nproc_per_node:
-        n = t.nproc_per_node
+AUTO_GRAD_ACCUM = 4  # TrainConfig's default: the one value that says nothing beside batch_size = "auto"
+
+
+def step_words(train: Any) -> str:
+    """What a person set for the clips per optimizer step, as the messages name it."""
+    return "clips_per_step" if train.batch_size == "auto" else "batch_size x grad_accum_steps"
+
+
+def _width(t: Any) -> str | None:
+    n = t.nproc_per_node
+    if not isinstance(n, int):
+        return None
+    if t.batch_size != "auto" and t.batch_size % n:
         return (f"[train] batch_size ({t.batch_size}) must divide by nproc_per_node ({n}): each process takes an "
                 f"equal slice of every micro-batch; make batch_size a multiple of {n}, or change nproc_per_node")
-    per_step = t.batch_size * t.grad_accum_steps
-    if d.source == "synthetic" and per_step > d.synthetic_train_clips:
-        return (f"[train] batch_size x grad_accum_steps ({per_step}) is more than [data] synthetic_train_clips "
+    if t.batch_size == "auto" and t.per_step % n:
+        return (f"[train] clips_per_step ({t.per_step}) must divide by nproc_per_node ({n}) with batch_size = "
+                f"\"auto\": each process takes an equal slice of every micro-batch; make it a multiple of {n}")
+    return None
+
+
+def _step(t: Any) -> str | None:
+    if t.batch_size == "auto" and t.grad_accum_steps != AUTO_GRAD_ACCUM:
+        return (f"[train] grad_accum_steps is chosen with batch_size = \"auto\" (the accumulation makes up "
+                f"clips_per_step at the micro-batch that fits): set clips_per_step, the clips per optimizer step, "
+                f"instead (got grad_accum_steps = {t.grad_accum_steps})")
+    if t.batch_size != "auto" and t.clips_per_step not in (0, t.batch_size * t.grad_accum_steps):
+        return (f"[train] clips_per_step ({t.clips_per_step}) must be batch_size x grad_accum_steps "
+                f"({t.batch_size * t.grad_accum_steps}) or 0 with a numeric batch_size: set one or the other, or "
+                "batch_size = \"auto\"")
+    return None
+
+
+def _train(cfg: Any) -> str | None:
+    t, d = cfg.train, cfg.data
+    problem = _width(t) or _step(t)
+    if problem:
+        return problem
+    if d.source == "synthetic" and t.per_step > d.synthetic_train_clips:
+        return (f"[train] {step_words(t)} ({t.per_step}) is more than [data] synthetic_train_clips "
                 f"({d.synthetic_train_clips}): one optimizer step needs that many clips; lower them or raise the clips")
     if t.device == "cpu" and t.precision in ("bf16", "fp16"):
         return f"[train] precision \"{t.precision}\" needs a GPU, and [train] device is \"cpu\": use \"auto\" or \"fp32\""

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Trainer throughput: the worker's own optimizer step (Trainer.train_step), timed. Prints samples/s,
-tokens/s, and on a GPU the MFU against that GPU's peak, peak memory beside the plan's estimate,
-and NVML utilisation. The goal for musicgen-small on one H100: MFU >= 40 %, which puts 20 epochs
-of the 8,000-clip proxy subset under an hour.
+"""Trainer throughput: the worker's own optimizer step (Trainer.train_step), timed after a warm-up.
+Prints samples/s, tokens/s, and on a GPU the MFU against that GPU's peak, `plan`'s estimate for the
+same GPU, layout and precision beside it (trainer/worker/speed.py; the error in %), peak memory
+beside the memory model's estimate, and NVML utilisation. The goal for musicgen-small on an
+H100/H200 in bf16: MFU >= 45 %, measured over >= 100 steps after warm-up (--real's default). On the
+CPU it runs the same step (the tiny model unless --real) and says that no GPU figure was measured.
 
     .venv/bin/python scripts/bench/throughput.py                       # the tests' tiny model (CPU)
-    .venv/bin/python scripts/bench/throughput.py --real --steps 20      # musicgen-small's architecture,
-                                                                        # random weights, random codes
-    .venv/bin/python scripts/bench/throughput.py --real --compile --json out.json
+    .venv/bin/python scripts/bench/throughput.py --real                # musicgen-small's architecture,
+                                                                        # random weights, random codes, 100 steps
+    .venv/bin/python scripts/bench/throughput.py --real --compile --warmup 10 --json out.json
 
 MFU = model FLOPs/s / peak. Model FLOPs per clip (trainer/worker/memory.py Arch.flops_per_sample)
 count only per-position work at every audio position: 6 x the matmul parameters applied there
@@ -52,12 +54,15 @@ def bench_trainer(args, work: Path):
         args.config = write_config(work, {"train": {"epochs": 1000}})
     cfg = load_config(args.config)
     train = {"compile": args.compile}
-    if args.batch_size:
-        train["batch_size"] = args.batch_size
-    if args.grad_accum:
+    if args.batch_size:  # a fixed micro-batch; the clips per step stay the config's unless --grad-accum says
+        train.update(batch_size=args.batch_size, clips_per_step=0,
+                     grad_accum_steps=args.grad_accum or max(1, cfg.train.per_step // args.batch_size))
+    elif args.grad_accum:
         train["grad_accum_steps"] = args.grad_accum
     if args.checkpointing:
         train["gradient_checkpointing"] = args.checkpointing
+    if getattr(args, "precision", None):  # loop_overhead.py's arguments have none
+        train["precision"] = args.precision
     cfg = dataclasses.replace(
         cfg, train=dataclasses.replace(cfg.train, **train),
         run=dataclasses.replace(cfg.run, state_dir=work / "state", log_dir=work / "logs", cache_dir=work / "cache"),
@@ -68,8 +73,7 @@ def bench_trainer(args, work: Path):
     if args.real:
         arch = memory.MUSICGEN_SMALL
         base = random_base(arch)
-        per_step = cfg.train.batch_size * cfg.train.grad_accum_steps
-        n = per_step * 4
+        n = cfg.train.per_step * 4
         g = torch.Generator().manual_seed(0)
         split = Split(torch.randint(0, arch.vocab, (n, arch.codebooks, cfg.data.frames), generator=g, dtype=torch.int16),
                       torch.randn(n, cfg.data.text_max_tokens, arch.text_hidden, generator=g).half(),
@@ -113,16 +117,19 @@ def main() -> int:
     p.add_argument("--synthetic", action="store_true", help="synthetic codes instead of the token cache")
     p.add_argument("--real", action="store_true", help="musicgen-small's architecture, random weights and codes")
     p.add_argument("--compile", action="store_true", help="[train] compile = true")
-    p.add_argument("--batch-size", type=int, help="override [train] batch_size")
+    p.add_argument("--batch-size", type=int, help="a fixed micro-batch instead of [train] batch_size")
     p.add_argument("--grad-accum", type=int, help="override [train] grad_accum_steps")
     p.add_argument("--checkpointing", choices=("auto", "on", "off"), help="override [train] gradient_checkpointing")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"),
+                   help="override [train] precision (fp16: the T4's layout on a larger GPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default: 100 with --real, else 20)")
+    p.add_argument("--warmup", type=int, default=3, help="steps before the timing (compilation, autotuning)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
+    args.steps = args.steps or (100 if args.real else 20)
     import torch
 
-    from trainer.worker import memory, plan
+    from trainer.worker import memory
 
     work = Path(tempfile.mkdtemp(prefix="bench-tp-"))
     tr = bench_trainer(args, work)
@@ -178,28 +185,11 @@ def main() -> int:
     print(f"throughput: {samples_s:.2f} samples/s, {samples_s * positions:,.0f} tokens/s, "
           f"{args.steps / seconds:.2f} optimizer steps/s ({flops / 1e12:.1f} model TFLOP/s)")
     if cuda:
-        try:
-            gpu = plan.gpu_named(torch.cuda.get_device_name())
-            peak = gpu.peak_tflops
-            figures.update(mfu=round(flops / (peak * 1e12), 4), peak_tflops=peak, peak_from=gpu.name)
-            print(f"MFU: {100 * figures['mfu']:.1f} % of {peak:g} TFLOP/s ({gpu.name} peak, "
-                  f"{'fp16' if gpu.capability < (8, 0) else 'dense bf16'})")
-        except ValueError:
-            print("MFU: unknown peak for this GPU (add it to trainer/worker/plan.py)")
-        est = tr.layout.estimate if tr.micro == tr.layout.micro_batch else memory.estimate(
-            arch, tr.micro, cfg.data.frames, cfg.data.text_max_tokens, tr.precision.dtype, tr.checkpointing,
-            tr.per_step // tr.micro)
-        figures.update(max_allocated_gib=round(torch.cuda.max_memory_allocated() / memory.GIB, 2),
-                       max_reserved_gib=round(torch.cuda.max_memory_reserved() / memory.GIB, 2),
-                       estimate_gib=round(est.peak / memory.GIB, 2),
-                       estimate_gpu_total_gib=round(est.gpu_total() / memory.GIB, 2))
-        print(f"peak memory: {figures['max_allocated_gib']} GiB allocated, {figures['max_reserved_gib']} GiB reserved "
-              f"(estimate {figures['estimate_gib']} GiB of tensors, {figures['estimate_gpu_total_gib']} GiB in all)")
-        if util is not None and util.samples:
-            figures.update(nvml_util_pct=round(sum(util.samples) / len(util.samples), 1),
-                           nvml_memory_used_gib=round(max(util.memory_used) / memory.GIB, 2))
-            print(f"NVML: GPU utilisation {figures['nvml_util_pct']} % during the steps, "
-                  f"{figures['nvml_memory_used_gib']} GiB used at most")
+        gpu_figures(figures, tr, arch, util, samples_s, flops)
+    else:
+        figures["gpu"] = "not measured"
+        print("GPU figures: not measured (no CUDA device here): MFU, plan's estimate beside it and peak GPU memory "
+              "need a GPU; run scripts/bench/gpu_session.sh on one")
     hours = 20 * 8000 / samples_s / 3600
     figures["hours_20_epochs_8000_clips"] = round(hours, 2)
     print(f"20 epochs of 8,000 clips at this pace: {hours:.2f} h")
@@ -209,6 +199,46 @@ def main() -> int:
 
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def gpu_figures(figures: dict, tr, arch, util, samples_s: float, flops: float) -> None:
+    """MFU, plan's estimate for this GPU and layout beside the measured samples/s, peak memory, NVML."""
+    import torch
+
+    from trainer.worker import memory, plan, speed
+
+    cfg = tr.cfg
+    try:
+        gpu = plan.gpu_named(torch.cuda.get_device_name())
+    except ValueError:
+        print("MFU: unknown peak for this GPU (add it to trainer/worker/plan.py)")
+        gpu = None
+    if gpu is not None:
+        peak = plan.peak_tflops(gpu, tr.precision.dtype)
+        figures.update(mfu=round(flops / (peak * 1e12), 4), peak_tflops=peak, peak_from=gpu.name)
+        print(f"MFU: {100 * figures['mfu']:.1f} % of {peak:g} TFLOP/s ({gpu.name} peak, {tr.precision.dtype})")
+        share = tr.micro // tr.dist.world
+        est = speed.samples_per_s(arch, cfg.data.frames, cfg.data.text_max_tokens, gpu.name, peak, share,
+                                  tr.checkpointing)
+        basis = speed.curve(gpu.name)
+        figures.update(plan_samples_per_s=round(est, 2), plan_mfu=round(basis.at(share), 4), plan_basis=basis.basis,
+                       plan_error_pct=round(100 * (est - samples_s) / samples_s, 1))
+        print(f"plan's estimate: {est:.2f} samples/s, MFU {100 * basis.at(share):.1f} % ({basis.basis}); "
+              f"error {figures['plan_error_pct']:+.1f} % against the measured {samples_s:.2f} samples/s (goal: within 10 %)")
+    est = tr.layout.estimate if tr.micro == tr.layout.micro_batch else memory.estimate(
+        arch, tr.micro, cfg.data.frames, cfg.data.text_max_tokens, tr.precision.dtype, tr.checkpointing,
+        tr.per_step // tr.micro)
+    figures.update(max_allocated_gib=round(torch.cuda.max_memory_allocated() / memory.GIB, 2),
+                   max_reserved_gib=round(torch.cuda.max_memory_reserved() / memory.GIB, 2),
+                   estimate_gib=round(est.peak / memory.GIB, 2),
+                   estimate_gpu_total_gib=round(est.gpu_total() / memory.GIB, 2))
+    print(f"peak memory: {figures['max_allocated_gib']} GiB allocated, {figures['max_reserved_gib']} GiB reserved "
+          f"(estimate {figures['estimate_gib']} GiB of tensors, {figures['estimate_gpu_total_gib']} GiB in all)")
+    if util is not None and util.samples:
+        figures.update(nvml_util_pct=round(sum(util.samples) / len(util.samples), 1),
+                       nvml_memory_used_gib=round(max(util.memory_used) / memory.GIB, 2))
+        print(f"NVML: GPU utilisation {figures['nvml_util_pct']} % during the steps, "
+              f"{figures['nvml_memory_used_gib']} GiB used at most")
 
 
 class _Null:

@@ -10,7 +10,7 @@ from daemon.common.config import ConfigError, Duration, load_config
 def test_shipped_configs_are_valid_and_carry_the_seed_values():
     prod = load_config(PROD_TOML)
     assert prod.model.source == "pretrained" and prod.model.pretrained == "facebook/musicgen-small"
-    assert prod.train.epochs == 20 and prod.train.batch_size == 8 and prod.train.grad_accum_steps > 1
+    assert prod.train.epochs == 20 and prod.train.batch_size == "auto" and prod.train.per_step == 32
     assert prod.train.val_every == 60 and prod.train.checkpoint_every == 50  # ~1,200 steps in the whole run
     assert prod.idle.timeout == 2 * 3600
     assert prod.milestone.at == "62.5%"  # week 5 of 8, as a share of training (it arrives however fast)

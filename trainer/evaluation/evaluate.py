@@ -96,8 +96,8 @@ def _val_loss(cfg, model, val, device) -> float | None:
     trainable = TrainableMusicgen(model)
     total, count = 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(val), cfg.train.batch_size):
-            idx = torch.arange(start, min(start + cfg.train.batch_size, len(val)))
+        for start in range(0, len(val), cfg.train.eval_batch):
+            idx = torch.arange(start, min(start + cfg.train.eval_batch, len(val)))
             total += trainable(*val.batch(idx, device)).item() * len(idx)
             count += len(idx)
     return total / count if count and math.isfinite(total) else None  # a diverged model: unknown, not NaN

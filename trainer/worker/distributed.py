@@ -303,8 +303,9 @@ def init(cfg: Config) -> Group:
     if world == 1:
         return Group()
     t = cfg.train
-    if t.batch_size % world:
-        raise ConfigError(f"{cfg.source}: [train] batch_size ({t.batch_size}) must divide by the {world} processes "
+    key, unit = ("batch_size", t.batch_size) if isinstance(t.batch_size, int) else ("clips_per_step", t.per_step)
+    if unit % world:
+        raise ConfigError(f"{cfg.source}: [train] {key} ({unit}) must divide by the {world} processes "
                           "(nproc_per_node): each takes an equal slice of every micro-batch")
     die_with_parent()
     cuda = t.device != "cpu" and torch.cuda.is_available()

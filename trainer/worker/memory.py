@@ -25,6 +25,7 @@ on a GPU the CUDA context and the caching allocator's slack are added on top (`g
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -187,6 +188,39 @@ def estimate(arch: Arch, micro_batch: int, frames: int, text_tokens: int, dtype:
     grads, copies_held, acts = max(start, end, key=sum)
     return Estimate(weights=weights, optimizer=optimizer, gradients=grads, weight_copies=copies_held,
                     activations=acts, peak=weights + optimizer + grads + copies_held + acts)
+
+
+def sharded(est: Estimate, n: int) -> Estimate:
+    """FSDP over n processes: each holds 1/n of the weights, gradients and optimizer state (one
+    layer's weights gathered at a time is noise beside them)."""
+    held = est.weights + est.optimizer + est.gradients
+    return dataclasses.replace(est, weights=est.weights // n, optimizer=est.optimizer // n,
+                               gradients=est.gradients // n, peak=est.peak - held * (n - 1) // n)
+
+
+@dataclass(frozen=True)
+class Host:
+    """Host memory of one machine's workers: the checkpoint's copy (model + AdamW, fp32, once per
+    machine whatever the width), the splits each process holds, and each process's own."""
+
+    snapshot: int
+    data: int
+    processes: int
+
+    @property
+    def total(self) -> int:
+        return self.snapshot + self.data + self.processes
+
+    def snapshot_fits(self, host_ram: int) -> bool:
+        """Whether the worker writes checkpoints in the background (else blocking: async_save.py)."""
+        return self.total + HOST_RESERVE <= host_ram
+
+
+def host(arch: Arch, frames: int, text_tokens: int, clips: int, nproc: int = 1) -> Host:
+    """What the checkpoints' background writes and the data need of the host's RAM (`clips`: train
+    and valid, each process holding them: codes int16, text states fp16 and their mask)."""
+    per_clip = arch.codebooks * frames * 2 + text_tokens * (arch.text_hidden * 2 + 1)
+    return Host(snapshot=12 * arch.parameters, data=nproc * clips * per_clip, processes=nproc * HOST_PROCESS)
 
 
 def smaller_micro_batch(clips_per_step: int, micro_batch: int, world: int = 1) -> int | None:

@@ -1,21 +1,22 @@
 """`amapiano-train plan`: before anyone pays, what each GPU would do with this config and data.
 
-Per GPU: the precision (precision.py), micro-batch x accumulation and gradient checkpointing
-(memory.choose_layout), the estimated peak GPU memory and whether it fits, the hours to train all
-epochs at a stated MFU, and the cost at an hourly price. Standard library only, like memory.py:
-the plan runs before torch is installed.
+Per GPU: the precision (precision.py), micro-batch x accumulation and gradient checkpointing (the
+worker's own choice: speed.layout_for), the estimated peak GPU memory and whether it fits, the host
+memory the checkpoints' background writes need beside the data (memory.host) and whether the
+instance has it, the MFU (measured on that GPU class, or estimated: speed.py), the hours to train
+all epochs, whether `compile = "auto"` compiles, and the cost at an hourly price. Standard library
+only, like memory.py: the plan runs before torch is installed.
 
     amapiano-train plan --config FILE [--gpu T4] [--clips 8000] [--price 0.53] [--mfu 0.35] [--json]
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from dataclasses import asdict, dataclass
 
-from . import memory, precision
+from . import memory, precision, speed
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Gpu:
     memory_gib: float      # what torch.cuda.get_device_properties().total_memory reports, about
     peak_tflops: float     # dense, in the precision "auto" trains in (fp16 on a T4, bf16 elsewhere)
     aws: str               # the one-GPU instance (or the family) that carries it
+    host_gib: float        # that instance's RAM (AWS's instance type pages)
 
 
 # Peaks, dense (no 2:4 sparsity), from the vendor's datasheets:
@@ -36,15 +38,17 @@ class Gpu:
 #   H100 SXM: 989 TFLOPS bf16 (1,979 with sparsity), NVIDIA H100 datasheet; H200 SXM: the same
 #   tensor cores, NVIDIA H200 datasheet.
 GPUS = (
-    Gpu("T4", (7, 5), 14.6, 65.0, "g4dn.xlarge"),
-    Gpu("A10G", (8, 6), 22.0, 70.0, "g5.xlarge"),
-    Gpu("L4", (8, 9), 22.0, 121.0, "g6.xlarge"),
-    Gpu("A100-40GB", (8, 0), 39.4, 312.0, "p4d.24xlarge (8 GPUs)"),
-    Gpu("A100-80GB", (8, 0), 79.1, 312.0, "p4de.24xlarge (8 GPUs)"),
-    Gpu("H100", (9, 0), 79.1, 989.0, "p5.48xlarge (8 GPUs)"),
+    Gpu("T4", (7, 5), 14.6, 65.0, "g4dn.xlarge", 16),
+    Gpu("A10G", (8, 6), 22.0, 70.0, "g5.xlarge", 16),
+    Gpu("L4", (8, 9), 22.0, 121.0, "g6.xlarge", 16),
+    Gpu("A100-40GB", (8, 0), 39.4, 312.0, "p4d.24xlarge (8 GPUs)", 1152),
+    Gpu("A100-80GB", (8, 0), 79.1, 312.0, "p4de.24xlarge (8 GPUs)", 1152),
+    Gpu("H100", (9, 0), 79.1, 989.0, "p5.48xlarge (8 GPUs)", 2048),
 )
-DEFAULT_MFU = 0.35
-RECOMPUTE = 4 / 3  # checkpointing runs each layer's forward twice: 4 units of work instead of 3
+
+
+def peak_tflops(gpu: Gpu, dtype: str) -> float:
+    return gpu.peak_tflops if dtype != "fp32" else gpu.peak_tflops / 2  # TF32: half the tensor rate
 
 
 def gpu_named(name: str) -> Gpu:
@@ -69,58 +73,75 @@ class Row:
     est_memory_gb: float      # GiB, what the GPU must hold: tensors, allocator slack, CUDA context
     gpu_memory_gb: float
     fits: bool
+    host_gib_needed: float    # the checkpoint's host copy, the data and the processes (memory.host)
+    host_gib: float           # the instance's RAM
+    snapshot_gib: float
+    async_checkpoints: bool   # the host holds the copy: checkpoints written in the background
     clips: int
     epochs: int
     mfu: float
+    mfu_basis: str            # "measured ..." on that GPU class, or "estimated ...", or "--mfu"
     peak_tflops: float
+    samples_per_s: float
     est_hours: float
+    compile: bool             # what compile = "auto" does for a run from step 0 (or the config's)
     usd_per_hour: float | None
     est_cost_usd: float | None
     aws: str
 
 
-def plan_row(arch: memory.Arch, gpu: Gpu, cfg, clips: int, mfu: float, price: float | None, nproc: int = 1) -> Row:
+def plan_row(arch: memory.Arch, gpu: Gpu, cfg, clips: int, mfu: float | None, price: float | None,
+             nproc: int = 1, valid: int = 0) -> Row:
     """One GPU model, nproc of them: each takes a 1/nproc slice of every micro-batch; with FSDP
     each also holds 1/nproc of the weights, gradients and optimizer state (the hours assume
     linear scaling, which gradient traffic erodes; the price is per GPU)."""
     t, d = cfg.train, cfg.data
     prec = precision.choose(gpu.capability, t.precision)
-    share = max(1, t.batch_size // nproc)  # this GPU's slice of each micro-batch
-    layout = memory.choose_layout(arch, d.frames, d.text_max_tokens, prec.dtype, share, t.grad_accum_steps,
-                                  t.gradient_checkpointing, int(gpu.memory_gib * memory.GIB))
-    if nproc > 1 and t.strategy == "fsdp":  # sharded state; one layer's weights gathered at a time is noise
-        e = layout.estimate
-        sharded = dataclasses.replace(e, weights=e.weights // nproc, optimizer=e.optimizer // nproc,
-                                      gradients=e.gradients // nproc,
-                                      peak=e.peak - (e.weights + e.optimizer + e.gradients) * (nproc - 1) // nproc)
-        layout = dataclasses.replace(layout, estimate=sharded, fits=sharded.gpu_total() <= gpu.memory_gib * memory.GIB)
-    steps = t.epochs * (clips // (t.batch_size * t.grad_accum_steps))
-    flops = steps * t.batch_size * t.grad_accum_steps * arch.flops_per_sample(d.frames, d.text_max_tokens)
-    peak = gpu.peak_tflops if prec.dtype != "fp32" else gpu.peak_tflops / 2  # TF32: half the tensor rate
-    hours = flops * (RECOMPUTE if layout.checkpointing else 1) / (peak * 1e12 * mfu * nproc) / 3600
+    layout = speed.layout_for(cfg, arch, prec.dtype, int(gpu.memory_gib * memory.GIB), nproc)
+    share, peak = layout.micro_batch // nproc, peak_tflops(gpu, prec.dtype)
+    rate = speed.samples_per_s(arch, d.frames, d.text_max_tokens, gpu.name, peak, share, layout.checkpointing,
+                               nproc, mfu)
+    steps = t.epochs * (clips // t.per_step)
+    hours = steps * t.per_step / rate / 3600
+    compiles = t.compile if t.compile != "auto" else speed.compile_pays(steps, t.per_step / rate)
+    host = memory.host(arch, d.frames, d.text_max_tokens, clips + valid, nproc)
     return Row(gpu=gpu.name, precision=prec.dtype, micro_batch=layout.micro_batch, grad_accum=layout.grad_accum,
                gradient_checkpointing=layout.checkpointing,
                est_memory_gb=round(layout.estimate.gpu_total() / memory.GIB, 1), gpu_memory_gb=gpu.memory_gib,
-               fits=layout.fits, clips=clips, epochs=t.epochs, mfu=mfu, peak_tflops=peak,
-               est_hours=round(hours, 2), usd_per_hour=price,
+               fits=layout.fits, host_gib_needed=round(host.total / memory.GIB, 1), host_gib=gpu.host_gib,
+               snapshot_gib=round(host.snapshot / memory.GIB, 1),
+               async_checkpoints=host.snapshot_fits(int(gpu.host_gib * memory.GIB)), clips=clips, epochs=t.epochs,
+               mfu=round(mfu if mfu is not None else speed.curve(gpu.name).at(share), 4),
+               mfu_basis="--mfu" if mfu is not None else speed.curve(gpu.name).basis, peak_tflops=peak,
+               samples_per_s=round(rate, 2), est_hours=round(hours, 2), compile=compiles, usd_per_hour=price,
                est_cost_usd=round(hours * price * nproc, 2) if price is not None else None, aws=gpu.aws)
+
+
+def cached_clips(cfg, split: str) -> int:
+    """Finished clips of a split in the token cache (0 when there is none)."""
+    try:
+        index = json.loads((cfg.tokens_dir / "index.json").read_text())
+        status = (cfg.tokens_dir / "status.u8").read_bytes()
+        return sum(1 for i, c in enumerate(index["clips"]) if c.get("split") == split and i < len(status)
+                   and status[i] == 1)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0
 
 
 def train_clips(cfg) -> tuple[int, str]:
     """(finished train clips in the token cache, "token cache"), else [dataset] train_size."""
-    index_path = cfg.tokens_dir / "index.json"
-    try:
-        index = json.loads(index_path.read_text())
-        status = (cfg.tokens_dir / "status.u8").read_bytes()
-        n = sum(1 for i, c in enumerate(index["clips"]) if c.get("split") == "train" and i < len(status)
-                and status[i] == 1)
-        if n:
-            return n, f"token cache {cfg.tokens_dir}"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
+    if n := cached_clips(cfg, "train"):
+        return n, f"token cache {cfg.tokens_dir}"
     if cfg.data.source == "synthetic":
         return cfg.data.synthetic_train_clips, "[data] synthetic_train_clips"
     return cfg.dataset.train_size, "[dataset] train_size (no token cache yet)"
+
+
+def valid_clips(cfg) -> int:
+    """The validation clips a worker holds beside the training ones (host memory)."""
+    if cfg.data.source == "synthetic":
+        return cfg.data.synthetic_valid_clips
+    return cached_clips(cfg, "valid") or cfg.dataset.valid_size
 
 
 def live_price(cfg) -> tuple[float, str] | None:
@@ -158,13 +179,15 @@ def add_parser(sub) -> None:
     p.add_argument("--gpu", metavar="NAME", help=f"one of {', '.join(g.name for g in GPUS)} (default: all)")
     p.add_argument("--clips", type=int, metavar="N", help="training clips (default: the token cache's)")
     p.add_argument("--price", type=float, metavar="USD", help="hourly price (default: [budget] or live Spot)")
-    p.add_argument("--mfu", type=float, default=DEFAULT_MFU, help=f"assumed model FLOPs utilisation ({DEFAULT_MFU})")
+    p.add_argument("--mfu", type=float, default=None,
+                   help="a model FLOPs utilisation for every GPU (default: the throughput model's, trainer/worker/speed.py)")
     p.add_argument("--json", action="store_true", help="a JSON list of objects, for scripts")
     p.set_defaults(func=cmd_plan)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from daemon.common import exits
+    from daemon.common.config_rules import step_words
     from trainer.args import load_config_or_exit
 
     cfg = load_config_or_exit(args.config, "amapiano-train plan")
@@ -174,36 +197,49 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"amapiano-train plan: {e}", file=sys.stderr)
         return exits.CONFIG
-    if (args.clips is not None and not 0 < args.clips <= 10**8) or not 0.01 <= args.mfu <= 1 or (
-            args.price is not None and not 0 <= args.price <= 1000):  # also false for NaN: no NaN in the JSON
+    if (args.clips is not None and not 0 < args.clips <= 10**8) or not (args.mfu is None or 0.01 <= args.mfu <= 1) \
+            or (args.price is not None and not 0 <= args.price <= 1000):  # also false for NaN: no NaN in the JSON
         print("amapiano-train plan: --clips must be 1-100000000, --mfu 0.01-1 and --price 0-1000 "
               f"(got {args.clips}, {args.mfu}, {args.price})", file=sys.stderr)
         return exits.CONFIG
     clips, clips_from = (args.clips, "--clips") if args.clips else train_clips(cfg)
-    per_step = cfg.train.batch_size * cfg.train.grad_accum_steps
-    if clips < per_step:  # the worker would exit 78 on it: no row "fits" a run with no optimizer step
-        print(f"amapiano-train plan: {cfg.source}: [train] batch_size x grad_accum_steps ({per_step}) is more than "
-              f"the {clips} training clips ({clips_from}): one optimizer step needs that many; lower them or add "
+    if clips < cfg.train.per_step:  # the worker would exit 78 on it: no row "fits" a run with no optimizer step
+        print(f"amapiano-train plan: {cfg.source}: [train] {step_words(cfg.train)} ({cfg.train.per_step}) is more "
+              f"than the {clips} training clips ({clips_from}): one optimizer step needs that many; lower them or add "
               "clips", file=sys.stderr)
         return exits.CONFIG
     price, price_from = (args.price, "--price") if args.price is not None else (live_price(cfg) or (None, "unknown"))
     try:
         nproc = cfg.train.nproc_per_node if isinstance(cfg.train.nproc_per_node, int) else 1
-        rows = [plan_row(arch, g, cfg, clips, args.mfu, price, nproc) for g in gpus]
-    except precision.PrecisionError as e:
+        rows = [plan_row(arch, g, cfg, clips, args.mfu, price, nproc, valid_clips(cfg)) for g in gpus]
+    except (precision.PrecisionError, ValueError) as e:
         print(f"amapiano-train plan: {cfg.source}: {e}", file=sys.stderr)
         return exits.CONFIG
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=1))
         return exits.OK
     print(f"{arch.parameters / 1e6:.1f} M trainable parameters; {clips:,} clips ({clips_from}) x {cfg.train.epochs} "
-          f"epochs, {cfg.train.batch_size * cfg.train.grad_accum_steps} clips per step, {cfg.data.frames} frames; "
-          f"MFU {args.mfu:.0%}; price {price_from}; {nproc} GPU(s), {cfg.train.strategy} (memory per GPU)")
-    print(f"{'gpu':10} {'prec':4} {'micro x acc':>11} {'ckpt':4} {'memory GiB':>14} {'fits':4} {'hours':>7} {'cost $':>8}")
-    for r in rows:
-        cost = f"{r.est_cost_usd:8.2f}" if r.est_cost_usd is not None else "       ?"
-        print(f"{r.gpu:10} {r.precision:4} {r.micro_batch:>5} x {r.grad_accum:<3} {'on' if r.gradient_checkpointing else 'off':4} "
-              f"{r.est_memory_gb:>5.1f} of {r.gpu_memory_gb:5.1f} {'yes' if r.fits else 'NO':4} {r.est_hours:7.1f} {cost}")
+          f"epochs, {cfg.train.per_step} clips per step, {cfg.data.frames} frames; price {price_from}; {nproc} GPU(s), "
+          f"{cfg.train.strategy} (memory per GPU)")
+    print_table(rows)
     if price is None:
         print("cost: pass --price USD (an hourly price for the instance), or run on the EC2 instance for its Spot price")
     return exits.OK
+
+
+def print_table(rows: list[Row]) -> None:
+    print(f"{'gpu':10} {'prec':4} {'micro x acc':>11} {'ckpt':4} {'memory GiB':>14} {'fits':4} {'host GiB':>14} "
+          f"{'ckpt save':10} {'MFU':>7} {'hours':>7} {'compile':7} {'cost $':>8}")
+    for r in rows:
+        cost = f"{r.est_cost_usd:8.2f}" if r.est_cost_usd is not None else "       ?"
+        basis = "m" if r.mfu_basis.startswith("measured") else "e" if r.mfu_basis.startswith("estimated") else " "
+        print(f"{r.gpu:10} {r.precision:4} {r.micro_batch:>5} x {r.grad_accum:<3} "
+              f"{'on' if r.gradient_checkpointing else 'off':4} {r.est_memory_gb:>5.1f} of {r.gpu_memory_gb:5.1f} "
+              f"{'yes' if r.fits else 'NO':4} {r.host_gib_needed:>5.1f} of {r.host_gib:<6g} "
+              f"{'background' if r.async_checkpoints else 'BLOCKING':10} {100 * r.mfu:5.1f}%{basis} {r.est_hours:7.1f} "
+              f"{'yes' if r.compile else 'no':7} {cost}")
+    snapshot = rows[0].snapshot_gib if rows else 0
+    print(f"MFU: m measured on that GPU class, e estimated from the H100's measured curve ({speed.H100.basis}). "
+          f"host: the checkpoints' {snapshot:g} GiB copy (written in the background; where the host cannot hold "
+          f"it, blocking), the data, and {memory.HOST_PROCESS / memory.GIB:g} GiB a process (assumed). compile: "
+          "what compile = \"auto\" does from step 0 (assumed costs, trainer/worker/speed.py).")

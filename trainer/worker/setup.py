@@ -10,9 +10,11 @@ from typing import Any
 import torch
 
 from daemon.common import oom
+from daemon.common.checkpoints import newest
 from daemon.common.config import Config, ConfigError
+from daemon.common.config_rules import step_words
 
-from . import backoff, memory, precision
+from . import backoff, memory, plan, precision, speed
 from .backoff import DoesNotFit  # noqa: F401 - re-exported
 
 # A test hook, never set in production: "N" makes every micro-batch of more than N clips raise
@@ -75,27 +77,54 @@ class StepPlan:
     oom_backoffs: int
     layout: memory.Layout
     checkpointing: bool
+    compile: bool
 
 
 def plan_step(cfg: Config, arch: memory.Arch, dtype: str, device: torch.device, dist: Any, clips: int,
               log: Any) -> StepPlan:
-    """The configured micro-batch (smaller where a group's CUDA OOM record says so) and gradient
-    checkpointing where the memory model says it does not fit this GPU without; when nothing fits
-    at that micro-batch, checkpointing on (unless "off") and a CUDA OOM halves it."""
+    """The micro-batch (batch_size, or with "auto" the fastest that fits this GPU: speed.py), smaller
+    where a group's CUDA OOM record says so; gradient checkpointing where the memory model says the
+    step does not fit without (when nothing fits, on unless "off", and a CUDA OOM halves the
+    micro-batch); torch.compile where asked, or ("auto") where the steps left pay for it."""
     t = cfg.train
-    per_step = t.batch_size * t.grad_accum_steps
+    per_step = t.per_step
     if clips // per_step == 0:
-        raise ConfigError(f"{cfg.source}: [train] batch_size * grad_accum_steps = {per_step} is more than "
-                          f"the {clips} training clips; one optimizer step needs that many")
-    micro, backoffs = t.batch_size, 0  # until a CUDA OOM halves it
+        raise ConfigError(f"{cfg.source}: [train] {step_words(t)} = {per_step} is more than the {clips} training "
+                          "clips; one optimizer step needs that many")
+    gpu = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    layout = speed.layout_for(cfg, arch, dtype, gpu, dist.world)
+    micro, backoffs = (layout.micro_batch if t.batch_size == "auto" else t.batch_size), 0  # until a CUDA OOM
+    checkpointing = layout.checkpointing if layout.micro_batch == micro else \
+        t.gradient_checkpointing != "off"  # nothing fits at this micro-batch: save what can be saved
     earlier = backoff.recorded(cfg.run.state_dir, dist, per_step)  # a group's OOM before this start
     if earlier is not None and earlier.micro_batch < micro:
         micro, backoffs = earlier.micro_batch, earlier.oom_backoffs
         log.warning("train.oom_backoff_kept", micro_batch=micro, grad_accum=per_step // micro,
                     since_step=earlier.step, rank=earlier.rank, record=str(oom.path(cfg.run.state_dir)))
-    gpu = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
-    layout = memory.choose_layout(arch, cfg.data.frames, cfg.data.text_max_tokens, dtype, t.batch_size,
-                                  t.grad_accum_steps, t.gradient_checkpointing, gpu)
-    checkpointing = layout.checkpointing if layout.micro_batch == t.batch_size else \
-        t.gradient_checkpointing != "off"  # nothing fits at this micro-batch: save what can be saved
-    return StepPlan(per_step, micro, backoffs, layout, checkpointing)
+    steps_left = t.epochs * (clips // per_step) - getattr(newest(cfg.checkpoint_dir), "step", 0)
+    return StepPlan(per_step, micro, backoffs, layout, checkpointing,
+                    wants_compile(cfg, arch, layout, dtype, device, dist.world, steps_left, log))
+
+
+def wants_compile(cfg: Config, arch: memory.Arch, layout: memory.Layout, dtype: str, device: torch.device,
+                  world: int, steps_left: int, log: Any) -> bool:
+    """[train] compile; "auto": on a GPU of a known class, when the steps left outlast the
+    break-even of the throughput model's step time (speed.py's assumptions), said in the log."""
+    t = cfg.train
+    if t.compile != "auto":
+        return t.compile
+    try:
+        gpu = plan.gpu_named(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    except ValueError:
+        gpu = None
+    if gpu is None:
+        log.info("train.compile", compile=False, reason="compile = \"auto\": eager on the CPU or an unknown GPU")
+        return False
+    rate = speed.samples_per_s(arch, cfg.data.frames, cfg.data.text_max_tokens, gpu.name, plan.peak_tflops(gpu, dtype),
+                               layout.micro_batch // world, layout.checkpointing, world)
+    step_s = t.per_step / rate
+    pays = speed.compile_pays(steps_left, step_s)
+    log.info("train.compile", compile=pays, steps_left=steps_left, break_even_steps=speed.break_even_steps(step_s),
+             step_s=round(step_s, 3), assumed=f"{speed.COMPILE_S:g} s to compile, {speed.COMPILE_GAIN:.0%} faster "
+             "steps (not measured)")
+    return pays

@@ -126,7 +126,7 @@ class Trainer:
         self.model = TrainableMusicgen(base).to(self.device)
         del base.audio_encoder  # the codec is not needed to train on codes
         self.model.prepare(self.checkpointing)
-        if t.compile:
+        if step.compile:
             self.model.compile()  # in place: the state_dict keeps its keys
         self.batches = DeviceBatches(self.train_split, self.device)
         self.model = self.dist.wrap(self.model, cfg.run.seed)  # DDP or FSDP with more than one process
@@ -187,8 +187,9 @@ class Trainer:
         self.scaler.load_state_dict(payload["scaler"])
         set_rng_state(self.dist.rng_of(payload))
         saved_micro = payload.get("micro_batch")
-        if isinstance(saved_micro, int) and 0 < saved_micro < self.micro and self.per_step % saved_micro == 0:
-            self.micro = saved_micro  # a back-off before the checkpoint: do not run into the same OOM again
+        if isinstance(saved_micro, int) and 0 < saved_micro < self.micro and self.per_step % saved_micro == 0 \
+                and payload.get("oom_backoffs"):  # not a smaller GPU's "auto": a back-off, whose OOM would come again
+            self.micro = saved_micro
         self.oom_backoffs = max(self.oom_backoffs, int(payload.get("oom_backoffs") or 0))  # or a group's record
         self.p = Progress(step=payload["step"], best_val=payload["best_val_loss"], last_val=payload["val_loss"],
                           last_val_step=payload["val_step"], last_ckpt=marker, resumed_from=marker.step)
@@ -282,10 +283,10 @@ class Trainer:
         self.window = (time.monotonic(), 0)
 
     def validate(self) -> None:
-        """Mean loss over the valid split (its first val_batches x batch_size clips when set)."""
+        """Mean loss over the valid split (its first val_batches x eval_batch clips when set)."""
         self.heartbeat("validating")
         t, valid, p = self.t, self.valid_split, self.p
-        clips = len(valid) if not t.val_batches else min(len(valid), t.val_batches * t.batch_size)
+        clips = len(valid) if not t.val_batches else min(len(valid), t.val_batches * t.eval_batch)
         self.model.eval()
         total = self.backing_off(lambda: self._validate(clips), "validating")
         self.model.train()

@@ -10,7 +10,8 @@ from conftest import PROD_TOML, cli, write_config
 from daemon.common import exits
 
 FIELDS = {"gpu", "precision", "micro_batch", "grad_accum", "gradient_checkpointing", "est_memory_gb", "fits",
-          "est_hours", "est_cost_usd"}
+          "est_hours", "est_cost_usd", "mfu", "mfu_basis", "samples_per_s", "host_gib_needed", "host_gib",
+          "snapshot_gib", "async_checkpoints", "compile"}
 
 
 def plan(*args: str) -> list[dict]:
@@ -24,11 +25,15 @@ def test_plan_json_for_musicgen_small_on_every_gpu(tmp_path):
     assert set(rows) == {"T4", "A10G", "L4", "A100-40GB", "A100-80GB", "H100"}
     assert all(FIELDS <= set(r) for r in rows.values())
     t4, h100 = rows["T4"], rows["H100"]
-    # 8 x 1,503 positions in fp16 need ~26 GiB without checkpointing: a T4 (15 GiB) needs it on.
+    # batch_size = "auto", 32 clips a step. 8 x 1,503 positions in fp16 need ~26 GiB without
+    # checkpointing: a T4 (15 GiB) needs it on, and then 16 clips a micro-batch still fit.
     assert (t4["precision"], t4["micro_batch"], t4["grad_accum"], t4["gradient_checkpointing"], t4["fits"]) == \
-        ("fp16", 8, 4, True, True)
-    assert (h100["precision"], h100["gradient_checkpointing"], h100["fits"]) == ("bf16", False, True)
+        ("fp16", 16, 2, True, True)
+    assert (h100["precision"], h100["micro_batch"], h100["gradient_checkpointing"], h100["fits"]) == \
+        ("bf16", 32, False, True)
     assert h100["est_hours"] < 1 < t4["est_hours"]
+    assert h100["mfu_basis"].startswith("measured") and t4["mfu_basis"].startswith("estimated")
+    assert h100["compile"] and t4["async_checkpoints"] and t4["host_gib"] == 16  # a g4dn.xlarge holds the copy
     assert t4["est_cost_usd"] == pytest.approx(t4["est_hours"] * 1.5, abs=0.01)
 
 
@@ -53,7 +58,7 @@ def test_plan_imports_no_torch(tmp_path):
 
     code = ("import sys; from trainer.worker import plan; from daemon.common.config import load_config; "
             f"cfg = load_config({str(PROD_TOML)!r}); "
-            "plan.plan_row(plan.memory.arch_of_config(cfg), plan.GPUS[0], cfg, 8000, 0.35, None); "
+            "plan.plan_row(plan.memory.arch_of_config(cfg), plan.GPUS[0], cfg, 8000, None, None); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
