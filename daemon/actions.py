@@ -13,6 +13,7 @@ class SendAlert:
     subject: str
     body: str
     once: str = ""  # a key: sent once per run, daemon restarts included (daemon/ports/mail.py Outbox)
+    attachments: tuple[str, ...] = ()  # files mailed while they fit, best first (daemon/ports/mail_attach.py)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import smtplib
 import ssl
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +28,7 @@ from typing import Any, Callable
 from ..common.clock import Clock, iso
 from ..common.config import EmailConfig
 from ..common.log import add_secret, add_secret_url, redact
+from .mail_attach import fill
 
 SUBJECT_PREFIX = "[amapiano-train] "
 PASSWORD_ENV = "AMAPIANO_SMTP_PASSWORD"
@@ -48,11 +49,12 @@ class Alert:
     error: str | None = None
     next_try_mono: float = 0.0
     once: str = ""       # sent once per run, restarts included (state.json keeps it): a FAILED run's alert
+    attachments: list[str] = field(default_factory=list)  # the decision's report, mailed while it fits
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
-        data.pop("next_try_mono")
-        data.pop("body")
+        for key in ("next_try_mono", "body", "attachments"):  # never a path state.json (or a bucket) could name
+            data.pop(key)
         return data
 
 
@@ -144,7 +146,7 @@ class SesTransport(_OneDestination):
         self._client.send_email(
             Source=message["From"], Destination={"ToAddresses": list(self.cfg.to)},
             Message={"Subject": {"Data": message["Subject"]},
-                     "Body": {"Text": {"Data": message.get_content()}}})
+                     "Body": {"Text": {"Data": message.get_body(("plain",)).get_content()}}})
 
 
 class AppriseTransport:
@@ -178,7 +180,7 @@ class AppriseTransport:
         results: list[tuple[str, str | None]] = []
         for shown, one in self._each:
             with apprise.LogCapture(level=logging.WARNING) as captured:
-                delivered = one.notify(title=message["Subject"], body=message.get_content())
+                delivered = one.notify(title=message["Subject"], body=message.get_body(("plain",)).get_content())
             lines = [line.split(" - ", 2)[-1] for line in captured.getvalue().splitlines() if line.strip()]
             error = None if delivered else redact(" / ".join(lines[-3:]) or "the service refused the message")
             results.append((shown, error))
@@ -226,8 +228,7 @@ def compose(cfg: EmailConfig, alert: "Alert", run_name: str = "") -> EmailMessag
     msg["Subject"] = alert.subject
     msg["X-Amapiano-Alert"] = f"{alert.kind} {alert.id}"
     footer = f"\n\n-- \namapiano-train{' run ' + run_name if run_name else ''}, {alert.created_at}\n"
-    msg.set_content(alert.body + footer)
-    return msg
+    return fill(msg, alert.body, footer, alert.attachments)
 
 
 def try_test_alert(cfg: EmailConfig, transport: Any, clock: Clock | None = None) -> list[tuple[str, str | None]]:
@@ -251,7 +252,8 @@ class Outbox:
         self._stopping = False
         self._said_unusable = False
         for old in previous or []:  # alerts as state.json kept them; pending ones go out again
-            fields = {k: v for k, v in old.items() if k in Alert.__dataclass_fields__ and k != "next_try_mono"}
+            fields = {k: v for k, v in old.items()
+                      if k in Alert.__dataclass_fields__ and k not in ("next_try_mono", "attachments")}
             fields.setdefault("body", fields.get("subject", ""))
             try:
                 self._alerts.append(Alert(**fields))
@@ -261,7 +263,7 @@ class Outbox:
         self._thread.start()
 
     # -- raising -----------------------------------------------------------------------
-    def send(self, kind: str, subject: str, body: str, once: str = "") -> Alert:
+    def send(self, kind: str, subject: str, body: str, once: str = "", attachments: tuple[str, ...] = ()) -> Alert:
         """Queue an alert; with `once`, not if an alert with that key was raised before (this run)."""
         with self._cond:
             told = next((a for a in self._alerts if once and a.once == once), None)
@@ -271,7 +273,8 @@ class Outbox:
         # apprise URLs name their own destinations; email needs [email] to
         deliverable = self.transport is not None and bool(getattr(self.transport, "destination", self.cfg.to))
         alert = Alert(id=uuid.uuid4().hex[:8], kind=kind, subject=redact(SUBJECT_PREFIX + subject), body=redact(body),
-                      created_at=iso(self.clock.now()), status="pending" if deliverable else "logged", once=once)
+                      created_at=iso(self.clock.now()), status="pending" if deliverable else "logged", once=once,
+                      attachments=list(attachments))
         self.log.warning("alert", kind=kind, subject=alert.subject, alert_id=alert.id,
                          delivery=alert.status if alert.status == "logged" else self.cfg.transport)
         unusable = getattr(self.transport, "unusable", None)

@@ -1,0 +1,60 @@
+"""What a decision's mail carries besides its text: the HTML report, attached while it fits.
+
+SES refuses a message over 10 MB and base64 grows an attachment by a third, and many mail
+servers take less: past ATTACH_LIMIT_BYTES the mail attaches the next, smaller choice (the
+report's page without its clips) or nothing, and says where the report is instead. The text
+summary is always there. Standard library only (daemon/ports/mail.py calls it).
+"""
+from __future__ import annotations
+
+import os
+import stat
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Sequence
+
+from ..common.atomic import read_bytes
+
+ATTACH_LIMIT_BYTES = 7 * 1024 * 1024
+TYPES = {".zip": ("application", "zip"), ".html": ("text", "html")}
+
+
+def fill(msg: EmailMessage, body: str, footer: str, paths: Sequence[str]) -> EmailMessage:
+    """The text, and the first of `paths` that fits as an attachment (a line says when none does,
+    or only the page does). SMTP carries the attachment; SES's SendEmail and apprise take the text."""
+    path, line = choose(paths)
+    msg.set_content(body + (f"\n\n{line}" if line else "") + footer)
+    if path is not None:
+        attach(msg, path)
+    return msg
+
+
+def choose(paths: Sequence[str], limit: int | None = None) -> tuple[Path | None, str]:
+    """The first of `paths` (best first: the report's zip with its clips, then its page) that is
+    a regular file of a known kind within `limit`, and a line for the mail when it is not the first."""
+    limit = ATTACH_LIMIT_BYTES if limit is None else limit
+    skipped = []
+    for name in paths:
+        path = Path(name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if path.suffix in TYPES and stat.S_ISREG(st.st_mode) and st.st_size <= limit:
+            return path, (f"Attached: {path.name}, the page only: its clips are too large to mail "
+                          f"({', '.join(skipped)})" if skipped else "")
+        skipped.append(f"{path.name} ({st.st_size / 1e6:.1f} MB)")
+    if not skipped:
+        return None, ""
+    return None, f"Not attached: {', '.join(skipped)}: over the {limit / 1e6:.0f} MB a mail can carry; see the paths above"
+
+
+def attach(msg: EmailMessage, path: Path) -> bool:
+    """Add `path` to the message; False (the message as it was) when it cannot be read now."""
+    try:
+        data = read_bytes(path, ATTACH_LIMIT_BYTES)
+    except OSError:
+        return False
+    maintype, subtype = TYPES[path.suffix]
+    msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=path.name)
+    return True

@@ -1,0 +1,150 @@
+"""daemon/ports/mail_attach.py: the decision's mail carries its report while it fits, else the
+page alone, else nothing but where it is; a FIFO or a vanished file never blocks or breaks it."""
+from __future__ import annotations
+
+import os
+from email.message import EmailMessage
+
+from daemon.ports.mail_attach import attach, choose
+
+
+def test_the_zip_when_it_fits_else_the_page_else_a_line_saying_why(tmp_path):
+    zip_, page = tmp_path / "week_5_report.zip", tmp_path / "week_5_report.html"
+    zip_.write_bytes(b"z" * 5000)
+    page.write_bytes(b"<html>" + b"p" * 500)
+    assert choose([str(zip_), str(page)], limit=10_000) == (zip_, "")
+    path, line = choose([str(zip_), str(page)], limit=1000)
+    assert path == page and "the page only" in line and "week_5_report.zip (0.0 MB)" in line
+    path, line = choose([str(zip_), str(page)], limit=100)
+    assert path is None and "week_5_report.zip (0.0 MB), week_5_report.html (0.0 MB)" in line
+    assert choose([str(tmp_path / "gone.zip")]) == (None, "")
+
+
+def test_a_fifo_or_an_unknown_kind_is_never_attached(tmp_path):
+    fifo = tmp_path / "week_5_report.zip"
+    os.mkfifo(fifo)
+    (tmp_path / "state.json").write_text("{}")
+    assert choose([str(fifo), str(tmp_path / "state.json")])[0] is None
+
+
+def test_an_attached_report_is_a_second_part_after_the_text(tmp_path):
+    page = tmp_path / "week_5_report.html"
+    page.write_text("<html>report</html>")
+    msg = EmailMessage()
+    msg.set_content("Decision: GO")
+    assert attach(msg, page)
+    parts = [(p.get_content_type(), p.get_filename()) for p in msg.iter_parts()]
+    assert parts == [("text/plain", None), ("text/html", "week_5_report.html")]
+    page.unlink()
+    assert not attach(msg, page)  # gone between the choice and the send: the mail goes without it
+
+
+def smtp_cfg(port: int):
+    from daemon.common.config import Duration, EmailConfig
+
+    return EmailConfig(transport="smtp", to=["person@example.com"], sender="bot@example.com", smtp_host="127.0.0.1",
+                       smtp_port=port, smtp_starttls=False, timeout=Duration(2), retry_every=Duration(0.2))
+
+
+class Log:
+    def __getattr__(self, level):
+        return lambda event, **kw: None
+
+
+def report(tmp_path, clips: int = 3):
+    """A report's page and zip (daemon/report/build.py's names)."""
+    import zipfile
+
+    page, archive = tmp_path / "week_5_report.html", tmp_path / "week_5_report.zip"
+    page.write_text("<html><p>NO-GO</p></html>")
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("week_5_report/week_5_report.html", page.read_text())
+        for i in range(clips):
+            z.writestr(f"week_5_report/week_5_report_files/model_{i:03d}.wav", os.urandom(200_000))
+    return str(archive), str(page)
+
+
+def test_the_decision_mail_over_smtp_carries_the_report_and_its_text(smtp_sink, tmp_path):
+    from daemon.ports.mail import Outbox, SmtpTransport
+
+    smtp_sink.up()
+    cfg = smtp_cfg(smtp_sink.port)
+    outbox = Outbox(cfg, SmtpTransport(cfg, None), Log(), run_name="run-1")
+    alert = outbox.send("milestone", "milestone: NO-GO", "Decision: NO-GO\n- spend over the limit",
+                        attachments=report(tmp_path))
+    assert outbox.wait(alert, timeout=10), alert.error
+    outbox.close()
+    [msg] = smtp_sink.messages
+    parts = {p.get_content_type(): p for p in msg.walk() if not p.is_multipart()}
+    assert "Decision: NO-GO" in parts["text/plain"].get_payload(decode=True).decode()
+    assert parts["application/zip"].get_filename() == "week_5_report.zip"
+    assert "attachments" not in outbox.to_json()[0]  # paths are not kept in state.json
+
+
+def test_a_report_too_large_to_mail_sends_the_page_and_says_so(smtp_sink, tmp_path, monkeypatch):
+    import daemon.ports.mail_attach as mail_attach
+    from daemon.ports.mail import Outbox, SmtpTransport
+
+    monkeypatch.setattr(mail_attach, "ATTACH_LIMIT_BYTES", 100_000)
+    smtp_sink.up()
+    cfg = smtp_cfg(smtp_sink.port)
+    outbox = Outbox(cfg, SmtpTransport(cfg, None), Log())
+    alert = outbox.send("milestone", "milestone: NO-GO", "Decision: NO-GO", attachments=report(tmp_path))
+    assert outbox.wait(alert, timeout=10), alert.error
+    outbox.close()
+    [msg] = smtp_sink.messages
+    parts = {p.get_content_type(): p for p in msg.walk() if not p.is_multipart()}
+    assert parts["text/html"].get_filename() == "week_5_report.html" and "application/zip" not in parts
+    assert "its clips are too large to mail" in parts["text/plain"].get_payload(decode=True).decode()
+
+
+def test_a_pending_alert_from_state_json_never_attaches_what_it_names(smtp_sink, tmp_path):
+    """state.json can come from the bucket: a pending alert naming a file must not mail that file."""
+    from daemon.ports.mail import Outbox, SmtpTransport
+
+    secret = tmp_path / "secret.html"
+    secret.write_text("<p>not for mail</p>")
+    smtp_sink.up()
+    cfg = smtp_cfg(smtp_sink.port)
+    planted = {"id": "a1", "kind": "milestone", "subject": "[amapiano-train] x", "body": "x", "status": "pending",
+               "created_at": "2026-11-02T08:00:00Z", "attachments": [str(secret)]}
+    outbox = Outbox(cfg, SmtpTransport(cfg, None), Log(), previous=[planted])
+    deadline = __import__("time").monotonic() + 10
+    while not smtp_sink.messages and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.05)
+    outbox.close()
+    [msg] = smtp_sink.messages
+    assert not msg.is_multipart() and "not for mail" not in msg.as_string()
+
+
+def test_ses_and_apprise_send_the_text_of_a_mail_with_an_attachment(tmp_path):
+    """SES's SendEmail (what the IAM policy allows) and apprise take text: the text part of a
+    message with an attachment, not a traceback from get_content() on a multipart message."""
+    from daemon.common.config import EmailConfig
+    from daemon.ports.mail import Alert, compose
+
+    cfg = EmailConfig(transport="ses", to=["person@example.com"], sender="bot@example.com")
+    alert = Alert(id="a", kind="milestone", subject="s", body="Decision: GO", created_at="2026-11-02T08:00:00Z",
+                  attachments=list(report(tmp_path)))
+    msg = compose(cfg, alert)
+    assert msg.is_multipart() and "Decision: GO" in msg.get_body(("plain",)).get_content()
+
+
+def test_ses_sends_the_text_of_a_decision_mail_with_a_report(aws, tmp_path):
+    import json
+    import urllib.request
+
+    import boto3
+
+    from daemon.common.config import EmailConfig
+    from daemon.ports.mail import Outbox, make_transport
+
+    client = boto3.client("ses", endpoint_url=aws, region_name="us-east-1")
+    client.verify_email_identity(EmailAddress="bot@example.com")
+    cfg = EmailConfig(transport="ses", to=["person@example.com"], sender="bot@example.com")
+    outbox = Outbox(cfg, make_transport(cfg, lambda: client), Log())
+    alert = outbox.send("milestone", "milestone: GO", "Decision: GO", attachments=report(tmp_path))
+    assert outbox.wait(alert, timeout=10), alert.error
+    outbox.close()
+    [sent] = json.load(urllib.request.urlopen(f"{aws}/moto-api/data.json", timeout=10))["ses"]["Message"]
+    assert "Decision: GO" in sent["body"]
