@@ -80,16 +80,17 @@ def run_demo(workdir: Path | None, log_format: str = "console") -> int:
     print(f"  state.json    {cfg.state_file}   (amapiano-train status --config {config})")
     print(f"  checkpoints   {cfg.checkpoint_dir}")
     print(f"  TensorBoard   tensorboard --logdir {cfg.tensorboard_dir}")
+    print(f"  reports       {cfg.reports_dir}   (the .html in a browser; now: amapiano-train report --config {config})")
     state = supervisor.state
     t = state.trainer
     resumed = bool(killed) and t.resumed_from_step is not None and t.resumed_from_step > 0
     subjects = [a["subject"] for a in state.alerts]
     budget_alerts = [s for s in subjects if "of the budget spent" in s]
     idle_alerts = [s for s in subjects if "idle shutdown in" in s]
-    shut = state.shutdown or {}
+    shut, ms = state.shutdown or {}, state.milestone or {}
     ok = (supervisor.phase is Phase.COMPLETED and resumed and bool(budget_alerts) and bool(idle_alerts)
-          and str(shut.get("reason", "")).startswith("idle") and (state.milestone or {}).get("status") == "done"
-          and ((state.milestone or {}).get("completion") or {}).get("status") == "done")
+          and str(shut.get("reason", "")).startswith("idle") and ms.get("status") == "done"
+          and (ms.get("completion") or {}).get("status") == "done" and bool(ms.get("html_report")))
     if killed:
         print(f"\nThe worker was killed at step {killed[0]}; the restart resumed from step "
               f"{t.resumed_from_step if t.resumed_from_step is not None else '- (NOT from a checkpoint)'}.")
@@ -97,13 +98,13 @@ def run_demo(workdir: Path | None, log_format: str = "console") -> int:
     print(f"Spend on the demo's sped-up meter: ${cost.get('total_usd', 0):.2f} "
           f"(alerts: {'; '.join(budget_alerts) or 'none'}).")
     print(f"Idle: {'; '.join(idle_alerts) or 'no warning'}; then: {shut.get('result') or 'no shutdown'}.")
-    ms = state.milestone or {}
     print(f"Milestone: {ms.get('decision') or ms.get('status') or 'not run'}"
-          + (f" (dry run; report {ms.get('report')})" if ms.get("report") else "") + ".")
+          + (f" (dry run; report {ms.get('html_report') or ms.get('report')})" if ms.get("report") else "") + ".")
     for reason in ms.get("reasons", []):
         print(f"  - {reason}")
     done = ms.get("completion") or {}
+    report = done.get("html_report") or done.get("report")
     print(f"Completion: {done.get('status', 'not run')}"
-          + (f"; report {done['report']}; model in {cfg.reports_dir / 'export'}" if done.get("report") else "") + ".")
+          + (f"; report {report}; model in {cfg.reports_dir / 'export'}" if report else "") + ".")
     print(f"Demo {'finished' if ok else 'FAILED'}: phase {supervisor.phase.value}.")
     return 0 if ok else 1

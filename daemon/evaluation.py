@@ -8,7 +8,10 @@ of training or an epoch has no time until the heartbeat's step reaches it (daemo
 decides; `due_forecast` says when); after a CONDITIONAL GO or an INCONCLUSIVE, `due_at` is the
 next attempt's time. While an evaluation runs
 (a few stages advanced by the tick, never blocking the scheduler thread): pause the worker when
-it shares a GPU, run `python -m trainer.evaluation evaluate`, decide, report, act.
+it shares a GPU, run `python -m trainer.evaluation evaluate`, decide, report, act. The HTML report
+(`python -m daemon.report`, a child bounded in time: matplotlib never enters this process) comes
+between the decision and its actions, so the decision's mail carries it; a report that fails or
+hangs costs the report, never the decision.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import reports
+from .report import NAMES
 from .actions import Action, PauseWorker, ReleaseWorker, SendAlert
 from .common import checkpoints
 from .common.atomic import read_json
@@ -30,11 +34,13 @@ from .rules.milestone import CONDITIONAL, INCONCLUSIVE, Progress, forecast, is_d
 AGAIN = (CONDITIONAL, INCONCLUSIVE)  # decisions after which the milestone runs again
 
 CHILD = "trainer.evaluation"   # python -m trainer.evaluation evaluate|export ...
+REPORT = "daemon.report"       # python -m daemon.report --kind milestone|completion: the HTML report
+REPORT_LIMIT_S = 180.0         # a report takes seconds; past this the decision goes out without it
 
 
 @dataclass
 class Run:
-    stage: str                      # "pausing" -> "evaluating" [-> "exporting" for the final one]
+    stage: str                      # "pausing" -> "evaluating" [-> "exporting"] -> "reporting"
     paused: bool
     final: bool = False             # the run completed: evaluate, export, report, shut down
     proc: subprocess.Popen | None = None
@@ -42,6 +48,8 @@ class Run:
     metrics: dict | None = None
     waiting: bool = False           # due before the worker's first checkpoint: logged once
     actions: list[Action] = field(default_factory=list)
+    update: dict | None = None      # the decision, held with its actions while its HTML report is written
+    deadline: float = 0.0
 
 
 class Evaluation:
@@ -118,6 +126,8 @@ class Evaluation:
             return []
         if r.stage == "pausing":
             return self._launch(r, worker_running)
+        if r.stage == "reporting":
+            return self._reported(r)
         if r.proc is not None and r.proc.poll() is None:
             return []
         return self._final_step(r, run) if r.final else self._milestone_done(r, run)
@@ -153,16 +163,18 @@ class Evaluation:
             return actions + ([ReleaseWorker("milestone evaluation failed")] if r.paused else [])
         now = iso(self.clock.now())
         update, actions = reports.milestone(self.cfg, metrics, run, r.paused, now, self.state.get("due_at"))
+        return self._report(r, "milestone", update, actions)
+
+    def _decided(self, update: dict) -> None:
         self.state.update(update)
         if update["decision"] in AGAIN:
             again = self.cfg.milestone.conditional_every if update["decision"] == CONDITIONAL else self.cfg.milestone.retry_every
-            self.state["due_at"] = iso(self.clock.now() + timedelta(seconds=again))
+            self.state["due_at"] = iso(parse_iso(update["decided_at"]) + timedelta(seconds=again))  # not the report's end
         self.log.warning("milestone.decided", decision=update["decision"], reasons=update["reasons"],
                          report=update["report"], dry_run=self.cfg.milestone.dry_run)
         if update["decision"] == "NO-GO" and self.cfg.milestone.dry_run:
             self.log.warning("milestone.dry_run", would=["checkpoint and stop the worker",
                                                          f"shutdown action '{self.cfg.budget.action}'"])
-        return actions
 
     def _final_step(self, r: Run, run: reports.RunView) -> list[Action]:
         if r.stage == "evaluating":
@@ -180,10 +192,42 @@ class Evaluation:
             self.log.error("completion.export_failed", exit=r.proc.returncode,
                            note="export by hand: amapiano-train export --config ...")
         update, actions = reports.completion(self.cfg, r.metrics, exported, run, dict(self.state), iso(self.clock.now()))
+        return self._report(r, "completion", update, actions)
+
+    def _completed(self, update: dict) -> None:
         self.state["completion"] = update
-        self.log.warning("completion.done", report=update["report"], exported=exported,
-                         action=self.cfg.milestone.completion_action)
-        return actions
+        self.log.warning("completion.done", report=update["report"], exported=update["exported"],
+                         action=self.cfg.milestone.completion_action, html_report=update.get("html_report"))
+
+    def _report(self, r: Run, kind: str, update: dict, actions: list[Action]) -> list[Action]:
+        """Start the HTML report's child; the decision (state and actions) waits for it."""
+        self.run, r.update, r.actions, r.stage, r.out = r, update, actions, "reporting", kind
+        r.deadline = self.clock.monotonic() + REPORT_LIMIT_S
+        try:
+            r.proc = spawn(python_command(REPORT, "--config", str(self.cfg.source), "--kind", kind, "--scalars",
+                                          "--log-format", self.log_format))
+        except OSError as e:  # no process to be had: the decision goes on without its page
+            self.log.error("report.failed", kind=kind, error=str(e))
+            r.proc = None
+        return [] if r.proc is not None else self._reported(r)
+
+    def _reported(self, r: Run) -> list[Action]:
+        """The report's child is done, failed or past its time: apply the decision, mail it with the page."""
+        kind, proc = r.out, r.proc
+        if proc is not None and proc.poll() is None:
+            if self.clock.monotonic() < r.deadline:
+                return []
+            proc.kill()
+            proc.wait(10)
+            self.log.error("report.timed_out", kind=kind, limit_s=REPORT_LIMIT_S)
+        elif proc is not None and proc.returncode != 0:
+            self.log.error("report.failed", kind=kind, exit=proc.returncode)
+        self.run = None
+        html = self.cfg.reports_dir / f"{NAMES[kind]}.html"
+        html = html if proc is not None and proc.returncode == 0 and html.is_file() else None
+        update = {**(r.update or {}), "html_report": str(html) if html else None}
+        (self._decided if kind == "milestone" else self._completed)(update)
+        return reports.with_html(self.cfg, r.actions, html, kind)
 
     def terminate(self) -> None:
         """On the way out: a running child is stopped; it runs again at the next start."""

@@ -3,6 +3,7 @@ figures, week_5_metrics.json, abort_report.json and completion_report.json, and 
 each outcome asks for. Pure functions of their inputs, except the atomic report writes."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from .actions import Action, ReleaseWorker, SendAlert, Shutdown, StopWorker
 from .common import checkpoints
 from .common.atomic import write_json_atomic
 from .common.config import Config
+from .ports.aws import reports_key
 from .rules.milestone import CONDITIONAL, GO, INCONCLUSIVE, NO_GO, Evidence, MilestoneSnapshot, decide
 
 DECISION_SCALAR = {GO: 2, CONDITIONAL: 1, NO_GO: 0, INCONCLUSIVE: -1}
@@ -147,3 +149,21 @@ def completion(cfg: Config, metrics: dict | None, exported: bool, run: RunView, 
     if action != "none":
         actions.append(Shutdown(action, "training completed"))
     return {"status": "done", "report": path, "exported": exported}, actions
+
+
+def with_html(cfg: Config, actions: list[Action], html: Path | None, kind: str) -> list[Action]:
+    """The decision's mail, told where its HTML report is and how to open it; or that there is
+    none, and how to build it by hand."""
+    if html is None:
+        line = ("The HTML report could not be written (the journal says why: report.failed or report.timed_out); "
+                f"build it by hand: amapiano-train report --kind {kind}")
+    else:
+        line = (f"The report (open it in a browser; its clips play beside it): {html}\n"
+                f"On a laptop: scp -r HOST:{html.parent} . and open {html.name}")
+        if cfg.aws.s3_bucket:
+            folder = f"s3://{cfg.aws.s3_bucket}/{reports_key(cfg.aws, '')}"
+            line += (f"\nIn the bucket (mirrored within {cfg.aws.mirror_every / 60:g} min): {folder}{html.name}; "
+                     f"aws s3 sync {folder} reports/")
+    files = (str(html.with_suffix(".zip")), str(html)) if html else ()  # the page with its clips, else the page
+    return [dataclasses.replace(a, body=f"{a.body}\n\n{line}", attachments=files) if isinstance(a, SendAlert) else a
+            for a in actions]

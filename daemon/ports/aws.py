@@ -71,6 +71,11 @@ def parse_spot_price(response: dict) -> tuple[float, datetime] | None:
     return best
 
 
+def reports_key(cfg: AwsConfig, name: str) -> str:
+    """The bucket key of a file in the reports folder (the HTML reports and their clips)."""
+    return f"{cfg.s3_prefix}/reports/{name}" if cfg.s3_prefix else f"reports/{name}"
+
+
 class Aws:
     def __init__(self, cfg: AwsConfig, region: str, call_timeout_s: float = CALL_TIMEOUT_S):
         self.cfg, self.region, self.call_timeout_s = cfg, region, call_timeout_s
@@ -200,6 +205,9 @@ class Aws:
 
     def upload_state(self, path: Path) -> dict:
         return self.put_confirmed(path, self._state_key())
+
+    def upload_report(self, path: Path, name: str) -> dict:
+        return self.put_confirmed(path, reports_key(self.cfg, name))
 
     def bucket_steps(self) -> list[int]:
         """Steps with a committed marker in the bucket, oldest first (other keys are ignored)."""

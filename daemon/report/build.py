@@ -16,7 +16,7 @@ from .html import page
 from .inputs import Inputs, gather
 from .values import obj, seq
 from .listen import MAX_ROWS
-from .plots import PLOTS
+from .plots import PLOTS, why_not
 
 MAX_CLIP_BYTES = 64 * 1024 * 1024   # a 30 s clip is ~2 MB; what is larger is not a sample of ours
 
@@ -92,7 +92,8 @@ def draw(inp: Inputs) -> dict[str, tuple[str, bytes | None, str | None]]:
     plots = {}
     for key, title, fn in PLOTS:
         try:
-            plots[key] = (title, fn(inp), None)
+            png = fn(inp)
+            plots[key] = (title, png, None if png else why_not(inp, key))
         except Exception as e:  # a plot of bad numbers: the page says so and goes on
             plots[key] = (title, None, f"the plot failed ({type(e).__name__}: {str(e)[:200]})")
     return plots

@@ -46,7 +46,7 @@ def page(inp: Inputs, plots: dict[str, tuple[str, bytes | None, str | None]], cl
             decision_section(inp), facts_section(inp), "<h2>Plots</h2>"]
     for _key, (name, png, why) in plots.items():
         if png is None:
-            body.append(f"<h3>{e(name)}</h3>" + na(why or "nothing to draw yet"))
+            body.append(f"<h3>{e(name)}</h3>" + na(why or "nothing to draw"))
         else:
             data = base64.b64encode(png).decode("ascii")
             body.append(f'<figure><figcaption><b>{e(name)}</b></figcaption>'
@@ -108,7 +108,7 @@ def next_step(inp: Inputs, decision: str) -> str:
     return "Unknown decision: read week_5_metrics.json."
 
 
-def _verdict(inp: Inputs) -> list[str]:
+def _verdict(inp: Inputs, completed: bool) -> list[str]:
     d = obj(inp.decision)
     decision = text(d.get("decision"), 40)
     cls = {"GO": "GO", "CONDITIONAL GO": "CONDITIONAL", "NO-GO": "NO-GO"}.get(decision, "INCONCLUSIVE")
@@ -121,7 +121,8 @@ def _verdict(inp: Inputs) -> list[str]:
         out.append(f'<tr><td>{e(label)}</td><td>{e(measured)}</td><td>{e(threshold)}</td>'
                    f'<td class="{e(result, 20)}">{e(result)}</td><td>{e(why, 1000)}</td></tr>')
     out.append("</table>")
-    out.append(f'<p class="next"><b>What happens next.</b> {e(next_step(inp, decision), 1200)}</p>')
+    if not completed:  # after the completion, what the milestone said would happen is history
+        out.append(f'<p class="next"><b>What happens next.</b> {e(next_step(inp, decision), 1200)}</p>')
     return out
 
 
@@ -135,9 +136,13 @@ def decision_section(inp: Inputs) -> str:
                    + (f'<code>{e(export.get("transformers"))}</code> (transformers) and '
                       f'<code>{e(export.get("audiocraft"))}</code> (audiocraft)' if export else
                       "<b>the export failed</b> (see the journal; export by hand: amapiano-train export)") + ".</p>")
+        action = inp.cfg.milestone.completion_action
+        out.append('<p class="next"><b>What happens next.</b> ' + (
+            f"The shutdown action '{e(action)}'." if action != "none" else
+            "The instance stays up (completion action 'none'); the idle rule stops it once nothing runs.") + "</p>")
         out.append("<p>The milestone's decision, for the record:</p>" if inp.decision else "")
     if inp.decision is not None:
-        out += _verdict(inp)
+        out += _verdict(inp, completed=bool(done) and inp.kind != "milestone")
     elif inp.kind != "completion":
         ms = obj(obj(inp.state).get("milestone"))
         when = ms.get("due_at") or ms.get("due_forecast")

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..common.clock import is_utc_time, parse_iso
 from .inputs import Inputs
-from .values import num, obj, seq
+from .values import num, obj, seq, text
 
 MODEL, BASELINE, LIMIT, MARK = "#c0392b", "#7f8c8d", "#2c3e50", "#8e44ad"
 
@@ -204,6 +204,16 @@ def gpu(inp: Inputs) -> bytes | None:
     ax.set_ylabel("utilisation %")
     ax.legend(fontsize=7, loc="lower right")
     return _png(fig)
+
+
+def why_not(inp: Inputs, key: str) -> str:
+    """Why a plot has nothing to draw, in the words a person needs."""
+    gpu_state = obj(obj(inp.state).get("gpu"))
+    return {"loss": "no loss logged yet (no TensorBoard scalars, no validation history in state.json)",
+            "spend": "no spend recorded yet",
+            "paired": "no evaluation yet: the milestone generates both sides' clips and scores them",
+            "gpu": f"not measured ({text(gpu_state.get('error'), 200)})" if gpu_state.get("error")
+            else "no GPU readings (NVML) in the TensorBoard files"}[key]
 
 
 PLOTS = (("loss", "Loss", loss), ("spend", "Spend against the budget", spend),

@@ -22,8 +22,8 @@ def wait_mail(sink, prefix: str, timeout: float = 30) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for m in sink.messages:
-            if m["Subject"].startswith(prefix):
-                return m.get_payload()
+            if m["Subject"].startswith(prefix):  # the text (the decision's mail also carries its report)
+                return next(p for p in m.walk() if p.get_content_type() == "text/plain").get_payload(decode=True).decode()
         time.sleep(0.05)
     raise AssertionError(f"no mail {prefix!r}; got {[m['Subject'] for m in sink.messages]}")
 
