@@ -20,6 +20,7 @@ from typing import Any, Callable
 from ..common import checkpoints
 from ..common.clock import iso, parse_iso
 from ..common.config import Config
+from ..report.files import report_files
 from .instance import Instance
 from .bucket_state import StateRestore, restore_state
 from .restore import Restorer
@@ -39,6 +40,7 @@ class Mirror:
         self.uploads: list[threading.Thread] = []
         self.restorer = Restorer(cfg, log, clock, instance, alert, restored, reopen)
         self._failed = False
+        self._reports_sent: dict[str, tuple[int, int]] = {}  # reports/ name -> (size, mtime) confirmed up
 
     @property
     def enabled(self) -> bool:
@@ -67,7 +69,7 @@ class Mirror:
         newest = checkpoints.newest(self.cfg.checkpoint_dir)
         if not self.enabled or newest is None or self.uploads_pending or self.restore_pending:
             return
-        if newest.step > (self.confirmed.get("step") or -1) or self._state_due():
+        if newest.step > (self.confirmed.get("step") or -1) or self._state_due() or self._reports_due():
             self._start(newest.step, "mirror", wait=False)
 
     def _state_due(self) -> bool:
@@ -117,6 +119,7 @@ class Mirror:
                 record["objects"] = aws.upload_checkpoint(newest)
             if not self.restorer.provisional:  # a placeholder run never overwrites the bucket's
                 aws.upload_state(self.cfg.state_file)
+                self._upload_reports(aws)
             now = iso(self.clock.now())
             with self._lock:
                 self.confirmed = {"step": max(newest.step, self.confirmed.get("step") or -1), "at": now,
@@ -138,6 +141,26 @@ class Mirror:
             self._failed = True
         with self._lock:
             self.records[why] = record
+
+    def _reports_due(self) -> bool:
+        return any(self._reports_sent.get(name) != seen for _, name, seen in report_files(self.cfg.reports_dir))
+
+    def _upload_reports(self, aws: Any) -> None:
+        """The reports folder (daemon/report/files.py), each file once per change; a failure costs
+        the reports (tried again next time), never the checkpoint's upload."""
+        sent = []
+        for path, name, seen in report_files(self.cfg.reports_dir):
+            if self._reports_sent.get(name) == seen:
+                continue
+            try:
+                aws.upload_report(path, name)
+            except Exception as e:
+                self.log.warning("s3.reports_upload_failed", file=name, error=f"{type(e).__name__}: {e}")
+                break
+            self._reports_sent[name] = seen
+            sent.append(name)
+        if sent:
+            self.log.info("s3.reports_uploaded", files=len(sent), bucket=self.cfg.aws.s3_bucket)
 
     def _prune(self, aws: Any, uploaded: int) -> list[int]:
         """The bucket keeps what the local directory keeps: the last K and the best, ranked among
