@@ -44,6 +44,7 @@ GPUS = (
     Gpu("A100-40GB", (8, 0), 39.4, 312.0, "p4d.24xlarge (8 GPUs)", 1152),
     Gpu("A100-80GB", (8, 0), 79.1, 312.0, "p4de.24xlarge (8 GPUs)", 1152),
     Gpu("H100", (9, 0), 79.1, 989.0, "p5.48xlarge (8 GPUs)", 2048),
+    Gpu("H200", (9, 0), 139.0, 989.0, "p5e.48xlarge (8 GPUs)", 2048),  # memory: as the lent one reports it
 )
 
 

@@ -22,7 +22,7 @@ def plan(*args: str) -> list[dict]:
 
 def test_plan_json_for_musicgen_small_on_every_gpu(tmp_path):
     rows = {r["gpu"]: r for r in plan("--config", str(PROD_TOML), "--clips", "8000", "--price", "1.5")}
-    assert set(rows) == {"T4", "A10G", "L4", "A100-40GB", "A100-80GB", "H100"}
+    assert set(rows) == {"T4", "A10G", "L4", "A100-40GB", "A100-80GB", "H100", "H200"}
     assert all(FIELDS <= set(r) for r in rows.values())
     t4, h100 = rows["T4"], rows["H100"]
     # batch_size = "auto", 32 clips a step. 8 x 1,503 positions in fp16 need ~26 GiB without
