@@ -149,7 +149,7 @@ def daemon_paths(world, variant, aws: Aws) -> dict:
         "s3 download checkpoint": lambda: aws.download_checkpoint(json.loads(marker.read_text()), work / "ckpt"),
         "s3 delete checkpoint": lambda: aws.delete_checkpoint(8),
         "ses send": lambda: SesTransport(EmailConfig(transport="ses", to=["me@example.com"], sender=SENDER),
-                                         aws.client("ses")).send(message),
+                                         lambda: aws.client("ses")).send(message),
         "ec2 stop tagged": lambda: aws.stop_instance(mine["stop"]),
         "ec2 terminate tagged": lambda: aws.terminate_instance(mine["terminate"]),
     }
@@ -185,7 +185,7 @@ def test_every_daemon_call_passes_with_the_policy_and_nothing_else_does(iam_worl
     message.set_content("x")
     with pytest.raises(Exception) as refused:
         SesTransport(EmailConfig(transport="ses", to=["me@example.com"], sender="other@example.com"),
-                     aws.client("ses")).send(message)
+                     lambda: aws.client("ses")).send(message)
     assert denied(refused.value)
     with pytest.raises(Exception) as refused:
         aws.client("iam").list_users()
