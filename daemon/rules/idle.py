@@ -15,7 +15,7 @@ readings mean nothing, so it starts afresh.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ..actions import Action, SendAlert, Shutdown
@@ -125,16 +125,19 @@ MAX_HOLD_S = 7 * 86400.0
 
 
 def hold_until_s(hold_file: Path, now_s: float, now: datetime) -> float | None:
-    """`amapiano-train hold`'s deadline in boottime seconds, at most MAX_HOLD_S ahead; a garbage
-    hold file is no hold."""
+    """`amapiano-train hold`'s deadline in boottime seconds, at most MAX_HOLD_S after the hold file
+    was written (its mtime: a cap counted from each tick would move with the clock and never end);
+    a garbage hold file, or an `until` without a time zone, is no hold."""
     hold = read_json(hold_file)
     if not hold or not isinstance(hold.get("until"), str):
         return None
     try:
         until = parse_iso(hold["until"])
-    except (ValueError, OverflowError):
+        written = datetime.fromtimestamp(hold_file.stat().st_mtime, timezone.utc)
+        left = min((until - now).total_seconds(), (written - now).total_seconds() + MAX_HOLD_S)
+    except (ValueError, OverflowError, TypeError, OSError):  # TypeError: a time without a zone
         return None
-    return now_s + min((until - now).total_seconds(), MAX_HOLD_S)
+    return now_s + left
 
 
 def describe(timer: IdleTimer, snap: IdleSnapshot, rule: IdleRule, now: datetime) -> dict:

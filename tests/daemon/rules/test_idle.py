@@ -78,14 +78,22 @@ def test_hold_postpones_and_warns_again_before_the_new_deadline():
 
 def test_a_hold_file_written_by_hand_holds_at_most_a_week(tmp_path):
     """`hold` refuses more than 7d, but hold.json is a plain file: `until` in 2099 written by hand
-    (or by an older binary) switched the idle rule off for 73 years."""
+    switched the idle rule off for 73 years, and a cap counted from each tick moved with the clock
+    (a hostile tester's find); an `until` without a zone made the idle job raise at every tick."""
+    import os
     from datetime import datetime, timezone
 
     from daemon.rules.idle import MAX_HOLD_S, hold_until_s
 
-    now = datetime(2026, 12, 3, tzinfo=timezone.utc)
+    written = datetime(2026, 12, 3, tzinfo=timezone.utc)
     hold = tmp_path / "hold.json"
     hold.write_text('{"until": "2099-01-01T00:00:00Z"}')
-    assert hold_until_s(hold, 1000.0, now) == 1000.0 + MAX_HOLD_S
+    os.utime(hold, (written.timestamp(), written.timestamp()))
+    assert hold_until_s(hold, 1000.0, written) == 1000.0 + MAX_HOLD_S
+    a_day_later = datetime(2026, 12, 4, tzinfo=timezone.utc)
+    assert hold_until_s(hold, 1000.0, a_day_later) == 1000.0 + MAX_HOLD_S - 86400
     hold.write_text('{"until": "2026-12-03T02:00:00Z"}')
-    assert hold_until_s(hold, 1000.0, now) == 1000.0 + 7200
+    os.utime(hold, (written.timestamp(), written.timestamp()))
+    assert hold_until_s(hold, 1000.0, written) == 1000.0 + 7200
+    hold.write_text('{"until": "2026-12-10T00:00:00"}')
+    assert hold_until_s(hold, 1000.0, written) is None
