@@ -320,20 +320,6 @@ def set_aside(dest: Path, *paths: Path) -> Path:
     return dest
 
 
-def set_aside_digests(directory: Path) -> set[str]:
-    """The SHA-256s of the checkpoints set aside in `directory`/corrupt/ (refused or damaged here):
-    the bucket's copy of one is not fetched again at every start only to be set aside again."""
-    found = set()
-    for path in (directory / "corrupt").glob(f"{PREFIX}*{MARKER_SUFFIX}"):
-        try:
-            meta = loads(path.read_bytes())
-        except (OSError, ValueError):
-            continue
-        if isinstance(meta, dict) and isinstance(meta.get("sha256"), str):
-            found.add(meta["sha256"])
-    return found
-
-
 def inside(directory: Path, name: str) -> Path | None:
     """`directory/name` if it stays inside `directory` (no `..`, no absolute path, no symlink
     out), else None. For every path taken from a marker, a bucket key or another process."""

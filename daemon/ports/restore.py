@@ -170,10 +170,8 @@ class Restorer:
         marker = aws.get_marker(step)
         if marker is None:
             raise BadObject("its marker is gone (pruned since the listing)")
-        if (checkpoints.parse_marker(marker, step, self.cfg.checkpoint_dir) is None
-                or marker.get("sha256") in checkpoints.set_aside_digests(self.cfg.checkpoint_dir)):
-            raise BadObject("its step, file or manifest does not match its key, or these bytes were set aside "
-                            "here before (checkpoints/corrupt/): not fetched again only to be refused again")
+        if checkpoints.parse_marker(marker, step, self.cfg.checkpoint_dir) is None:
+            raise BadObject("its step, file or manifest does not match its key")
         self.log.info("s3.restoring", step=step, bucket=self.cfg.aws.s3_bucket)
         return aws.download_checkpoint(marker, self.cfg.checkpoint_dir)
 

@@ -255,28 +255,6 @@ def test_a_stalled_bucket_is_unknown_within_a_bounded_time(tmp_path, aws):
         stalled.close()
 
 
-def test_bytes_the_trainer_set_aside_are_not_fetched_again(tmp_path, aws):
-    """A digest-valid checkpoint planted in the bucket that the trainer refused (another step's
-    payload, a pickle) was downloaded again at every start, only to be set aside again under a new
-    number: each start cost the download and its disk."""
-    from daemon.common import checkpoints
-
-    cfg = setup_world(tmp_path, aws)
-    s3 = s3_client(aws)
-    s3.create_bucket(Bucket=BUCKET)
-    marker = plant_checkpoint(s3, BUCKET, PREFIX, 100)
-    corrupt = cfg.checkpoint_dir / "corrupt"
-    corrupt.mkdir(parents=True)
-    (corrupt / "step_00000100.json").write_text(json.dumps(marker))   # the trainer's refusal, earlier
-    log, calls = Log(), Calls()
-    mirror = mirror_for(cfg, log, restore_state(cfg, log, Instance(cfg, log, Clock())), calls)
-    mirror.start_restore()
-    wait_for(lambda: not mirror.restore_pending, 20, "the restore")
-    assert checkpoints.newest(cfg.checkpoint_dir) is None
-    assert not list(cfg.checkpoint_dir.glob("step_*")) and not list(cfg.checkpoint_dir.glob("*.tmp*"))
-    assert [kw["step"] for _, kw in log.named("s3.checkpoint_refused")] == [100]
-
-
 @pytest.mark.parametrize("bucket", ["refuses reads", "holds another run"])
 def test_a_read_only_state_directory_costs_the_marker_never_the_start(tmp_path, aws, refusing, bucket):
     """Chaos seeds 721571723 and 45119020: with the state directory read-only (ext4's
