@@ -12,7 +12,7 @@ from .common.atomic import read_json
 
 INT_FIELDS = ("step", "total_steps", "epoch", "last_checkpoint_step", "resumed_from_step", "pid", "micro_batch",
               "grad_accum", "oom_backoffs")
-FLOAT_FIELDS = ("train_loss", "val_loss", "best_val_loss", "lr", "samples_per_s")
+FLOAT_FIELDS = ("train_loss", "val_loss", "best_val_loss", "lr", "samples_per_s", "checkpoint_write_s")
 STR_FIELDS = ("activity", "last_checkpoint", "time")
 MAX_STR = 4096
 

@@ -7,6 +7,15 @@ and its last heartbeat may say "validating" forever; it is never busy, it is dea
 has an allowance from the config; loading, validation and checkpointing grow to three times the
 longest such span this run has measured, so a slow disk is not mistaken for a hang. A heartbeat
 from an earlier worker (another pid) counts as "loading" since this worker started.
+
+Checkpoints are written in the background (trainer/worker/async_save.py): the loop waits on a
+write only at the next save, a stop or the end, with its heartbeat on "checkpointing", "stopped"
+or "completed" and unwritten until the write commits. The heartbeat's `checkpoint_write_s` (the
+longest write the worker has measured) allows those activities WRITE_FACTOR times that: a 5 GB
+write on EBS gp3 takes ~40 s, and a disk that slows down (burst credits spent) can take several
+times its last figure. The longest figure any worker reported is kept, so a restarted worker's
+first wait on the same disk is allowed it too; a figure past MAX_WRITE_S is not believed beyond
+it, so no heartbeat can make a frozen worker immortal.
 """
 from __future__ import annotations
 
@@ -15,6 +24,9 @@ from typing import Any
 
 LEARNED = ("loading", "validating", "checkpointing")
 LEARN_FACTOR = 3.0
+WAITING_ON_WRITE = ("checkpointing", "completed", "stopped")
+WRITE_FACTOR = 6.0
+MAX_WRITE_S = 3600.0  # 40 GB (MusicGen-large with AdamW) at 125 MB/s is ~330 s
 
 
 @dataclass(frozen=True)
@@ -47,17 +59,28 @@ class LivenessSnapshot:
     beat_pid: int | None
     beat_activity: str | None
     beat_written_s: float | None   # the heartbeat file's mtime
+    checkpoint_write_s: float | None = None   # the heartbeat's longest background write
 
 
 @dataclass(frozen=True)
 class LivenessMemory:
     longest: dict[str, float] = field(default_factory=dict)   # activity -> longest span measured
     current: tuple[int, str, float] | None = None             # (pid, activity, since)
+    write_s: float = 0.0                                      # the longest checkpoint write reported
 
 
 def deadline(activity: str | None, allow: Allowances, memory: LivenessMemory) -> float:
     learned = LEARN_FACTOR * memory.longest.get(activity or "loading", 0.0)
-    return max(allow.base(activity), learned)
+    writes = WRITE_FACTOR * memory.write_s if activity in WAITING_ON_WRITE else 0.0
+    return max(allow.base(activity), learned, writes)
+
+
+def _written(s: LivenessSnapshot, memory: LivenessMemory) -> LivenessMemory:
+    """Keep the longest write any worker reported (capped): the disk outlives the worker."""
+    w = s.checkpoint_write_s
+    if w is None or not w > 0.0:  # unknown, or nonsense (NaN, negative): nothing learned
+        return memory
+    return replace(memory, write_s=max(memory.write_s, min(w, MAX_WRITE_S)))
 
 
 def _observe(s: LivenessSnapshot, activity: str, memory: LivenessMemory) -> LivenessMemory:
@@ -68,8 +91,8 @@ def _observe(s: LivenessSnapshot, activity: str, memory: LivenessMemory) -> Live
     longest = dict(memory.longest)
     if cur is not None and cur[0] == s.worker_pid and cur[1] in LEARNED:
         longest[cur[1]] = max(longest.get(cur[1], 0.0), s.now_s - cur[2])
-    return LivenessMemory(longest, (s.worker_pid, activity, s.now_s)) if s.worker_pid is not None else \
-        replace(memory, current=None)
+    return replace(memory, longest=longest, current=(s.worker_pid, activity, s.now_s) if s.worker_pid is not None
+                   else None)
 
 
 def decide(s: LivenessSnapshot, allow: Allowances, memory: LivenessMemory) -> tuple[str | None, LivenessMemory]:
@@ -78,7 +101,7 @@ def decide(s: LivenessSnapshot, allow: Allowances, memory: LivenessMemory) -> tu
     ours = s.beat_pid == s.worker_pid and s.beat_written_s is not None and s.beat_written_s >= s.worker_started_s - 1
     activity = s.beat_activity if ours else "loading"
     since = s.beat_written_s if ours else s.worker_started_s
-    memory = _observe(s, activity or "loading", memory)
+    memory = _observe(s, activity or "loading", _written(s, memory))
     age, limit = s.now_s - since, deadline(activity, allow, memory)
     if age > limit:
         return (f"hung: no heartbeat for {age:.0f} s while {activity or 'loading'} "
@@ -97,4 +120,4 @@ def snapshot(now_s: float, worker_pid: int | None, worker_started_s: float | Non
     """From the heartbeat as daemon/heartbeat.py read it (or None)."""
     f = beat.fields if beat else {}
     return LivenessSnapshot(now_s, worker_pid, worker_started_s, f.get("pid"), f.get("activity"),
-                            beat.written_s if beat else None)
+                            beat.written_s if beat else None, f.get("checkpoint_write_s"))
