@@ -3,6 +3,7 @@
   amapiano-train demo                      the whole lifecycle on a tiny model, in about a minute
   amapiano-train config check FILE         validate a config (exit 78 and one line if it is wrong)
   amapiano-train supervise --config FILE   the daemon systemd runs (amapiano-train.service)
+  amapiano-train watch --config FILE ...   the same on a SkyPilot cluster's head node (starts no worker)
   amapiano-train status [--json] [--watch] where the run stands, from state.json
   amapiano-train hold 2h                   postpone an idle shutdown (hold 0: cancel the hold)
   amapiano-train start-fresh               S3 holds a run it cannot read: go on without it
@@ -82,7 +83,8 @@ def cmd_supervise(args) -> int:
         print(f"amapiano-train: {e}", file=sys.stderr)
         return exits.CONFIG
     try:
-        supervisor = Supervisor(cfg, log, log_format=fmt, log_level=args.log_level)
+        make = getattr(args, "make", Supervisor)  # `watch` (daemon/watch.py) makes its Watcher
+        supervisor = make(cfg, log, log_format=fmt, log_level=args.log_level)
     except StateError as e:
         log.error("state.unusable", error=str(e))
         print(f"amapiano-train: {e}", file=sys.stderr)
@@ -316,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.worker.cli import add_parser as add_train
     from .report.cli import add_parser as add_report
 
-    for add in (add_train, add_evaluation, add_dataset, add_report):  # torch-free parsers; torch (matplotlib) when run
+    for add in (add_train, add_evaluation, add_dataset, add_report, _add_watch):  # torch-free parsers; torch (matplotlib) when run
         add(sub)
 
     c = sub.add_parser("config", help="config file tools")
@@ -325,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("file", type=Path)
     cc.set_defaults(func=cmd_config_check)
     return p
+
+
+def _add_watch(sub) -> None:
+    from .watch_cli import add_parser  # `amapiano-train watch`: the supervisor on a SkyPilot cluster's head node
+
+    add_parser(sub, cmd_supervise)  # the same command, making a Watcher
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,8 +77,7 @@ class Supervisor:
         self.writer = StateWriter(cfg.state_file, log, self.clock, self.notifier, self.outbox)
         self.tb = ScalarWriter(cfg.tensorboard_dir / "supervisor", log)
         self.idle_timer = idle.load_timer(s.idle)
-        self._idle_json: dict | None = None
-        self._last_idle_check = self.clock.monotonic()
+        self._idle_json, self._last_idle_check = None, self.clock.monotonic()  # (dict | None, s)
         self.liveness = liveness.LivenessMemory()
         self.raised, self.val_history = red_flags.load(s.red_flags)
         self.spot_seen, self.spot_notes = spot.load(s.spot)
@@ -127,7 +126,8 @@ class Supervisor:
         hung, self.liveness = liveness.decide(self._liveness_snapshot(beat), allow, self.liveness)
         if hung:
             self.executor.execute([KillWorker(hung)])
-        self.executor.execute(self.evaluation.step(self.worker.running, self.gpu.available, self._run_view()))
+        shared = self.gpu.available and self.worker.pausable  # a cluster's group is not ours to pause
+        self.executor.execute(self.evaluation.step(self.worker.running, shared, self._run_view()))
         self.publish()
 
     def _may_start_worker(self) -> bool:

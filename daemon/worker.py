@@ -83,6 +83,8 @@ def children(pid: int) -> list[int]:
 class WorkerProcess:
     """One run of `python -m trainer --config FILE` (through torchrun when nproc > 1), with its failure file."""
 
+    pausable = True  # a milestone evaluation may stop it for the GPU, and start it again
+
     def __init__(self, config_path: Path, failure_file: Path, extra_args: tuple[str, ...] = (), nproc: int = 1):
         self.config_path = config_path
         self.failure_file = failure_file
@@ -143,6 +145,10 @@ class WorkerProcess:
         if rc is None:
             return None
         self._proc = None
+        return self.ended(rc)
+
+    def ended(self, rc: int) -> WorkerExit:
+        """How a group that exited rc ended: rank 0's failure file and the group's OOM record say why."""
         failure = self._failure()
         if rc < 0:
             return WorkerExit(code=None, signal=signal.Signals(-rc).name,

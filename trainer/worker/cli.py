@@ -64,6 +64,7 @@ def cmd_train(args: argparse.Namespace, stop=None) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return exits.CONFIG
+    stop.watch(cfg.run.state_dir)  # a cluster's watcher asks through a file (daemon/common/stopfile.py)
 
     from . import distributed
 

@@ -1,0 +1,137 @@
+"""A training group the watcher did not start: SkyPilot's torchrun on this node, behind the same
+few methods as daemon/worker.py's child (start, poll, signal, wait, pid, running), so the
+lifecycle, the executor and every rule treat it as they treat our own worker.
+
+The run script (scripts/skypilot/amapiano-train.yaml) says where it is: it writes `PID` to the
+pid file once it has started torchrun and `PID STATUS` once torchrun has ended (bash's status:
+128 + N for signal N). Starting is adopting: the watcher never launches a process. Asking to
+stop is the stop-request file (daemon/common/stopfile.py), which rank 0 reads at step boundaries
+on every node's behalf; asking for a checkpoint and the stack dump are signals to this node's
+ranks; killing a stalled group kills this node's ranks and torchrun, which breaks the rendezvous
+on every node, so the whole job ends and SkyPilot's recovery can restart it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..common import stopfile
+from ..common.clock import iso
+from ..rules.restart import WorkerExit
+from ..worker import WorkerProcess, children
+
+STATUS_WAIT_S = 5.0   # torchrun gone, its status not written yet: the run script is a moment behind
+MAX_PID_FILE = 256
+
+
+def read_pid_file(path: Path) -> tuple[int, int | None] | None:
+    """(pid, exit status or None while running) from the run script's pid file; None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            words = f.read(MAX_PID_FILE).decode("ascii").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not 1 <= len(words) <= 2 or not all(w.isdigit() and len(w) < 10 for w in words):
+        return None
+    pid = int(words[0])
+    return (pid, int(words[1]) if len(words) == 2 else None) if pid > 1 else None
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (torchrun's parent, the run script, reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X", "")
+
+
+def returncode(status: int | None) -> int:
+    """bash's status as Popen's: 128 + N is signal N (negative); unknown is a crash."""
+    if status is None:
+        return 1
+    if status > 128 and (status - 128) in signal.valid_signals():
+        return -(status - 128)
+    return status
+
+
+class WatchedGroup(WorkerProcess):
+    """The group SkyPilot's run script started on this node."""
+
+    pausable = False  # stopping the group ends the job: a milestone evaluation runs beside it
+
+    def __init__(self, pid_file: Path, failure_file: Path, state_dir: Path, clock: Any,
+                 why: Callable[[], str] = lambda: "stop requested"):
+        super().__init__(pid_file, failure_file, nproc=2)  # nproc > 1: rank 0's failure file has the real status
+        self.pid_file, self.stop_file, self.clock, self.why = pid_file, stopfile.path(state_dir), clock, why
+        self._pid: int | None = None
+        self._gone_at: float | None = None
+
+    def _seen(self) -> int | None:
+        """The group's pid while it runs, from the pid file (adopted or not)."""
+        found = read_pid_file(self.pid_file)
+        if found is None or found[1] is not None:
+            return None
+        return found[0] if alive(found[0]) else None
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid if self._pid is not None else self._seen()
+
+    @property
+    def running(self) -> bool:
+        pid = self.pid
+        return pid is not None and alive(pid) and (read_pid_file(self.pid_file) or (0, 0))[1] is None
+
+    def command(self) -> list[str]:
+        return ["(adopted from", str(self.pid_file) + ")"]
+
+    def owns(self, pid: Any) -> bool:
+        """Whether pid is the group's leader or one of its ranks on this node (rank 0 writes the heartbeat)."""
+        leader = self.pid
+        return isinstance(pid, int) and leader is not None and (pid == leader or pid in children(leader))
+
+    def start(self) -> int:
+        """Adopt the running group: from now on its exit is ours to read."""
+        pid = self._seen()
+        if pid is None:
+            raise RuntimeError(f"no running group in {self.pid_file}")
+        self._pid, self._gone_at = pid, None
+        self._stale = self._mtime(self.failure_file)   # an earlier run's failure file is not this group's
+        self._oom_before = self._mtime(self.oom_file)
+        return pid
+
+    def poll(self) -> WorkerExit | None:
+        if self._pid is None or alive(self._pid):
+            return None
+        found = read_pid_file(self.pid_file)
+        status = found[1] if found is not None and found[0] == self._pid else None
+        if status is None:
+            self._gone_at = self._gone_at or self.clock.monotonic()
+            if self.clock.monotonic() - self._gone_at < STATUS_WAIT_S:
+                return None
+        self._pid = None
+        return self.ended(returncode(status))
+
+    def signal(self, sig: int) -> None:
+        pid = self.pid
+        if pid is None:
+            return
+        if sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+            stopfile.request(self.stop_file, pid, self.why(), iso(self.clock.now()))
+            return
+        ranks = children(pid)
+        for target in (ranks or [pid]) + ([pid] if ranks and sig == signal.SIGKILL else []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, sig)
+
+    def wait(self, timeout: float) -> WorkerExit | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if (ended := self.poll()) is not None or self._pid is None or time.monotonic() >= deadline:
+                return ended
+            time.sleep(0.1)
