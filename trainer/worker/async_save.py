@@ -39,8 +39,9 @@ from .memory import GIB, HOST_RESERVE
 
 # Test-only, never set in production: "S" holds every checkpoint write S seconds once its bytes
 # are in the temp file (before the rename and the marker), "S@STEP" only step STEP's, "S%N" those of
-# the steps that N divides; the kill tests (tests/trainer/worker/test_async_checkpoint.py, the chaos
-# suite) land inside the write.
+# the steps that N divides; several, comma-separated, the first that names the step wins ("6@12,1":
+# step 12's 6 s, every other 1 s: a disk that slows down). The kill tests
+# (tests/trainer/worker/test_async_checkpoint.py, the chaos suite) land inside the write.
 SLOW_SAVE = "AMAPIANO_TEST_SLOW_SAVE_S"
 MEMINFO, CGROUP = Path("/proc/meminfo"), Path("/sys/fs/cgroup")
 
@@ -110,19 +111,23 @@ def no_room(need: int, held: int, available: int | None, reserve: int = HOST_RES
             "blocking, the loop waits for each write")
 
 
+def hold_seconds(step: int, value: str | None = None) -> float | None:
+    """SLOW_SAVE's pause for this step's write, or None (unset, no item names the step, unreadable)."""
+    for item in (os.environ.get(SLOW_SAVE, "") if value is None else value).split(","):
+        seconds, mark, rest = item.strip().replace("%", "@%", 1).partition("@")
+        try:
+            pause, number = float(seconds), int(rest.lstrip("%")) if mark else None
+        except ValueError:
+            return None
+        if number is None or (step % number == 0 if rest.startswith("%") and number > 0 else step == number):
+            return pause
+    return None
+
+
 def test_hold(step: int) -> Callable[[], None] | None:
-    """SLOW_SAVE's pause for this step's write, or None (unset, another step, or unreadable)."""
-    value = os.environ.get(SLOW_SAVE)
-    if not value:
-        return None
-    seconds, mark, rest = value.replace("%", "@%", 1).partition("@")
-    try:
-        pause, number = float(seconds), int(rest.lstrip("%")) if mark else None
-    except ValueError:
-        return None
-    if number is not None and not (step % number == 0 if rest.startswith("%") and number > 0 else step == number):
-        return None
-    return lambda: time.sleep(pause)
+    """SLOW_SAVE's pause for this step's write, as a call, or None."""
+    pause = hold_seconds(step)
+    return None if pause is None else lambda: time.sleep(pause)
 
 
 class Saver:

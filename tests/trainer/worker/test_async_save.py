@@ -123,9 +123,11 @@ def test_no_room_counts_the_kept_copy_and_a_reserve(need, held, available, fits)
         assert "blocking" in why and f"{need / GIB:.1f} GiB" in why
 
 
-@pytest.mark.parametrize("value, step, holds", [("2", 8, True), ("2@8", 8, True), ("2@8", 4, False),
-                                                 ("1.5%40", 80, True), ("1.5%40", 84, False), ("2%0", 8, False),
-                                                 ("", 8, False), ("x@8", 8, False), ("2@y", 8, False)])
-def test_the_test_hold_is_read_only_from_its_variable(monkeypatch, value, step, holds):
+@pytest.mark.parametrize("value, step, seconds", [
+    ("2", 8, 2.0), ("2@8", 8, 2.0), ("2@8", 4, None), ("1.5%40", 80, 1.5), ("1.5%40", 84, None), ("2%0", 8, None),
+    ("", 8, None), ("x@8", 8, None), ("2@y", 8, None),
+    ("6@12,1", 12, 6.0), ("6@12,1", 8, 1.0), ("6@12, 0.5%8", 16, 0.5), ("6@12,0.5%8", 4, None), ("6@12,x", 4, None)])
+def test_the_test_hold_is_read_only_from_its_variable(monkeypatch, value, step, seconds):
     monkeypatch.setenv(async_save.SLOW_SAVE, value)
-    assert (async_save.test_hold(step) is not None) == holds
+    assert async_save.hold_seconds(step) == seconds
+    assert (async_save.test_hold(step) is not None) == (seconds is not None)
