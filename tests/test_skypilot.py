@@ -4,7 +4,7 @@ SkyPilot's own parser (sky.Task.from_yaml_config) runs when skypilot is importab
 test dependency (it pins click < 8.2 and brings ~100 packages), so otherwise the YAML is checked
 against SkyPilot's schemas, copied into tests/skypilot_schema.json (Apache-2.0), with the same
 validator SkyPilot uses. Either way the shell in setup and run is parsed, the config that setup
-writes passes `amapiano-train config check`, and run refuses a world size it cannot train.
+writes passes `amapiano-train config check`, and run starts a node of a cluster.
 """
 from __future__ import annotations
 
@@ -101,13 +101,24 @@ def test_shell_parses(task, part):
     assert result.returncode == 0, result.stderr
 
 
-def test_run_refuses_more_processes_than_the_trainer_can_share(task, tmp_path):
-    """Two nodes without the data-parallel trainer would be two runs writing one bucket."""
+def test_run_starts_a_node_of_a_two_node_cluster_with_no_switch_to_ask_for(task, tmp_path):
+    """Two nodes train as one group (tests/trainer/worker/test_two_nodes.py), so a cluster needs no
+    DISTRIBUTED=1: node 1 of 2 starts torchrun with the head (the first of SKYPILOT_NODE_IPS) as
+    its rendezvous. .venv/bin/python stands in as a script that records what it was given."""
+    assert "DISTRIBUTED" not in task["envs"] and "DISTRIBUTED" not in task["run"]
+    venv = tmp_path / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$HOME/argv"\n')
+    (venv / "python").chmod(0o755)
     env = {**{k: str(v) for k, v in task["envs"].items() if v is not None}, **ENVS,
-           "SKYPILOT_NUM_NODES": "2", "SKYPILOT_NUM_GPUS_PER_NODE": "1", "SKYPILOT_NODE_RANK": "0",
+           "SKYPILOT_NUM_NODES": "2", "SKYPILOT_NUM_GPUS_PER_NODE": "1", "SKYPILOT_NODE_RANK": "1",
            "SKYPILOT_NODE_IPS": "10.0.0.1\n10.0.0.2", "HOME": str(tmp_path)}
     result = bash(task["run"], env, cwd=tmp_path)
-    assert result.returncode == 2 and "DISTRIBUTED=0" in result.stderr
+    assert result.returncode == 0, result.stderr
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert argv[:2] == ["-m", "torch.distributed.run"], argv
+    for arg in ("--nnodes=2", "--nproc_per_node=1", "--node_rank=1", "--master_addr=10.0.0.1", "--max_restarts=0"):
+        assert arg in argv, (arg, argv)
 
 
 def test_setup_writes_a_config_that_passes_the_check(task, tmp_path):
