@@ -5,16 +5,19 @@ the run must not start over at $0 with a new run_id and a new milestone date. Ea
 appends one line (run_id, started_at, the ledger's totals, the budget alerts already sent, the
 milestone's due time and decision, whether the completion is done), fsynced. A torn last line is
 skipped. Past MAX_BYTES the journal is compacted to its last line (atomically), so it stays small
-on a weeks-long run.
+on a weeks-long run. Anything but a regular file at its path (a FIFO, a directory, a link to a
+device) reads as no journal, never blocks, and is moved aside at the next record, which starts
+the journal again from the run in memory (state.json's ledger).
 """
 from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
-from .common.atomic import FILE_MODE, loads, write_bytes_atomic
+from .common.atomic import FILE_MODE, loads, read_bytes, write_bytes_atomic
 from .common.clock import is_utc_time
 from .cost import Ledger
 
@@ -43,16 +46,24 @@ def replace(path: Path, rec: dict) -> None:
     write_bytes_atomic(path, _line(rec))
 
 
-def append(path: Path, rec: dict) -> None:
+def append(path: Path, rec: dict) -> str | None:
+    """Append one record (fsynced). Returns where a planted non-file was moved, if one was."""
     line = _line(rec)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
-        size = 0
-    if size + len(line) > MAX_BYTES:
+        st = None
+    aside = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        # Opening a FIFO to write waits for a reader for ever; a directory or /dev/zero takes
+        # nothing. Kept for a look; the record below starts the journal again.
+        aside = path.with_name(f"{path.name}.bad.{str(rec['at']).replace('-', '').replace(':', '')}")
+        os.replace(path, aside)
+    if st is None or aside is not None or st.st_size + len(line) > MAX_BYTES:
         write_bytes_atomic(path, line)
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        return str(aside) if aside else None
+    # O_NONBLOCK: a FIFO planted since the stat fails (ENXIO) instead of waiting for a reader.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, FILE_MODE)
     try:
         os.write(fd, line)
         os.fsync(fd)
@@ -63,7 +74,7 @@ def append(path: Path, rec: dict) -> None:
 def last(path: Path) -> dict | None:
     """The newest complete, well-formed record, or None."""
     try:
-        lines = path.read_bytes().splitlines()
+        lines = read_bytes(path).splitlines()  # bounded; a FIFO or a device is refused, never waited on
     except OSError:
         return None
     for raw in reversed(lines):

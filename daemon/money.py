@@ -130,7 +130,8 @@ class Money:
         rec = journal.record(self.run_id, self.started_at, self.ledger, sorted(self.fired), milestone,
                              iso(self.clock.now()))
         try:
-            journal.append(self.journal_path, rec)
+            if aside := journal.append(self.journal_path, rec):  # a FIFO, directory or device was there
+                self.log.error("journal.moved_aside", moved_to=aside, note="the journal starts again from this run")
             self._journal_failed = False
         except (OSError, ValueError) as e:
             if not self._journal_failed:

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .common.atomic import loads, write_json_atomic
+from .common.atomic import loads, read_bytes, write_json_atomic
 from .common.clock import is_utc_time, iso
 from .states import Phase
 
@@ -175,11 +175,14 @@ def _clean(value: Any) -> Any:
 def load_state(path: Path) -> State | None:
     """The state file, or None when there is none yet. Raises StateError if unusable."""
     try:
-        raw = path.read_bytes()
+        # Bounded, and never a FIFO or a device: a plain read blocked the supervisor before READY,
+        # and `status`, on a FIFO planted here, and read /dev/zero until memory ran out.
+        raw = read_bytes(path, MAX_BYTES)
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise StateError(f"{path}: cannot read ({e.strerror})") from None
+        why = e.strerror or str(e).removeprefix(f"{path}: ")
+        raise StateError(f"{path}: cannot read ({why}); {MOVE_ASIDE}") from None
     return parse_state(raw, path)
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import DIR_MODE, loads, write_json_atomic
+from .atomic import DIR_MODE, loads, read_bytes, write_json_atomic
 
 PREFIX = "step_"
 MARKER_SUFFIX = ".json"
@@ -89,7 +89,9 @@ def read_marker(path: Path) -> Marker | None:
     if step is None or path.suffix != MARKER_SUFFIX:
         return None
     try:
-        meta = loads(path.read_bytes())  # (too deeply nested is bad JSON too)
+        # Bounded, and a FIFO or a device planted here is refused, never waited on or read for ever
+        # (too deeply nested is bad JSON too).
+        meta = loads(read_bytes(path))
     except (OSError, ValueError):
         return None
     return parse_marker(meta, step, path.parent)
@@ -125,9 +127,8 @@ OWN_LIMIT = 1 << 20  # a few dozen bytes a checkpoint: anything larger is not ou
 
 def _read_own(directory: Path) -> dict[str, str]:
     try:
-        with open(directory / OWN, "rb") as f:
-            own = json.loads(f.read(OWN_LIMIT))
-    except (OSError, ValueError, RecursionError):
+        own = loads(read_bytes(directory / OWN, OWN_LIMIT))
+    except (OSError, ValueError):
         return {}  # unreadable: nothing is known as ours, so nothing is trusted more
     return {k: v for k, v in own.items() if isinstance(v, str)} if isinstance(own, dict) else {}
 
