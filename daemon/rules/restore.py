@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from ..common.clock import iso
+
 SKEW = timedelta(minutes=5)   # clocks of two instances may disagree this much
 CENT = 0.005                  # the ledger is rounded in state.json; below half a cent is the same spend
 
@@ -34,7 +36,8 @@ class Theirs:
 def judge(local: Local | None, theirs: Theirs, now: datetime) -> tuple[str, list[str]]:
     reasons = []
     if theirs.updated_at is not None and theirs.updated_at > now + SKEW:
-        reasons.append(f"its updated_at {theirs.updated_at:%Y-%m-%dT%H:%M:%SZ} is in the future "
+        # In UTC: the bucket's string may carry any offset, and its wall time with a Z was hours off.
+        reasons.append(f"its updated_at {iso(theirs.updated_at)} is in the future "
                        f"(more than {SKEW.seconds // 60} min after this clock)")
     if local is not None and theirs.run_id not in local.run_ids:
         reasons.append(f"it is another run ({theirs.run_id}, this disk's is {', '.join(sorted(local.run_ids))})")
