@@ -31,6 +31,19 @@ def _values(data: dict, *names: str) -> list[str]:
     return []
 
 
+def _raw_from(data: dict) -> list[str]:
+    """SendRawEmail without Source: the address in the raw message's From header."""
+    import base64
+    import email
+    from email.utils import parseaddr
+
+    raw = _values(data, "RawMessage.Data")
+    if not raw:
+        return []
+    sender = email.message_from_bytes(base64.b64decode(raw[0]))["From"]
+    return [parseaddr(sender)[1]] if sender else []
+
+
 def _context(request: ac.IAMRequestBase, resource: str) -> tuple[str, dict[str, list[str]]]:
     service = request._service
     ctx: dict[str, list[str]] = {"aws:RequestedRegion": [request._region]}
@@ -45,7 +58,7 @@ def _context(request: ac.IAMRequestBase, resource: str) -> tuple[str, dict[str, 
             for key, value in (backend.tags.get(ids[0]) or {}).items():
                 ctx[f"ec2:ResourceTag/{key}"] = ctx[f"aws:ResourceTag/{key}"] = [value]
     elif service in ("ses", "email"):
-        ctx["ses:FromAddress"] = _values(data, "Source")
+        ctx["ses:FromAddress"] = _values(data, "Source") or _raw_from(data)
     elif service == "s3":
         prefix = parse_qs(urlparse(request._path).query).get("prefix")
         if prefix is not None:

@@ -5,8 +5,9 @@ A background thread delivers the queue through one transport (SMTP with STARTTLS
 boto3, or apprise: Slack, Discord, Telegram, SNS, webhooks... one URL each), retrying every
 `[email] retry_every` until `give_up_after`. A shutdown waits for its warning at most
 `[email] shutdown_wait`; an undelivered warning is then logged at error level and recorded in
-the alert itself. Secrets never come from config.toml: the SMTP password and the apprise URLs
-(they carry tokens) come from a systemd credential ($CREDENTIALS_DIRECTORY/<password_credential>,
+the alert itself. A decision's mail carries its report (mail_attach.py; SES in mail_ses.py,
+apprise in mail_apprise.py). Secrets never come from config.toml: the SMTP password and the
+apprise URLs (they carry tokens) come from a systemd credential ($CREDENTIALS_DIRECTORY/<password_credential>,
 <apprise_credential>) or the environment (AMAPIANO_SMTP_PASSWORD, AMAPIANO_APPRISE_URLS, e.g.
 from the unit's EnvironmentFile), and no child process inherits them (common/launch.py). Each is
 told to the log's redactor as it is read (common/log.py), and what a transport answers (apprise
@@ -28,11 +29,12 @@ from typing import Any, Callable
 from ..common.clock import Clock, iso
 from ..common.config import EmailConfig
 from ..common.log import add_secret, add_secret_url, redact
+from .mail_apprise import APPRISE_ENV, AppriseTransport
 from .mail_attach import fill
+from .mail_ses import OneDestination, SesTransport
 
 SUBJECT_PREFIX = "[amapiano-train] "
 PASSWORD_ENV = "AMAPIANO_SMTP_PASSWORD"
-APPRISE_ENV = "AMAPIANO_APPRISE_URLS"
 KEEP_ALERTS = 50
 
 
@@ -92,29 +94,7 @@ def apprise_urls(cfg: EmailConfig, environ: dict | None = None) -> list[str]:
             for word in line.split()]
 
 
-def _scheme(url: str) -> str:
-    """What a log may say about an apprise URL: its scheme, never its tokens."""
-    return url.split("://", 1)[0][:20] + "://..." if "://" in url else "(no scheme)"
-
-
-class _OneDestination:
-    """SMTP and SES: one destination, one result."""
-
-    def __init__(self, cfg: EmailConfig):
-        self.cfg, self.destination, self.unusable = cfg, ", ".join(cfg.to), []
-
-    def send(self, message: EmailMessage) -> None:
-        raise NotImplementedError
-
-    def try_each(self, message: EmailMessage) -> list[tuple[str, str | None]]:
-        try:
-            self.send(message)
-            return [(self.destination, None)]
-        except Exception as e:  # any failure of the mail path is a result, never raised
-            return [(self.destination, redact(f"{type(e).__name__}: {e}"))]
-
-
-class SmtpTransport(_OneDestination):
+class SmtpTransport(OneDestination):
     def __init__(self, cfg: EmailConfig, password: str | None):
         super().__init__(cfg)
         self._password = password
@@ -130,68 +110,6 @@ class SmtpTransport(_OneDestination):
             if cfg.smtp_user:
                 smtp.login(cfg.smtp_user, self._password or "")
             smtp.send_message(message)
-
-
-class SesTransport(_OneDestination):
-    """The client is made at the first send, so a client that cannot be made is a failed send
-    (retried, said in one line), not an exception where the transport is built."""
-
-    def __init__(self, cfg: EmailConfig, client_factory: Callable[[], Any]):
-        super().__init__(cfg)
-        self._factory, self._client = client_factory, None
-
-    def send(self, message: EmailMessage) -> None:
-        if self._client is None:
-            self._client = self._factory()
-        self._client.send_email(
-            Source=message["From"], Destination={"ToAddresses": list(self.cfg.to)},
-            Message={"Subject": {"Data": message["Subject"]},
-                     "Body": {"Text": {"Data": message.get_body(("plain",)).get_content()}}})
-
-
-class AppriseTransport:
-    """Every alert to every apprise URL, one by one, so each has its own result; a failure anywhere
-    is an error, and the outbox retries. A URL apprise cannot parse is left out and named (by
-    position and scheme) in `unusable`; a usable one is shown as apprise's privacy mode shows it."""
-
-    def __init__(self, cfg: EmailConfig, urls: list[str]):
-        self.cfg = cfg
-        self.unusable: list[str] = []
-        self._each: list[tuple[str, Any]] = []
-        try:
-            import apprise
-        except ImportError:  # a dependency in pyproject; an old venv may lack it
-            self.unusable, self.destination = ["apprise is not installed (pip install apprise)"], ""
-            return
-        for n, url in enumerate(urls, 1):
-            one = apprise.Apprise()
-            if one.add(url):
-                self._each.append((redact(one[0].url(privacy=True).split("?", 1)[0]), one))
-            else:
-                self.unusable.append(f"URL {n} ({_scheme(url)}) is not one apprise knows")
-        usable = len(self._each)
-        self.destination = f"{usable} apprise URL{'s' if usable != 1 else ''}" if usable else ""
-
-    def try_each(self, message: EmailMessage) -> list[tuple[str, str | None]]:
-        import logging
-
-        import apprise
-
-        results: list[tuple[str, str | None]] = []
-        for shown, one in self._each:
-            with apprise.LogCapture(level=logging.WARNING) as captured:
-                delivered = one.notify(title=message["Subject"], body=message.get_body(("plain",)).get_content())
-            lines = [line.split(" - ", 2)[-1] for line in captured.getvalue().splitlines() if line.strip()]
-            error = None if delivered else redact(" / ".join(lines[-3:]) or "the service refused the message")
-            results.append((shown, error))
-        return results
-
-    def send(self, message: EmailMessage) -> None:
-        if not self.destination:
-            raise ValueError("no usable apprise URL: " + ("; ".join(self.unusable) or f"set {APPRISE_ENV}"))
-        failed = [f"{shown}: {error}" for shown, error in self.try_each(message) if error]
-        if failed:
-            raise ConnectionError("apprise: " + " / ".join(failed))
 
 
 def make_transport(cfg: EmailConfig, ses_client_factory: Callable[[], Any] | None = None,

@@ -3,7 +3,9 @@
 SES refuses a message over 10 MB and base64 grows an attachment by a third, and many mail
 servers take less: past ATTACH_LIMIT_BYTES the mail attaches the next, smaller choice (the
 report's page without its clips) or nothing, and says where the report is instead. The text
-summary is always there. Standard library only (daemon/ports/mail.py calls it).
+summary is always there. SMTP sends the message as it is, SES as a raw message
+(daemon/ports/mail_ses.py), apprise hands the file to each service that takes files
+(daemon/ports/mail_apprise.py). Standard library only (daemon/ports/mail.py calls it).
 """
 from __future__ import annotations
 
@@ -21,12 +23,29 @@ TYPES = {".zip": ("application", "zip"), ".html": ("text", "html")}
 
 def fill(msg: EmailMessage, body: str, footer: str, paths: Sequence[str]) -> EmailMessage:
     """The text, and the first of `paths` that fits as an attachment (a line says when none does,
-    or only the page does). SMTP carries the attachment; SES's SendEmail and apprise take the text."""
+    or only the page does)."""
     path, line = choose(paths)
     msg.set_content(body + (f"\n\n{line}" if line else "") + footer)
     if path is not None:
         attach(msg, path)
     return msg
+
+
+def text_of(message: EmailMessage) -> str:
+    """What a transport that takes text sends (SES's SendEmail, apprise): the message's text part."""
+    return message.get_body(("plain",)).get_content()
+
+
+def with_line(text: str, line: str) -> str:
+    """The text with one more line above its signature ("-- "), where a reader still sees it."""
+    body, sep, footer = text.rpartition("\n-- \n")
+    return f"{body}\n{line}{sep}{footer}" if sep else f"{text}\n{line}\n"
+
+
+def files_of(message: EmailMessage) -> list[tuple[str, str, bytes]]:
+    """(file name, MIME type, bytes) of each file the message carries, for transports that take files."""
+    return [(part.get_filename(), part.get_content_type(), part.get_payload(decode=True))
+            for part in message.iter_attachments() if part.get_filename()]
 
 
 def choose(paths: Sequence[str], limit: int | None = None) -> tuple[Path | None, str]:

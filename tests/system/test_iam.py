@@ -23,7 +23,7 @@ from conftest import REPO
 from daemon.ports.aws import Aws
 from daemon.common import checkpoints
 from daemon.common.config import AwsConfig, EmailConfig
-from daemon.ports.mail import SesTransport
+from daemon.ports.mail_ses import SesTransport
 
 POLICY = REPO / "etc" / "amapiano-train" / "iam-policy.json"
 RUN, BUCKET, PREFIX, SENDER = "week1", "amapiano-mirror", "amapiano-train", "bot@example.com"
@@ -31,11 +31,18 @@ REGION = "us-east-1"
 SIDS = [s["Sid"] for s in json.loads(POLICY.read_text())["Statement"]]
 
 
+NO_RAW = "role-before-SendRawEmail"  # the policy as shipped before the report was mailed by SES
+
+
 def policy(drop: str | None = None) -> dict:
     text = (POLICY.read_text().replace("RUN_NAME", RUN).replace("BUCKET", BUCKET).replace("PREFIX", PREFIX)
             .replace("SENDER", SENDER))
     doc = json.loads(text)
     doc["Statement"] = [s for s in doc["Statement"] if s["Sid"] != drop]
+    if drop == NO_RAW:
+        for s in doc["Statement"]:
+            if isinstance(s["Action"], list) and "ses:SendRawEmail" in s["Action"]:
+                s["Action"] = [a for a in s["Action"] if a != "ses:SendRawEmail"]
     return doc
 
 
@@ -74,7 +81,7 @@ def iam_world(tmp_path_factory):
 
         world = {"url": url, "untagged": instance({}), "other_run": instance({"amapiano-train:run": "another-run"}),
                  "principals": {}}
-        for variant in [None, *SIDS]:
+        for variant in [None, *SIDS, NO_RAW]:
             name = f"amapiano-{variant or 'full'}"
             iam.create_user(UserName=name)
             iam.put_user_policy(UserName=name, PolicyName="amapiano-train", PolicyDocument=json.dumps(policy(variant)))
@@ -136,6 +143,13 @@ def daemon_paths(world, variant, aws: Aws) -> dict:
     message = EmailMessage()
     message["From"], message["Subject"] = SENDER, "[amapiano-train] test"
     message.set_content("policy test")
+    decision = EmailMessage()
+    decision["From"], decision["Subject"] = SENDER, "[amapiano-train] milestone: GO"
+    decision.set_content("Decision: GO")
+    decision.add_attachment(b"PK\x05\x06" + bytes(18), maintype="application", subtype="zip",
+                            filename="week_5_report.zip")
+    ses = lambda: SesTransport(EmailConfig(transport="ses", to=["me@example.com"], sender=SENDER),  # noqa: E731
+                               lambda: aws.client("ses"))
     paths = {
         "ec2 spot price": lambda: aws.spot_price("g4dn.xlarge", "us-east-1a", datetime.now(timezone.utc)),
         "ec2 instance facts": lambda: aws.instance_facts(mine["stop"]),
@@ -148,8 +162,8 @@ def daemon_paths(world, variant, aws: Aws) -> dict:
         "s3 get state": lambda: aws.get_state(),
         "s3 download checkpoint": lambda: aws.download_checkpoint(json.loads(marker.read_text()), work / "ckpt"),
         "s3 delete checkpoint": lambda: aws.delete_checkpoint(8),
-        "ses send": lambda: SesTransport(EmailConfig(transport="ses", to=["me@example.com"], sender=SENDER),
-                                         lambda: aws.client("ses")).send(message),
+        "ses send": lambda: ses().send(message),
+        "ses send with the report (raw)": lambda: _raw_sent(world, lambda: ses().send(decision), "week_5_report.zip"),
         "ec2 stop tagged": lambda: aws.stop_instance(mine["stop"]),
         "ec2 terminate tagged": lambda: aws.terminate_instance(mine["terminate"]),
     }
@@ -161,6 +175,22 @@ def daemon_paths(world, variant, aws: Aws) -> dict:
         except Exception as e:  # every failure is reported, the rest still run
             results[name] = e
     return results
+
+
+def _sent(world) -> dict:
+    """What the server's SES recorded: {"Message": [...], "RawMessage": [...]}."""
+    return json.load(urllib.request.urlopen(f"{world['url']}/moto-api/data.json", timeout=10)).get("ses") or {}
+
+
+def _raw_sent(world, send, filename: str) -> None:
+    """send(), and SES took a raw message carrying `filename` (a text fallback is not a raw send)."""
+    import email
+
+    before = len(_sent(world).get("RawMessage") or [])
+    send()
+    raw = (_sent(world).get("RawMessage") or [])[before:]
+    if not raw or not any(p.get_filename() == filename for p in email.message_from_string(raw[-1]["raw_data"]).walk()):
+        raise AssertionError(f"no raw message with {filename} recorded (the report went as text)")
 
 
 def test_every_daemon_call_passes_with_the_policy_and_nothing_else_does(iam_world, monkeypatch):
@@ -187,9 +217,29 @@ def test_every_daemon_call_passes_with_the_policy_and_nothing_else_does(iam_worl
         SesTransport(EmailConfig(transport="ses", to=["me@example.com"], sender="other@example.com"),
                      lambda: aws.client("ses")).send(message)
     assert denied(refused.value)
+    # A raw message without Source is judged by its From header, as SES judges it.
+    raw = b"From: other@example.com\r\nTo: me@example.com\r\nSubject: x\r\n\r\nx\r\n"
+    with pytest.raises(Exception) as refused:
+        aws.client("ses").send_raw_email(RawMessage={"Data": raw})
+    assert denied(refused.value)
+    aws.client("ses").send_raw_email(RawMessage={"Data": raw.replace(b"other@", SENDER.split("@")[0].encode() + b"@")})
     with pytest.raises(Exception) as refused:
         aws.client("iam").list_users()
     assert denied(refused.value)
+
+
+def test_a_role_without_send_raw_email_mails_the_decision_as_text_and_says_why(iam_world, monkeypatch):
+    """A role made before the report was mailed: SES refuses the raw message, and the decision
+    still arrives, as text, with one line saying what the role lacks."""
+    aws = as_principal(iam_world, NO_RAW, monkeypatch)
+    results = daemon_paths(iam_world, NO_RAW, aws)
+    assert "AssertionError" in f"{type(results['ses send with the report (raw)']).__name__}"  # no raw message
+    assert {k: v for k, v in results.items() if v is not None and "raw" not in k} == {}
+    body = _sent(iam_world)["Message"][-1]["body"]
+    assert "Decision: GO" in body
+    [line] = [ln for ln in body.splitlines() if "SendRawEmail" in ln]
+    assert line.startswith("Not attached: week_5_report.zip: SES refused ses:SendRawEmail")
+    assert "etc/amapiano-train/iam-policy.json" in line
 
 
 @pytest.mark.parametrize("sid", SIDS)

@@ -117,9 +117,9 @@ def test_a_pending_alert_from_state_json_never_attaches_what_it_names(smtp_sink,
     assert not msg.is_multipart() and "not for mail" not in msg.as_string()
 
 
-def test_ses_and_apprise_send_the_text_of_a_mail_with_an_attachment(tmp_path):
-    """SES's SendEmail (what the IAM policy allows) and apprise take text: the text part of a
-    message with an attachment, not a traceback from get_content() on a multipart message."""
+def test_the_text_of_a_mail_with_an_attachment_is_its_text_part(tmp_path):
+    """Transports that send text take the text part of a message with an attachment, not a
+    traceback from get_content() on a multipart message."""
     from daemon.common.config import EmailConfig
     from daemon.ports.mail import Alert, compose
 
@@ -130,9 +130,20 @@ def test_ses_and_apprise_send_the_text_of_a_mail_with_an_attachment(tmp_path):
     assert msg.is_multipart() and "Decision: GO" in msg.get_body(("plain",)).get_content()
 
 
-def test_ses_sends_the_text_of_a_decision_mail_with_a_report(aws, tmp_path):
+def sent_by_moto(endpoint: str) -> dict:
+    """What moto's SES recorded (its model data over HTTP): {"Message": [...], "RawMessage": [...]}."""
     import json
     import urllib.request
+
+    return json.load(urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=10)).get("ses") or {}
+
+
+def test_ses_mails_the_decision_with_its_report_as_a_raw_message(aws, tmp_path):
+    """SES's SendEmail takes text only: a decision mail with a report goes as SendRawEmail, the
+    whole MIME message, and what SES recorded holds the zip that opens to the page and its clips."""
+    import email
+    import io
+    import zipfile
 
     import boto3
 
@@ -141,10 +152,95 @@ def test_ses_sends_the_text_of_a_decision_mail_with_a_report(aws, tmp_path):
 
     client = boto3.client("ses", endpoint_url=aws, region_name="us-east-1")
     client.verify_email_identity(EmailAddress="bot@example.com")
+    before = len(sent_by_moto(aws).get("RawMessage", []))
     cfg = EmailConfig(transport="ses", to=["person@example.com"], sender="bot@example.com")
     outbox = Outbox(cfg, make_transport(cfg, lambda: client), Log())
     alert = outbox.send("milestone", "milestone: GO", "Decision: GO", attachments=report(tmp_path))
     assert outbox.wait(alert, timeout=10), alert.error
     outbox.close()
-    [sent] = json.load(urllib.request.urlopen(f"{aws}/moto-api/data.json", timeout=10))["ses"]["Message"]
-    assert "Decision: GO" in sent["body"]
+    raw = sent_by_moto(aws)["RawMessage"][before:]
+    assert len(raw) == 1 and "person@example.com" in raw[0]["destinations"]
+    msg = email.message_from_string(raw[0]["raw_data"])
+    parts = {p.get_content_type(): p for p in msg.walk() if not p.is_multipart()}
+    assert msg["Subject"] == "[amapiano-train] milestone: GO"
+    assert "Decision: GO" in parts["text/plain"].get_payload(decode=True).decode()
+    with zipfile.ZipFile(io.BytesIO(parts["application/zip"].get_payload(decode=True))) as z:
+        assert z.read("week_5_report/week_5_report.html") == b"<html><p>NO-GO</p></html>"
+        assert len([n for n in z.namelist() if n.endswith(".wav")]) == 3
+
+
+def test_ses_without_a_report_still_sends_plain_text(aws):
+    """An alert with nothing attached stays a SendEmail (what a role from before SendRawEmail allows)."""
+    import boto3
+
+    from daemon.common.config import EmailConfig
+    from daemon.ports.mail import Outbox, make_transport
+
+    client = boto3.client("ses", endpoint_url=aws, region_name="us-east-1")
+    client.verify_email_identity(EmailAddress="bot@example.com")
+    before = sent_by_moto(aws)
+    cfg = EmailConfig(transport="ses", to=["person@example.com"], sender="bot@example.com")
+    outbox = Outbox(cfg, make_transport(cfg, lambda: client), Log())
+    alert = outbox.send("idle", "idle for 2 h", "stopping in 10 min")
+    assert outbox.wait(alert, timeout=10), alert.error
+    outbox.close()
+    after = sent_by_moto(aws)
+    assert len(after.get("RawMessage", [])) == len(before.get("RawMessage", []))
+    assert "stopping in 10 min" in after["Message"][-1]["body"]
+
+
+def apprise_post(tmp_path) -> dict:
+    """The decision's alert through apprise to a json:// webhook on 127.0.0.1: what it POSTed."""
+    from webhook_sink import WebhookSink
+
+    from daemon.common.config import Duration, EmailConfig
+    from daemon.ports.mail import Outbox, make_transport
+
+    sink = WebhookSink()
+    sink.up()
+    try:
+        cfg = EmailConfig(transport="apprise", timeout=Duration(5), retry_every=Duration(0.2))
+        outbox = Outbox(cfg, make_transport(cfg, environ={"AMAPIANO_APPRISE_URLS": sink.url("json")}), Log())
+        alert = outbox.send("milestone", "milestone: NO-GO", "Decision: NO-GO", attachments=report(tmp_path))
+        assert outbox.wait(alert, timeout=20), alert.error
+        outbox.close()
+    finally:
+        sink.down()
+    [posted] = sink.received
+    return posted["body"]
+
+
+def test_apprise_carries_the_report_to_a_webhook(tmp_path):
+    """An apprise destination that takes files (json:// here, Slack, Discord, Telegram, email...) gets
+    the report's zip beside the text; the bytes that arrive are the zip."""
+    import base64
+    import io
+    import zipfile
+
+    posted = apprise_post(tmp_path)
+    assert "Decision: NO-GO" in posted["message"]
+    [attached] = posted["attachments"]
+    assert attached["filename"] == "week_5_report.zip"
+    with zipfile.ZipFile(io.BytesIO(base64.b64decode(attached["base64"]))) as z:
+        assert "week_5_report/week_5_report.html" in z.namelist()
+
+
+def test_apprise_sends_the_page_alone_past_the_cap(tmp_path, monkeypatch):
+    """The cap holds for apprise too: past it the page alone goes, and the text says why."""
+    import daemon.ports.mail_attach as mail_attach
+
+    monkeypatch.setattr(mail_attach, "ATTACH_LIMIT_BYTES", 100_000)
+    posted = apprise_post(tmp_path)
+    assert [a["filename"] for a in posted["attachments"]] == ["week_5_report.html"]
+    assert "its clips are too large to mail" in posted["message"]
+
+
+def test_apprise_to_a_service_that_takes_no_files_says_so_in_the_text(tmp_path, monkeypatch):
+    """A service that takes no files (apprise's json:// told so, as its SMS plugins are) still gets
+    the decision, and a line that the report is not attached."""
+    import apprise.plugins.custom_json as custom_json
+
+    monkeypatch.setattr(custom_json.NotifyJSON, "attachment_support", False)
+    posted = apprise_post(tmp_path)
+    assert posted["attachments"] == []
+    assert "Not attached: week_5_report.zip: json:// takes no files; see the paths above" in posted["message"]
