@@ -12,7 +12,7 @@ The audiocraft names are the inverse of transformers' own conversion script
 fc1/fc2 -> linear1/linear2, the layer norms, lm_heads -> linears, enc_to_dec_proj -> the
 description conditioner's output_proj. audiocraft needs its "xp.cfg" to build the model; it is
 not in the Hugging Face weights, so it is copied from the original audiocraft state_dict.bin
-when given (--audiocraft-base), else left None and the README says how to add it.
+when given (--audiocraft-base), else left None and docs/evaluation.md says how to add it.
 """
 from __future__ import annotations
 

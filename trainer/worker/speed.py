@@ -5,7 +5,7 @@ MFU (model FLOPs, memory.Arch.flops_per_sample, over the GPU's dense peak in the
 trains in) by GPU class and per-GPU micro-batch, eager, no gradient checkpointing:
 
 - H100: measured 2026-11-25 on one H100 80GB HBM3, torch 2.11.0+cu130, musicgen-small, 1,500
-  frames, 64 text tokens, bf16 (README, "GPU figures (measured)"; `scripts/bench/gpu_session.sh`):
+  frames, 64 text tokens, bf16 (docs/gpu.md, "GPU figures (measured)"; `scripts/bench/gpu_session.sh`):
   28.5 % at micro-batch 8 (71.1 samples/s), 32.4 % at 16 (80.8), 34.0 % at 32 (84.6).
 - every other class (T4, A10G, L4, A100): not measured; estimated with the H100's curve.
 
@@ -52,7 +52,7 @@ class Curve:
 
 
 H100 = Curve(((8, 0.285), (16, 0.324), (32, 0.340)),
-             "measured on an H100 80GB HBM3, 2026-11-25, torch 2.11.0+cu130 (README, GPU figures)")
+             "measured on an H100 80GB HBM3, 2026-11-25, torch 2.11.0+cu130 (docs/gpu.md, GPU figures)")
 MEASURED = {"H100": H100}
 
 

@@ -81,7 +81,7 @@ def test_mfu_is_measured_on_the_h100_and_estimated_elsewhere():
 
 @pytest.mark.parametrize("micro, accum, measured", [(8, 4, 71.1), (16, 2, 80.8), (32, 1, 84.6)])
 def test_the_plan_predicts_the_h100_figures_within_10_percent(tmp_path, micro, accum, measured):
-    """README, GPU figures (measured): 2026-11-25, one H100, musicgen-small, 1,500 frames, bf16."""
+    """docs/gpu.md, "GPU figures (measured)": 2026-11-25, one H100, musicgen-small, 1,500 frames, bf16."""
     cfg = load_config(write_config(tmp_path, {"model": {"source": "pretrained"}, "data": {"frames": 1500},
                                               "train": {"batch_size": micro, "grad_accum_steps": accum}}))
     row = plan.plan_row(SMALL, plan.gpu_named("H100"), cfg, 8000, None, None)
