@@ -4,17 +4,20 @@ Per GPU: the precision (precision.py), micro-batch x accumulation and gradient c
 worker's own choice: speed.layout_for), the estimated peak GPU memory and whether it fits, the host
 memory the checkpoints' background writes need beside the data (memory.host) and whether the
 instance has it, the MFU (measured on that GPU class, or estimated: speed.py), the hours to train
-all epochs, whether `compile = "auto"` compiles, and the cost at an hourly price. Standard library
+all epochs, whether `compile = "auto"` compiles, and the cost at an hourly price. `--nodes N` plans
+a SkyPilot cluster of N such nodes of `[train] nproc_per_node` GPUs each: FSDP shards over all
+N x nproc GPUs, the hours assume they scale linearly, and the cost bills each node at the hourly
+price (one instance's, all its GPUs), as the watcher's ledger bills a cluster. Standard library
 only, like memory.py: the plan runs before torch is installed.
 
-    amapiano-train plan --config FILE [--gpu T4] [--clips 8000] [--price 0.53] [--mfu 0.35] [--json]
+    amapiano-train plan --config FILE [--gpu T4] [--clips 8000] [--price 0.53] [--mfu 0.35] [--nodes 2] [--json]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from . import memory, precision, speed
 
@@ -86,26 +89,30 @@ class Row:
     samples_per_s: float
     est_hours: float
     compile: bool             # what compile = "auto" does for a run from step 0 (or the config's)
-    usd_per_hour: float | None
-    est_cost_usd: float | None
+    usd_per_hour: float | None   # one node's: the instance with all its GPUs
+    est_cost_usd: float | None   # hours x usd_per_hour x nodes
     aws: str
+    nodes: int
+    gpus: int                    # nodes x processes a node: the width the step is cut for
 
 
 def plan_row(arch: memory.Arch, gpu: Gpu, cfg, clips: int, mfu: float | None, price: float | None,
-             nproc: int = 1, valid: int = 0) -> Row:
-    """One GPU model, nproc of them: each takes a 1/nproc slice of every micro-batch; with FSDP
-    each also holds 1/nproc of the weights, gradients and optimizer state (the hours assume
-    linear scaling, which gradient traffic erodes; the price is per GPU)."""
+             nproc: int = 1, valid: int = 0, nodes: int = 1) -> Row:
+    """One GPU model, nproc of them on each of `nodes` nodes: each GPU takes a 1/(nodes x nproc)
+    slice of every micro-batch; with FSDP each also holds that share of the weights, gradients and
+    optimizer state (the hours assume linear scaling, which gradient traffic erodes, between nodes
+    most; the price is one node's, all its GPUs, and every node bills it)."""
     t, d = cfg.train, cfg.data
+    world = nodes * nproc
     prec = precision.choose(gpu.capability, t.precision)
-    layout = speed.layout_for(cfg, arch, prec.dtype, int(gpu.memory_gib * memory.GIB), nproc)
-    share, peak = layout.micro_batch // nproc, peak_tflops(gpu, prec.dtype)
+    layout = speed.layout_for(cfg, arch, prec.dtype, int(gpu.memory_gib * memory.GIB), world)
+    share, peak = layout.micro_batch // world, peak_tflops(gpu, prec.dtype)
     rate = speed.samples_per_s(arch, d.frames, d.text_max_tokens, gpu.name, peak, share, layout.checkpointing,
-                               nproc, mfu)
+                               world, mfu)
     steps = t.epochs * (clips // t.per_step)
     hours = steps * t.per_step / rate / 3600
     compiles = t.compile if t.compile != "auto" else speed.compile_pays(steps, t.per_step / rate)
-    host = memory.host(arch, d.frames, d.text_max_tokens, clips + valid, nproc)
+    host = node_host(memory.host(arch, d.frames, d.text_max_tokens, clips + valid, nproc), t.strategy, nproc, world)
     return Row(gpu=gpu.name, precision=prec.dtype, micro_batch=layout.micro_batch, grad_accum=layout.grad_accum,
                gradient_checkpointing=layout.checkpointing,
                est_memory_gb=round(layout.estimate.gpu_total() / memory.GIB, 1), gpu_memory_gb=gpu.memory_gib,
@@ -115,7 +122,26 @@ def plan_row(arch: memory.Arch, gpu: Gpu, cfg, clips: int, mfu: float | None, pr
                mfu=round(mfu if mfu is not None else speed.curve(gpu.name).at(share), 4),
                mfu_basis="--mfu" if mfu is not None else speed.curve(gpu.name).basis, peak_tflops=peak,
                samples_per_s=round(rate, 2), est_hours=round(hours, 2), compile=compiles, usd_per_hour=price,
-               est_cost_usd=round(hours * price * nproc, 2) if price is not None else None, aws=gpu.aws)
+               est_cost_usd=round(hours * price * nodes, 2) if price is not None else None, aws=gpu.aws,
+               nodes=nodes, gpus=world)
+
+
+def node_host(host: memory.Host, strategy: str, nproc: int, world: int) -> memory.Host:
+    """The busiest node's host memory: with DDP the head's rank 0 copies the whole state to save it;
+    with FSDP each node copies only its own ranks' shards of it."""
+    if strategy != "fsdp" or world == nproc:
+        return host
+    return replace(host, snapshot=host.snapshot * nproc // world)
+
+
+def width_error(cfg, nodes: int, nproc: int) -> str | None:
+    """What distributed.init would refuse at the cluster's width (the ranks exit 78), said before paying."""
+    t, world = cfg.train, nodes * nproc
+    key, unit = ("batch_size", t.batch_size) if isinstance(t.batch_size, int) else ("clips_per_step", t.per_step)
+    if unit % world:
+        return (f"{cfg.source}: [train] {key} ({unit}) must divide by the {world} GPUs ({nodes} nodes x {nproc}): "
+                "each takes an equal slice of every micro-batch")
+    return None
 
 
 def cached_clips(cfg, split: str) -> int:
@@ -182,6 +208,8 @@ def add_parser(sub) -> None:
     p.add_argument("--price", type=float, metavar="USD", help="hourly price (default: [budget] or live Spot)")
     p.add_argument("--mfu", type=float, default=None,
                    help="a model FLOPs utilisation for every GPU (default: the throughput model's, trainer/worker/speed.py)")
+    p.add_argument("--nodes", type=int, default=1, metavar="N",
+                   help="a cluster of N nodes (SkyPilot's num_nodes), each of [train] nproc_per_node GPUs (default 1)")
     p.add_argument("--json", action="store_true", help="a JSON list of objects, for scripts")
     p.set_defaults(func=cmd_plan)
 
@@ -198,10 +226,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"amapiano-train plan: {e}", file=sys.stderr)
         return exits.CONFIG
-    if (args.clips is not None and not 0 < args.clips <= 10**8) or not (args.mfu is None or 0.01 <= args.mfu <= 1) \
-            or (args.price is not None and not 0 <= args.price <= 1000):  # also false for NaN: no NaN in the JSON
-        print("amapiano-train plan: --clips must be 1-100000000, --mfu 0.01-1 and --price 0-1000 "
-              f"(got {args.clips}, {args.mfu}, {args.price})", file=sys.stderr)
+    if (bad := bad_arguments(args)) is not None:
+        print(f"amapiano-train plan: {bad}", file=sys.stderr)
         return exits.CONFIG
     clips, clips_from = (args.clips, "--clips") if args.clips else train_clips(cfg)
     if clips < cfg.train.per_step:  # the worker would exit 78 on it: no row "fits" a run with no optimizer step
@@ -209,10 +235,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
               f"than the {clips} training clips ({clips_from}): one optimizer step needs that many; lower them or add "
               "clips", file=sys.stderr)
         return exits.CONFIG
+    nproc = cfg.train.nproc_per_node if isinstance(cfg.train.nproc_per_node, int) else 1
+    if (bad := width_error(cfg, args.nodes, nproc)) is not None:
+        print(f"amapiano-train plan: {bad}", file=sys.stderr)
+        return exits.CONFIG
     price, price_from = (args.price, "--price") if args.price is not None else (live_price(cfg) or (None, "unknown"))
     try:
-        nproc = cfg.train.nproc_per_node if isinstance(cfg.train.nproc_per_node, int) else 1
-        rows = [plan_row(arch, g, cfg, clips, args.mfu, price, nproc, valid_clips(cfg)) for g in gpus]
+        rows = [plan_row(arch, g, cfg, clips, args.mfu, price, nproc, valid_clips(cfg), args.nodes) for g in gpus]
     except (precision.PrecisionError, ValueError) as e:
         print(f"amapiano-train plan: {cfg.source}: {e}", file=sys.stderr)
         return exits.CONFIG
@@ -220,12 +249,37 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(r) for r in rows], indent=1))
         return exits.OK
     print(f"{arch.parameters / 1e6:.1f} M trainable parameters; {clips:,} clips ({clips_from}) x {cfg.train.epochs} "
-          f"epochs, {cfg.train.per_step} clips per step, {cfg.data.frames} frames; price {price_from}; {nproc} GPU(s), "
-          f"{cfg.train.strategy} (memory per GPU)")
+          f"epochs, {cfg.train.per_step} clips per step, {cfg.data.frames} frames; price {price_from}; "
+          f"{width_words(args.nodes, nproc, cfg.train.strategy)}")
     print_table(rows)
     if price is None:
         print("cost: pass --price USD (an hourly price for the instance), or run on the EC2 instance for its Spot price")
+    elif args.nodes > 1:
+        print(f"cost: hours x ${price:g}/h x {args.nodes} nodes (each node priced as one instance, as the watcher's "
+              f"ledger bills a cluster); hours: the {args.nodes * nproc} GPUs assumed to scale linearly, which traffic "
+              "between nodes erodes (not measured)")
     return exits.OK
+
+
+def bad_arguments(args: argparse.Namespace) -> str | None:
+    """One line for an argument out of its range (NaN is out of every range: no NaN reaches the JSON)."""
+    from daemon.cluster import MAX_NODES
+
+    if (args.clips is not None and not 0 < args.clips <= 10**8) or not (args.mfu is None or 0.01 <= args.mfu <= 1) \
+            or (args.price is not None and not 0 <= args.price <= 1000):
+        return f"--clips must be 1-100000000, --mfu 0.01-1 and --price 0-1000 (got {args.clips}, {args.mfu}, {args.price})"
+    if not 1 <= args.nodes <= MAX_NODES:
+        return f"--nodes must be 1-{MAX_NODES}, SkyPilot's num_nodes (got {args.nodes})"
+    return None
+
+
+def width_words(nodes: int, nproc: int, strategy: str) -> str:
+    """The width the plan is for, as its header says it."""
+    if nodes == 1:
+        return f"{nproc} GPU(s), {strategy} (memory per GPU)"
+    sharded = f", sharded over the {nodes * nproc}" if strategy == "fsdp" else ""
+    return (f"{nodes} nodes x {nproc} GPU{'s' if nproc > 1 else ''} = {nodes * nproc} GPUs, {strategy} "
+            f"(memory per GPU{sharded})")
 
 
 def print_table(rows: list[Row]) -> None:

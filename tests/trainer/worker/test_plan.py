@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import sys
+import tomllib
 
 import pytest
-from conftest import PROD_TOML, cli, write_config
+from conftest import PROD_TOML, cli, dump_toml, merge, write_config
 
 from daemon.common import exits
 
@@ -62,3 +63,60 @@ def test_plan_imports_no_torch(tmp_path):
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def rows_for(tmp_path, strategy: str, nproc: int, nodes: int, price: str = "10") -> dict:
+    """The production config (musicgen-small) at this width, planned on A100s of 40 GB."""
+    table = merge(tomllib.loads(PROD_TOML.read_text()), {"train": {"strategy": strategy, "nproc_per_node": nproc}})
+    config = tmp_path / f"{strategy}-{nproc}.toml"
+    config.write_text(dump_toml(table) + "\n")
+    [row] = plan("--config", str(config), "--gpu", "A100-40GB", "--clips", "80000", "--price", price,
+                 "--nodes", str(nodes))
+    return row
+
+
+def test_plan_nodes_shards_fsdp_over_every_gpu_of_the_cluster_and_bills_every_node(tmp_path):
+    """FSDP on 2 nodes x 2 GPUs holds what it holds on 4 nodes x 1: a quarter of the state per GPU.
+    The price is one node's (an instance, all its GPUs), billed once per node as the watcher's ledger bills."""
+    one = rows_for(tmp_path, "fsdp", 1, 1)
+    two_by_two, four_by_one = rows_for(tmp_path, "fsdp", 2, 2), rows_for(tmp_path, "fsdp", 1, 4)
+    assert (two_by_two["nodes"], two_by_two["gpus"], four_by_one["gpus"]) == (2, 4, 4)
+    assert two_by_two["est_memory_gb"] == four_by_one["est_memory_gb"] < one["est_memory_gb"]
+    assert two_by_two["est_hours"] == pytest.approx(four_by_one["est_hours"], rel=0.01)
+    assert two_by_two["est_hours"] == pytest.approx(one["est_hours"] / 4, rel=0.05)  # linear scaling, said so
+    assert two_by_two["est_cost_usd"] == pytest.approx(two_by_two["est_hours"] * 10 * 2, rel=0.01)
+    assert four_by_one["est_cost_usd"] == pytest.approx(four_by_one["est_hours"] * 10 * 4, rel=0.01)
+    assert one["est_cost_usd"] == pytest.approx(one["est_hours"] * 10, rel=0.01)
+
+
+def test_plan_nodes_ddp_keeps_the_whole_model_on_each_gpu(tmp_path):
+    """DDP on 2 nodes: each GPU holds the whole state and the same slice (8 clips) as one GPU alone, where
+    FSDP would shard it; half the hours at twice the hourly bill (linear scaling assumed) costs the same."""
+    one, two, sharded = rows_for(tmp_path, "ddp", 1, 1), rows_for(tmp_path, "ddp", 1, 2), rows_for(tmp_path, "fsdp", 1, 2)
+    assert (two["gpus"], two["micro_batch"] // 2) == (2, one["micro_batch"])
+    assert two["est_memory_gb"] == one["est_memory_gb"] > sharded["est_memory_gb"]
+    assert two["est_hours"] == pytest.approx(one["est_hours"] / 2, rel=0.01)
+    assert two["est_cost_usd"] == pytest.approx(two["est_hours"] * 10 * 2, rel=0.01)
+    assert two["est_cost_usd"] == pytest.approx(one["est_cost_usd"], rel=0.01)
+
+
+def test_plan_nodes_text_names_the_cluster(tmp_path):
+    config = write_config(tmp_path, {"train": {"strategy": "fsdp", "nproc_per_node": 2}})
+    r = cli("plan", "--config", str(config), "--gpu", "T4", "--price", "0.5", "--nodes", "2",
+            env={"AWS_EC2_METADATA_DISABLED": "true"})
+    assert r.returncode == exits.OK, r.stderr
+    assert "2 nodes x 2 GPUs = 4 GPUs, fsdp (memory per GPU, sharded over the 4)" in r.stdout, r.stdout
+    assert "cost: hours x $0.5/h x 2 nodes" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("nodes", ["0", "-2", "5000"])
+def test_plan_nodes_out_of_range_exit_78_with_one_line(tmp_path, nodes):
+    r = cli("plan", "--config", str(write_config(tmp_path)), "--nodes", nodes)
+    assert r.returncode == exits.CONFIG and "--nodes" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_plan_nodes_refuses_a_step_the_cluster_cannot_split(tmp_path):
+    """3 nodes of 1 GPU and 4 clips a step: the ranks would exit 78 on it (distributed.init); plan says it first."""
+    r = cli("plan", "--config", str(write_config(tmp_path)), "--nodes", "3")
+    assert r.returncode == exits.CONFIG and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "batch_size (4) must divide by the 3 GPUs (3 nodes x 1)" in r.stderr, r.stderr
