@@ -12,6 +12,7 @@ grows with its size), since a reply that drips a byte at a time passes every per
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ..common import checkpoints
-from ..common.atomic import fsync_dir, loads, write_json_atomic
+from ..common.atomic import fsync_dir, loads, read_bytes, write_json_atomic
 from ..common.config import AwsConfig
 
 MARKER_LIMIT = 64 * 1024
@@ -186,6 +187,23 @@ class Aws:
         self.bounded("s3.upload", lambda: s3.upload_file(str(path), bucket, key,
                                                          ExtraArgs={"Metadata": {"sha256": sha}}),
                      self.call_timeout_s + size / TRANSFER_BYTES_PER_S)
+        return self._confirm(key, size, sha)
+
+    def put_snapshot(self, path: Path, key: str, limit: int) -> dict:
+        """Upload a small file that another thread rewrites (state.json, every tick) as one version:
+        its bytes are read once, and those bytes are hashed, sent and confirmed. Hashing the live
+        file and then sending it by name sent a newer version under the older one's digest: a
+        false "upload failed", or a body that stalled the PUT when its size had changed."""
+        data = read_bytes(path, limit)
+        sha = hashlib.sha256(data).hexdigest()
+        s3, bucket = self.client("s3"), self.cfg.s3_bucket
+        self.bounded("s3.upload", lambda: s3.put_object(Bucket=bucket, Key=key, Body=data, Metadata={"sha256": sha}),
+                     self.call_timeout_s + len(data) / TRANSFER_BYTES_PER_S)
+        return self._confirm(key, len(data), sha)
+
+    def _confirm(self, key: str, size: int, sha: str) -> dict:
+        """The upload counts once the bucket holds this size under this digest."""
+        s3, bucket = self.client("s3"), self.cfg.s3_bucket
         head = self.bounded("s3.head", lambda: s3.head_object(Bucket=bucket, Key=key))
         if head["ContentLength"] != size or (head.get("Metadata") or {}).get("sha256") != sha:
             raise OSError(f"s3://{bucket}/{key}: {head['ContentLength']} bytes / checksum "
@@ -204,7 +222,7 @@ class Aws:
         return [*done, self.put_confirmed(marker.marker, self._key(marker.marker.name))]
 
     def upload_state(self, path: Path) -> dict:
-        return self.put_confirmed(path, self._state_key())
+        return self.put_snapshot(path, self._state_key(), STATE_LIMIT)
 
     def upload_report(self, path: Path, name: str) -> dict:
         return self.put_confirmed(path, reports_key(self.cfg, name))

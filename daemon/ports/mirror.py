@@ -110,7 +110,7 @@ class Mirror:
     def _upload(self, min_step: int, why: str, wait: bool) -> None:
         newest = self._wait_for_checkpoint(min_step, why) if wait else checkpoints.newest(self.cfg.checkpoint_dir)
         record: dict[str, Any] = {"step": newest.step if newest else None, "started_at": iso(self.clock.now())}
-        started = self.clock.monotonic()
+        started, what = self.clock.monotonic(), "checkpoint"  # what: the alert names what failed
         try:
             if newest is None:
                 raise FileNotFoundError(f"{self.cfg.checkpoint_dir}: no checkpoint to upload")
@@ -118,6 +118,7 @@ class Mirror:
             if newest.step > (self.confirmed.get("step") or -1):
                 record["objects"] = aws.upload_checkpoint(newest)
             if not self.restorer.provisional:  # a placeholder run never overwrites the bucket's
+                what = "state.json"
                 aws.upload_state(self.cfg.state_file)
                 self._upload_reports(aws)
             now = iso(self.clock.now())
@@ -135,9 +136,9 @@ class Mirror:
             self._failed = False
         except Exception as e:
             record["error"] = f"{type(e).__name__}: {e}"
-            self.log.error("s3.upload_failed", why=why, error=record["error"])
+            self.log.error("s3.upload_failed", why=why, what=what, error=record["error"])
             if why != "mirror" or not self._failed:  # the continuous mirror alerts once per outage
-                self._alert("spot" if why != "mirror" else "storage", "checkpoint upload to S3 failed", record["error"])
+                self._alert("spot" if why != "mirror" else "storage", f"{what} upload to S3 failed", record["error"])
             self._failed = True
         with self._lock:
             self.records[why] = record
