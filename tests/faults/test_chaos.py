@@ -9,7 +9,11 @@ that must hold through all of it:
    the rate times the boot-clock seconds since the run began, downtime included, counted once;
 3. no checkpoint is lost or read corrupt: every committed marker's .pt verifies, unless the test
    damaged it itself, and only those are ever quarantined (with a log line);
-4. training finishes with the same per-step losses as an undisturbed run (1e-6).
+4. training finishes with the same per-step losses as an undisturbed run (1e-6);
+5. a SIGKILL during a checkpoint's background write (worker.sigkill-mid-save: the worker holds a
+   checkpoint's temp file open) leaves the previous checkpoint committed and intact, the next
+   start removes the partial file (checkpoint.partial_removed names it) and resumes from that
+   previous checkpoint.
 
 The test plays systemd: it restarts a supervisor that died (not after exit 65/78, as the unit's
 RestartPreventExitStatus says) and kills one whose watchdog pings stop. A supervisor that exits
@@ -17,6 +21,8 @@ or is left dead while the instance bills is a violation; the run then goes on th
 would (the exit-65 advice, or a writable disk) so that every other invariant is still checked.
 
 AMAPIANO_CHAOS_SEED replays a run; AMAPIANO_CHAOS_FAULTS sets how many faults (default 100).
+The daemon's workers hold each write of a step that 16 divides for SLOW_SAVE_S (the test-only
+AMAPIANO_TEST_SLOW_SAVE_S), so that a background write lasts long enough to be killed inside.
 """
 from __future__ import annotations
 
@@ -52,10 +58,12 @@ SUP_SETTINGS = {"poll_interval": "100ms", "restart_backoff_initial": "200ms", "r
                 "validation_timeout": "5s", "checkpoint_timeout": "5s"}
 TRAIN = {"train": {"epochs": EPOCHS, "checkpoint_every": 4, "val_every": 40, "log_every": 1,
                    "keep_checkpoints": 3}}
+SLOW_SAVE = "0.5%16"              # a write of 4 MB otherwise lasts milliseconds: too short to land in
+MID_SAVE_WAIT_S = 8.0             # how long worker.sigkill-mid-save waits for a write in flight
 
 # kind -> weight; every kind is drawn at least once a run, the rest by weight.
 KINDS = {
-    "worker.sigkill": 12, "worker.sigstop+cont": 5, "worker.sigstop-forever": 5,
+    "worker.sigkill": 12, "worker.sigstop+cont": 5, "worker.sigstop-forever": 5, "worker.sigkill-mid-save": 6,
     "supervisor.sigkill": 9, "supervisor.sigstop+cont": 4, "supervisor.sigstop-forever": 3,
     "disk.full": 6, "disk.read-only": 6, "imds.503": 5, "imds.timeout": 5, "s3.refusing": 5, "smtp.down": 5,
     "corrupt.state.json": 6, "corrupt.heartbeat": 6, "corrupt.marker": 6, "corrupt.pt-byte-flip": 6,
@@ -100,7 +108,7 @@ class Chaos:
         self.state_file = self.state_dir / "state.json"
         self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                     "AWS_DEFAULT_REGION": "us-east-1", "NOTIFY_SOCKET": str(notify.path),
-                    "WATCHDOG_USEC": str(int(WATCHDOG_S * 1e6))}
+                    "WATCHDOG_USEC": str(int(WATCHDOG_S * 1e6)), "AMAPIANO_TEST_SLOW_SAVE_S": SLOW_SAVE}
         self.daemons: list[Daemon] = []
         self.sup: Daemon | None = None
         self.sup_started = 0.0
@@ -125,6 +133,7 @@ class Chaos:
         self.cont_at: list[tuple[float, int]] = []
         self.last_ckpt_check = 0.0
         self.filler = self.state_dir / "filler.bin"
+        self.mid_save: list[dict] = []               # the kills inside a background write, checked at the end
 
     # -- systemd, played by the test ----------------------------------------------------------
     def start(self) -> None:
@@ -335,6 +344,8 @@ class Chaos:
             pid = self.worker_pid()
             if pid is None:
                 return False
+            if kind == "worker.sigkill-mid-save":
+                return self._kill_mid_save(pid)
             if kind == "worker.sigkill":
                 _signal(pid, signal.SIGKILL)
             else:
@@ -400,6 +411,70 @@ class Chaos:
         else:
             raise AssertionError(kind)
         return True
+
+    def _writing(self, pid: int) -> str | None:
+        """The checkpoint temp file the worker holds open (a background write in flight), or None."""
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            return None
+        for fd in fds:
+            try:
+                target = Path(os.readlink(fd))
+            except OSError:
+                continue
+            if target.parent == self.ckpt_dir and re.fullmatch(r"\.step_\d{8}\.pt\..*\.tmp", target.name):
+                return target.name
+        return None
+
+    def _kill_mid_save(self, pid: int) -> bool:
+        """SIGKILL the worker while it writes a checkpoint; what must hold is checked at the end."""
+        from daemon.common import checkpoints
+
+        deadline = time.monotonic() + MID_SAVE_WAIT_S
+        while (partial := self._writing(pid)) is None:
+            if time.monotonic() > deadline or self.worker_pid() != pid:
+                return False
+            self.pump(0.02)
+        _signal(pid, signal.SIGKILL)
+        while _alive(pid) and time.monotonic() < deadline + 5:
+            time.sleep(0.01)
+        written = checkpoints.step_of(partial[1:].split(".pt.")[0] + ".pt")
+        previous = checkpoints.newest(self.ckpt_dir)
+        if previous is not None and previous.step >= written:
+            self.violation(f"killed while writing step {written}, but step {previous.step} is committed")
+        elif previous is not None and checkpoints.verify(previous) is not None \
+                and self.damaged.get(previous.path.name) != previous.meta.get("sha256"):
+            self.violation(f"killed mid-write: the previous checkpoint does not verify: {checkpoints.verify(previous)}")
+        else:
+            self.checks["mid-save kill: the previous checkpoint committed and intact"] += 1
+        daemon = self.daemons[-1]
+        self.mid_save.append({"partial": partial, "written": written, "previous": previous and previous.step,
+                              "daemon": len(self.daemons) - 1, "offset": len(daemon.log_text())})
+        return True
+
+    def check_mid_save(self) -> None:
+        """After the run: each partial file was removed by the next start, which resumed from the
+        checkpoint before it (or an older one, if the test damaged that one meanwhile)."""
+        for kill in self.mid_save:
+            text = "".join([self.daemons[kill["daemon"]].log_path.read_text()[kill["offset"]:]]
+                           + [d.log_path.read_text() for d in self.daemons[kill["daemon"] + 1:]])
+            events = [json.loads(m.group(1)) for m in re.finditer(r"^<\d>(\{.*\})$", text, re.M)]
+            removed = [i for i, e in enumerate(events) if e.get("event") == "checkpoint.partial_removed"
+                       and kill["partial"] in (e.get("files") or [])]
+            if not removed or (self.ckpt_dir / kill["partial"]).exists():
+                self.violation(f"{kill['partial']} (step {kill['written']}, killed mid-write) never removed")
+                continue
+            self.checks["mid-save kill: the partial file removed at the next start"] += 1
+            resumed = next((e for e in events[removed[0]:] if e.get("event") == "train.resumed"), None)
+            previous, kill["resumed"] = kill["previous"], resumed and resumed["step"]
+            if kill["resumed"] == previous:
+                self.checks["mid-save kill: resumed from the previous checkpoint"] += 1
+            elif f"step_{previous:08d}.pt" in self.damaged or previous in self.garbled_markers:
+                self.checks["mid-save kill: the previous checkpoint damaged by the test, an older one taken"] += 1
+            else:
+                self.violation(f"after a kill writing step {kill['written']}, resumed from "
+                               f"{kill['resumed']}, not the previous checkpoint {previous}")
 
     def _corrupt(self, kind: str) -> bool:
         from daemon.common import checkpoints
@@ -688,6 +763,7 @@ def test_chaos(tmp_path, state_tmpfs, aws, imds, smtp_sink, notify_socket, fault
             chaos.checks["damaged checkpoint quarantined with a log line"] += 1
     from daemon.common import checkpoints
 
+    chaos.check_mid_save()  # (5) each kill inside a background write
     newest = checkpoints.newest(chaos.ckpt_dir)
     if newest is None or newest.step != STEPS:
         chaos.violation(f"the newest checkpoint is {newest and newest.step}, not the last step {STEPS}")
@@ -721,6 +797,9 @@ def test_chaos(tmp_path, state_tmpfs, aws, imds, smtp_sink, notify_socket, fault
         fault_report(f"  injected {k}: {v}")
     for k, v in sorted(chaos.checks.items()):
         fault_report(f"  passed {k}: {v}")
+    for kill in chaos.mid_save:
+        fault_report(f"  killed writing step {kill['written']}: previous {kill['previous']}, resumed from "
+                     f"{kill.get('resumed')}, {kill['partial']} removed")
     for v in chaos.violations:
         fault_report(f"  VIOLATION {v[:400]}")
     assert n == FAULTS
