@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import re
+import resource
 import time
 
 import pytest
@@ -44,6 +45,7 @@ def _burn(seconds: float) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # its wall time is the machine's; its CPU time is asserted below
 def test_demo_passes_with_both_cores_busy(tmp_path):
     """Its verdict must not race the machine's speed: two CPU burners beside it, and it still
     passes, in one output format (no raw `<N>{json}` child lines among the console's)."""
@@ -51,18 +53,20 @@ def test_demo_passes_with_both_cores_busy(tmp_path):
     for b in burners:
         b.start()
     try:
-        started = time.monotonic()
-        result = cli("demo", "--workdir", str(tmp_path / "demo"), timeout=400, env={"HF_HUB_OFFLINE": "1"})
-        took = time.monotonic() - started
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = cli("demo", "--workdir", str(tmp_path / "demo"), timeout=900, env={"HF_HUB_OFFLINE": "1"})
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the demo and all it waited for
     finally:
         for b in burners:
             b.terminate()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Demo finished: phase COMPLETED." in result.stdout
     assert not re.search(r"^<\d>\{", result.stdout + result.stderr, re.M)
-    # 265 s here on 2026-12-03 (it was under 180 s before the reports and background checkpoints):
-    # a regression recorded in the closing note, bounded here so that it cannot grow unseen
-    assert took < 330, f"the demo took {took:.0f} s with both cores busy"
+    # Its CPU time, not its wall time, is what it controls on a shared machine: 46-49 s here
+    # (2026-12-03). Evaluation children spinning one OpenMP thread per core beside the burners took
+    # 94 s (and 83 s of wall became 300+), which this bound catches whatever the load.
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < 80, f"the demo used {cpu:.0f} CPU seconds"
 
 
 def test_demo_refuses_a_non_empty_workdir(tmp_path):
