@@ -24,6 +24,8 @@ from typing import Any, Callable, TypeVar
 from ..common import checkpoints
 from ..common.atomic import fsync_dir, loads, read_bytes, write_json_atomic
 from ..common.config import AwsConfig
+from .ranged_get import Download, Target
+from .s3_errors import MISSING, BadObject, error_code, unreadable  # noqa: F401 - the port's errors, re-exported
 
 MARKER_LIMIT = 64 * 1024
 STATE_LIMIT = 16 * 1024 * 1024
@@ -31,30 +33,7 @@ CONNECT_TIMEOUT_S, READ_TIMEOUT_S, ATTEMPTS = 5, 20, 3   # ATTEMPTS: the first t
 CALL_TIMEOUT_S = 30.0            # a small call's total deadline, retries included
 LIST_PAGES = 100                 # 100,000 keys: far more than a mirror keeps
 TRANSFER_BYTES_PER_S = 1 << 20  # a transfer's deadline: the call's plus a second a MiB (S3 moves far more)
-MISSING = {"NoSuchKey", "404", "NotFound"}
 T = TypeVar("T")
-
-
-class BadObject(OSError):
-    """The bucket answered, with something that is not what it should be (size, digest, form)."""
-
-
-def error_code(e: BaseException) -> str | None:
-    """The S3 error code of a botocore ClientError (AccessDenied, SlowDown, NoSuchBucket...), else None."""
-    response = getattr(e, "response", None)
-    return str((response.get("Error") or {}).get("Code")) if isinstance(response, dict) else None
-
-
-def unreadable(e: BaseException) -> bool:
-    """The bucket could not be asked or did not answer (403, throttling, 5xx, a timeout, no network):
-    what it holds is unknown. Not: an answer that something is missing or bad."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    if isinstance(e, BadObject):
-        return False
-    if isinstance(e, ClientError):
-        return error_code(e) not in MISSING | {"NoSuchBucket"}
-    return isinstance(e, (BotoCoreError, TimeoutError, ConnectionError))
 
 
 def parse_spot_price(response: dict) -> tuple[float, datetime] | None:
@@ -280,26 +259,33 @@ class Aws:
             for obj in page.get("Contents", []):
                 s3.delete_object(Bucket=bucket, Key=obj["Key"])
 
+    # The restore's parts (daemon/ports/ranged_get.py's defaults when None; the tests shrink them).
+    part_bytes: int | None = None
+    parts_in_flight: int | None = None
+
     def download_checkpoint(self, meta: Any, directory: Path) -> Path:
         """Fetch a checkpoint whose marker is checked here (step, file, manifest: nothing in it
-        names a path outside `directory`), verify every byte against it, then commit it locally:
-        the data renamed into place, then the marker."""
+        names a path outside `directory`), verify every byte against it as it arrives (parallel
+        ranged GETs, every file of a sharded one at once), then commit it locally: the data
+        renamed into place, then the marker."""
         step = meta.get("step") if isinstance(meta, dict) else None
         marker = checkpoints.parse_marker(meta, step, directory) if isinstance(step, int) else None
         if marker is None or (marker.sharded and checkpoints.manifest_sha256(meta["manifest"]) != meta["sha256"]):
             raise BadObject(f"s3://{self.cfg.s3_bucket}: the marker for step {step} is not a valid checkpoint marker")
         directory.mkdir(mode=0o750, parents=True, exist_ok=True)
-        # Everything lands in one temp directory first (boto3's own temp files too, so a download
-        # killed half-way leaves only `.step_X.*.tmp/`, which the worker's clean_partial removes).
+        # Everything lands in one temp directory first, so a download killed half-way leaves only
+        # `.step_X.*.tmp/`, which the worker's clean_partial removes.
         tmp = Path(tempfile.mkdtemp(prefix=f".{marker.path.name}.", suffix=".tmp", dir=directory))
         got = tmp / marker.path.name
         try:
             if marker.sharded:
                 got.mkdir()
-                for name, entry in meta["manifest"].items():
-                    self._fetch(f"{marker.path.name}/{name}", got / name, entry["bytes"], entry["sha256"])
+                targets = [self._target(f"{marker.path.name}/{name}", got / name, entry["bytes"], entry["sha256"])
+                           for name, entry in meta["manifest"].items()]
             else:
-                self._fetch(marker.path.name, got, meta["bytes"], meta["sha256"], meta.get("hash"))
+                targets = [self._target(marker.path.name, got, meta["bytes"], meta["sha256"], meta.get("hash"))]
+            Download(self.client("s3"), self.cfg.s3_bucket, targets, self.call_timeout_s, TRANSFER_BYTES_PER_S,
+                     self.part_bytes, self.parts_in_flight).run()
             fsync_dir(got if marker.sharded else tmp)
             if marker.path.is_dir() and not marker.path.is_symlink():  # no marker: newer than every local one
                 shutil.rmtree(marker.path)
@@ -312,20 +298,11 @@ class Aws:
         write_json_atomic(marker.marker, meta)
         return marker.path
 
-    def _fetch(self, name: str, dest: Path, size: int, sha256: str, scheme: str | None = None) -> None:
-        """One object to `dest`, fsynced, 0640, and only if its size and digest are the marker's
-        (the size is checked before a byte is fetched: a bucket cannot fill the disk)."""
+    def _target(self, name: str, dest: Path, size: int, sha256: str, scheme: str | None = None) -> Target:
+        """One object as its marker describes it, if the bucket holds that many bytes (checked
+        before a byte is fetched: a bucket cannot fill the disk); its ETag pins every part to it."""
         s3, key = self.client("s3"), self._key(name)
-        found = self.bounded("s3.head", lambda: s3.head_object(Bucket=self.cfg.s3_bucket, Key=key))["ContentLength"]
-        if found != size:
-            raise BadObject(f"s3://{self.cfg.s3_bucket}/{key}: {found} bytes, its marker says {size}")
-        self.bounded("s3.download", lambda: s3.download_file(self.cfg.s3_bucket, key, str(dest)),
-                     self.call_timeout_s + size / TRANSFER_BYTES_PER_S)
-        with open(dest, "rb") as f:
-            os.fsync(f.fileno())
-            got = os.fstat(f.fileno()).st_size   # replaced in the bucket since the size was checked
-        if got != size:
-            raise BadObject(f"s3://{self.cfg.s3_bucket}/{key}: {got} bytes arrived, its marker says {size}")
-        if checkpoints.digest_file(dest, scheme) != sha256:
-            raise BadObject(f"s3://{self.cfg.s3_bucket}/{key}: SHA-256 does not match its marker")
-        os.chmod(dest, 0o640)
+        head = self.bounded("s3.head", lambda: s3.head_object(Bucket=self.cfg.s3_bucket, Key=key))
+        if head["ContentLength"] != size:
+            raise BadObject(f"s3://{self.cfg.s3_bucket}/{key}: {head['ContentLength']} bytes, its marker says {size}")
+        return Target(key, dest, size, sha256, scheme, head.get("ETag") or "")

@@ -8,10 +8,15 @@ checkpoint), the worker does not start a new run from $0 or from step 0. The res
 and tries again with backoff, on its own thread (READY, the watchdog and SIGTERM never wait on it),
 until the bucket reads, or until a person runs `amapiano-train start-fresh` (which writes FRESH in
 the state directory). Once the bucket's run can be read, a provisional run has the supervisor exit
-EX_TEMPFAIL and, started again by systemd, open the bucket's run instead.
+EX_TEMPFAIL and, started again by systemd, open the bucket's run instead. A disk without room for
+the checkpoint is waited for the same way (with a local checkpoint, the worker goes on from it):
+it is not the bucket's copy that is at fault, and every older one would meet the same disk.
+
+The bytes come by parallel ranged GETs, verified as they arrive (daemon/ports/ranged_get.py).
 """
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -28,6 +33,7 @@ from .aws import Aws, BadObject, unreadable
 from .bucket_state import FRESH, HOW_TO_GO_ON, PROVISIONAL, StateRestore, judge_bucket_state, set_mark
 
 RETRY_FIRST_S = 10.0
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 class Restorer:
@@ -154,26 +160,38 @@ class Restorer:
             if local is not None and local.step >= step:
                 self.log.info("s3.restore_not_needed", s3_step=step, local_step=local.step)
                 return None
+            began = time.monotonic()
             try:
-                path = self._download(aws, step)
+                path, size = self._download(aws, step)
             except Exception as e:  # the bucket is outside: anything may come
-                if unreadable(e) and local is None:
+                if (unreadable(e) or no_room(e)) and local is None:
                     return f"checkpoint step {step}: {type(e).__name__}: {e}"
+                if no_room(e):  # this disk's fault: every older checkpoint would meet it too
+                    self.log.error("s3.restore_failed", step=step, error=f"{type(e).__name__}: {e}",
+                                   note="starting from the newest local checkpoint")
+                    return None
                 self.log.error("s3.checkpoint_refused", step=step, error=f"{type(e).__name__}: {e}",
                                note="trying the one before it")
                 continue
-            self.log.info("s3.restored", step=step, path=str(path))
+            seconds = time.monotonic() - began
+            self.log.info("s3.restored", step=step, path=str(path), bytes=size, seconds=round(seconds, 2),
+                          mb_per_s=round(size / 1e6 / max(seconds, 1e-6), 1))
             return None
         return None
 
-    def _download(self, aws: Aws, step: int) -> Path:
+    def _download(self, aws: Aws, step: int) -> tuple[Path, int]:
         marker = aws.get_marker(step)
         if marker is None:
             raise BadObject("its marker is gone (pruned since the listing)")
         if checkpoints.parse_marker(marker, step, self.cfg.checkpoint_dir) is None:
             raise BadObject("its step, file or manifest does not match its key")
-        self.log.info("s3.restoring", step=step, bucket=self.cfg.aws.s3_bucket)
-        return aws.download_checkpoint(marker, self.cfg.checkpoint_dir)
+        self.log.info("s3.restoring", step=step, bucket=self.cfg.aws.s3_bucket, bytes=marker["bytes"])
+        return aws.download_checkpoint(marker, self.cfg.checkpoint_dir), marker["bytes"]
+
+
+def no_room(e: BaseException) -> bool:
+    """This disk could not take the checkpoint (full, a quota, read-only): not the bucket's fault."""
+    return isinstance(e, OSError) and e.errno in NO_ROOM
 
 
 def request_fresh_start(cfg: Config, by: str | None) -> tuple[bool, str]:
