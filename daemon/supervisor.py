@@ -70,7 +70,7 @@ class Supervisor:
         self.gpu = GpuMonitor(log, nvml, self.clock)
         self.mirror = Mirror(cfg, log, self.clock, self.instance, lambda: self.worker.running, self.outbox.send,
                              s.mirror, restored, self.request_stop)  # stops to reopen on the bucket's run
-        self.shutdown_stages = ShutdownStages(cfg, log, Machine(cfg, log, self.instance, self.mirror.confirmed_newest))
+        self.shutdown_stages = ShutdownStages(cfg, log, Machine(cfg, log, self.instance, self.mirror))
         self.executor = Executor(log, self.clock, self.lifecycle, self.worker, self.outbox, self.shutdown_stages,
                                  self.mirror, self._checkpoint_step)
         self.evaluation = Evaluation(cfg, log, self.clock, s.milestone, s.started_at, log_format)

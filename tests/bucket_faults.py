@@ -12,6 +12,8 @@ otherwise:
     "stall"         every request is read and never answered (a network that black-holes replies)
     "drip"          every reply's headers at once, then its body one byte every 0.5 s (each read
                     arrives within any per-read timeout; only a total deadline ends it)
+    "slow"          every PUT (an upload) waits `slow_s` seconds, then goes through (a far or
+                    congested bucket: each upload succeeds, late)
 
 The mode can be switched at any time (the chaos suite flips it and back).
 """
@@ -25,7 +27,7 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
-MODES = ("pass", "refuse-reads", "throttle", "stall", "drip")
+MODES = ("pass", "refuse-reads", "throttle", "stall", "drip", "slow")
 _ERROR = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{msg}</Message></Error>"
 
 
@@ -38,6 +40,7 @@ class FaultyBucket:
     def __init__(self, upstream: str, mode: str = "pass"):
         self.upstream = urlparse(upstream)
         self.mode = mode
+        self.slow_s = 1.0
         self.requests: list[tuple[str, str, int]] = []   # (method, path, status) as answered
         self._closing = threading.Event()
         bucket = self
@@ -75,6 +78,8 @@ class FaultyBucket:
                     bucket._closing.wait(600)
                     self.close_connection = True
                     return
+                if mode == "slow" and self.command == "PUT":
+                    bucket._closing.wait(bucket.slow_s)
                 if mode == "throttle":
                     return self._error(503, "SlowDown", "Please reduce your request rate.")
                 if mode == "refuse-reads" and self.command in ("GET", "HEAD") and _is_object(self.path):

@@ -146,6 +146,10 @@ class Mirror:
     def _reports_due(self) -> bool:
         return any(self._reports_sent.get(name) != seen for _, name, seen in report_files(self.cfg.reports_dir))
 
+    def reports_unsent(self) -> bool:
+        """A report written since the last upload is not in the bucket yet (a provisional run sends none)."""
+        return self.enabled and not self.restorer.provisional and self._reports_due()
+
     def _upload_reports(self, aws: Any) -> None:
         """The reports folder (daemon/report/files.py), each file once per change; a failure costs
         the reports (tried again next time), never the checkpoint's upload."""
