@@ -107,7 +107,8 @@ def _machine_rows(state: State) -> list[tuple[str, str]]:
         market = inst.get("lifecycle") or "?"
         if market == "spot":
             market += f" {inst.get('spot_request_type') or '?'} (on interruption: {inst.get('interruption_behavior')})"
-        stop = {True: "can be stopped", False: "cannot be stopped: auto terminates once S3 holds the newest checkpoint",
+        stop = {True: "can be stopped", False: "cannot be stopped: auto terminates once S3 holds the newest checkpoint"
+                if state.mirror else "cannot be stopped: auto keeps it running (no bucket holds the run)",
                 None: "stop behaviour not known yet"}[inst.get("can_stop")]
         rows.append(("instance", f"{inst.get('instance_id')} {inst.get('instance_type')} {inst.get('zone')}  {market}"
                                  f"  {stop}"))

@@ -2,23 +2,20 @@
 
 A shutdown never blocks the scheduler thread: `advance` moves it one stage per call (ask the
 worker to checkpoint and exit, wait for it within stop_timeout, send the "stopping now" mail
-and wait a bounded time for delivery, meanwhile let the reports folder reach the bucket within
-stop_timeout, act). The reports go first because the decision's mail named their bucket key,
-and a stopped instance mirrors nothing, a terminated one nothing ever again.
-
-Acting may fail: StopInstances is refused for a one-time Spot request's instance, `systemctl
-poweroff` may be denied. A failure is an error and an alert each time, and is retried with
-backoff, falling back from ec2-stop to poweroff, for as long as the daemon runs: while the
-instance bills, something keeps trying.
+and wait a bounded time for delivery, act). Acting may fail: StopInstances is refused for a
+one-time Spot request's instance, `systemctl poweroff` may be denied. A failure is an error
+and an alert each time, and is retried with backoff, falling back from ec2-stop to poweroff,
+for as long as the daemon runs: while the instance bills, something keeps trying.
 """
 from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..actions import Action, KillWorker, SendAlert, StopWorker, Upload
 from ..common.config import Config
+from ..rules import spot
 
 OK_PREFIXES = ("StopInstances:", "poweroff requested", "skipped")
 
@@ -31,7 +28,6 @@ class Halt:
     stage: str = "stopping-worker"     # -> "mailing" -> "acting" -> "done"
     killed: bool = False
     mail_since_mono: float | None = None
-    reports: str = ""                  # reports/ before acting: "" -> "asked" (one upload) -> "late" (said once)
     attempts: int = 0
     next_try_mono: float = 0.0
     result: str | None = None
@@ -47,18 +43,17 @@ class Machine:
 
     `auto` stops where stopping is possible (on-demand, or a persistent Spot request that stops on
     interruption) and otherwise terminates, but only once the S3 mirror has confirmed the newest
-    checkpoint and state: a terminated instance takes its disk with it."""
+    checkpoint and state: a terminated instance takes its disk with it. Without a bucket it keeps
+    the instance (rules/spot.py's auto_stop)."""
 
-    def __init__(self, cfg: Config, log: Any, instance: Any, mirror: Any):
-        # mirror: daemon/ports/mirror.py's Mirror (confirmed_newest(), uploads_pending, reports_unsent())
-        self.cfg, self.log, self.instance, self.mirror = cfg, log, instance, mirror
+    def __init__(self, cfg: Config, log: Any, instance: Any, mirror_confirmed: Callable[[], bool]):
+        self.cfg, self.log, self.instance, self.mirror_confirmed = cfg, log, instance, mirror_confirmed
 
     def resolve(self, action: str) -> str:
         if action != "auto":
             return action
         self.instance.learn_facts()
-        can_stop = self.instance.can_stop
-        return "ec2-stop" if can_stop or can_stop is None else "terminate"
+        return spot.auto_stop(self.instance.can_stop, bool(self.cfg.aws.s3_bucket))
 
     def perform(self, action: str) -> tuple[bool, str]:
         if action == "none":
@@ -66,9 +61,11 @@ class Machine:
             return True, "skipped (action none)"
         if action == "poweroff":
             return self._poweroff()
+        if action == "keep":  # decided once: done, never retried (the one alert went out before)
+            return True, spot.KEPT
         try:
             if action == "terminate":
-                if not self.mirror.confirmed_newest():
+                if not self.mirror_confirmed():
                     return False, ("not terminating: the newest checkpoint and state are not confirmed in S3 yet "
                                    "(a terminated instance loses its disk)")
                 return True, f"TerminateInstances: {self.instance.terminate()}"
@@ -102,10 +99,13 @@ class ShutdownStages:
 
     def begin(self, action: str, reason: str, now: float) -> bool:
         """Start a shutdown unless one is under way; after a finished one only a real action
-        (not 'none') may start another (idle may stop what a budget cap with 'none' left up)."""
+        (not 'none') may start another (idle may stop what a budget cap with 'none' left up), and
+        after an instance `auto` kept, only an action chosen by hand (auto would keep it again)."""
         h = self.halt
-        if h is not None and (h.stage != "done" or action == "none" or h.action != "none"):
-            return False
+        if h is not None:
+            reopen = h.stage == "done" and (h.action == "none" or (h.result == spot.KEPT and action != "auto"))
+            if action == "none" or not reopen:
+                return False
         self.halt = Halt(action, reason, now)
         self.log.warning("shutdown.started", reason=reason, action=action)
         return True
@@ -124,15 +124,17 @@ class ShutdownStages:
                     h.killed = True
                     actions.append(KillWorker(f"no checkpoint within stop_timeout while stopping ({h.reason})"))
                 return actions, False
-            actions.append(SendAlert("shutdown", f"stopping the instance now ({h.reason})",
-                                     f"Reason: {h.reason}. Action: {h.action}. The newest checkpoint is "
-                                     f"{newest_checkpoint or 'none'}."))
+            if h.action == "auto" and self.machine.resolve("auto") == "keep":  # one alert, not "stopping now"
+                actions.append(spot.kept_alert(h.reason, str(self.cfg.checkpoint_dir), newest_checkpoint))
+            else:
+                actions.append(SendAlert("shutdown", f"stopping the instance now ({h.reason})",
+                                         f"Reason: {h.reason}. Action: {h.action}. The newest checkpoint is "
+                                         f"{newest_checkpoint or 'none'}."))
             h.stage, h.mail_since_mono = "mailing", now
             return actions, False
         if h.stage == "mailing":
-            uploading, actions = self._reports_first(h, now, newest_checkpoint)
-            if uploading or pending_mail and now - h.mail_since_mono < self.cfg.email.shutdown_wait:
-                return actions, False
+            if pending_mail and now - h.mail_since_mono < self.cfg.email.shutdown_wait:
+                return [], False
             if undelivered:
                 self.log.error("shutdown.warning_undelivered", subjects=undelivered,
                                waited_s=round(now - h.mail_since_mono, 1))
@@ -140,26 +142,6 @@ class ShutdownStages:
         if h.stage == "acting" and now >= h.next_try_mono:
             return self._act(h, now)
         return [], False
-
-    def _reports_first(self, h: Halt, now: float, newest_checkpoint: str | None) -> tuple[bool, list[Action]]:
-        """(still waiting, actions): while a report is not in the bucket, wait for the upload in
-        flight, else ask for one (once; the mirror uploads with a checkpoint), within stop_timeout
-        of the worker's exit. A report that does not make it is a warning, never a billing instance."""
-        mirror = self.machine.mirror
-        if h.reports == "late" or not mirror.reports_unsent():
-            return False, []
-        waited = now - h.mail_since_mono
-        if waited < self.cfg.supervisor.stop_timeout:
-            if mirror.uploads_pending:
-                return True, []
-            if not h.reports and newest_checkpoint:
-                h.reports = "asked"
-                self.log.info("shutdown.uploading_reports", reason=h.reason, action=h.action)
-                return True, [Upload("reports-before-shutdown")]
-        h.reports = "late"
-        self.log.warning("shutdown.reports_not_uploaded", waited_s=round(waited, 1), action=h.action,
-                         note="the reports folder is not all in the bucket (the journal's s3 events say why)")
-        return False, []
 
     def _act(self, h: Halt, now: float) -> tuple[list[Action], bool]:
         action = self.machine.resolve(h.action)
