@@ -2,16 +2,20 @@
 
 A shutdown never blocks the scheduler thread: `advance` moves it one stage per call (ask the
 worker to checkpoint and exit, wait for it within stop_timeout, send the "stopping now" mail
-and wait a bounded time for delivery, act). Acting may fail: StopInstances is refused for a
-one-time Spot request's instance, `systemctl poweroff` may be denied. A failure is an error
-and an alert each time, and is retried with backoff, falling back from ec2-stop to poweroff,
-for as long as the daemon runs: while the instance bills, something keeps trying.
+and wait a bounded time for delivery, meanwhile let the reports folder reach the bucket within
+stop_timeout, act). The reports go first because the decision's mail named their bucket key,
+and a stopped instance mirrors nothing, a terminated one nothing ever again.
+
+Acting may fail: StopInstances is refused for a one-time Spot request's instance, `systemctl
+poweroff` may be denied. A failure is an error and an alert each time, and is retried with
+backoff, falling back from ec2-stop to poweroff, for as long as the daemon runs: while the
+instance bills, something keeps trying.
 """
 from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..actions import Action, KillWorker, SendAlert, StopWorker, Upload
 from ..common.config import Config
@@ -28,6 +32,7 @@ class Halt:
     stage: str = "stopping-worker"     # -> "mailing" -> "acting" -> "done"
     killed: bool = False
     mail_since_mono: float | None = None
+    reports: str = ""                  # reports/ before acting: "" -> "asked" (one upload) -> "late" (said once)
     attempts: int = 0
     next_try_mono: float = 0.0
     result: str | None = None
@@ -46,8 +51,9 @@ class Machine:
     checkpoint and state: a terminated instance takes its disk with it. Without a bucket it keeps
     the instance (rules/spot.py's auto_stop)."""
 
-    def __init__(self, cfg: Config, log: Any, instance: Any, mirror_confirmed: Callable[[], bool]):
-        self.cfg, self.log, self.instance, self.mirror_confirmed = cfg, log, instance, mirror_confirmed
+    def __init__(self, cfg: Config, log: Any, instance: Any, mirror: Any):
+        # mirror: daemon/ports/mirror.py's Mirror (confirmed_newest(), uploads_pending, reports_unsent())
+        self.cfg, self.log, self.instance, self.mirror = cfg, log, instance, mirror
 
     def resolve(self, action: str) -> str:
         if action != "auto":
@@ -65,7 +71,7 @@ class Machine:
             return True, spot.KEPT
         try:
             if action == "terminate":
-                if not self.mirror_confirmed():
+                if not self.mirror.confirmed_newest():
                     return False, ("not terminating: the newest checkpoint and state are not confirmed in S3 yet "
                                    "(a terminated instance loses its disk)")
                 return True, f"TerminateInstances: {self.instance.terminate()}"
@@ -133,8 +139,9 @@ class ShutdownStages:
             h.stage, h.mail_since_mono = "mailing", now
             return actions, False
         if h.stage == "mailing":
-            if pending_mail and now - h.mail_since_mono < self.cfg.email.shutdown_wait:
-                return [], False
+            uploading, actions = self._reports_first(h, now, newest_checkpoint)
+            if uploading or pending_mail and now - h.mail_since_mono < self.cfg.email.shutdown_wait:
+                return actions, False
             if undelivered:
                 self.log.error("shutdown.warning_undelivered", subjects=undelivered,
                                waited_s=round(now - h.mail_since_mono, 1))
@@ -142,6 +149,26 @@ class ShutdownStages:
         if h.stage == "acting" and now >= h.next_try_mono:
             return self._act(h, now)
         return [], False
+
+    def _reports_first(self, h: Halt, now: float, newest_checkpoint: str | None) -> tuple[bool, list[Action]]:
+        """(still waiting, actions): while a report is not in the bucket, wait for the upload in
+        flight, else ask for one (once; the mirror uploads with a checkpoint), within stop_timeout
+        of the worker's exit. A report that does not make it is a warning, never a billing instance."""
+        mirror = self.machine.mirror
+        if h.reports == "late" or not mirror.reports_unsent():
+            return False, []
+        waited = now - h.mail_since_mono
+        if waited < self.cfg.supervisor.stop_timeout:
+            if mirror.uploads_pending:
+                return True, []
+            if not h.reports and newest_checkpoint:
+                h.reports = "asked"
+                self.log.info("shutdown.uploading_reports", reason=h.reason, action=h.action)
+                return True, [Upload("reports-before-shutdown")]
+        h.reports = "late"
+        self.log.warning("shutdown.reports_not_uploaded", waited_s=round(waited, 1), action=h.action,
+                         note="the reports folder is not all in the bucket (the journal's s3 events say why)")
+        return False, []
 
     def _act(self, h: Halt, now: float) -> tuple[list[Action], bool]:
         action = self.machine.resolve(h.action)
