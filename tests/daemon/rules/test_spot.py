@@ -47,14 +47,11 @@ def one_time_spot(calls: list[str]):
 
 
 class Unconfirmed:
-    """A mirror that never confirms the newest checkpoint and has no report waiting. Machine is
-    handed either its confirmed_newest (called) or the mirror itself: this serves both."""
+    """A mirror that never confirms the newest checkpoint and has no report waiting."""
     uploads_pending = False
 
-    def __call__(self) -> bool:
+    def confirmed_newest(self) -> bool:
         return False
-
-    confirmed_newest = __call__
 
     def reports_unsent(self) -> bool:
         return False
