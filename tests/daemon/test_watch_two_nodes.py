@@ -13,7 +13,7 @@ from test_watch import CPU, RUN_SCRIPT, heartbeat, wait_for_step
 from daemon.common import checkpoints as layout
 from daemon.common import exits
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(700)]  # its waits: 240 + 240 + 120 s at most
 
 
 def test_two_nodes_watched_from_the_head_bill_both_and_the_budget_cap_stops_both_at_one_step(tmp_path, cluster):
