@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from .common.clock import parse_iso
 from .state import State
@@ -48,6 +49,15 @@ def status_line(state: State) -> str:
            f"loss {_num(t.train_loss, '.3f')} val {_num(t.val_loss, '.3f')}{spend if cost else ''}"
 
 
+def _report(part: dict, kind: str) -> str:
+    """The page to open (the HTML report, its clips beside it), and the JSON it was made from;
+    when the page could not be written, the command that writes it."""
+    figures = part.get("report")
+    if part.get("html_report"):
+        return f"report {part['html_report']} (figures {Path(str(figures)).name})"
+    return f"figures {figures} (no HTML report: amapiano-train report --kind {kind})"
+
+
 def _money_rows(state: State, now: datetime) -> list[tuple[str, str]]:
     rows = []
     cost, budget = state.cost or {}, state.budget or {}
@@ -73,8 +83,11 @@ def _money_rows(state: State, now: datetime) -> list[tuple[str, str]]:
                                    else f"at {ms.get('at')} of training")
         line = f"{ms.get('status')}  due {due}"
         if ms.get("decision"):
-            line += f"  decision {ms['decision']} ({ms.get('report')})"
+            line += f"  decision {ms['decision']}  {_report(ms, 'milestone')}"
         rows.append(("milestone", line))
+        done = ms.get("completion") if isinstance(ms.get("completion"), dict) else {}
+        if done.get("report"):
+            rows.append(("completion", f"{done.get('status')}  {_report(done, 'completion')}"))
     pending = [a for a in state.alerts if a.get("status") in ("pending", "failed")]
     if state.alerts:
         last = state.alerts[-1]
