@@ -14,6 +14,7 @@ class SendAlert:
     body: str
     once: str = ""  # a key: sent once per run, daemon restarts included (daemon/ports/mail.py Outbox)
     attachments: tuple[str, ...] = ()  # files mailed while they fit, best first (daemon/ports/mail_attach.py)
+    attachments_at: str = ""  # the bucket folder that holds them too (s3://.../reports/): named when one does not fit
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,8 @@ class Executor:
 
     # -- the world -----------------------------------------------------------------------------
     def _SendAlert(self, a: A.SendAlert) -> None:
-        self.outbox.send(a.kind, a.subject, a.body, once=a.once, attachments=a.attachments)
+        self.outbox.send(a.kind, a.subject, a.body, once=a.once, attachments=a.attachments,
+                         attachments_at=a.attachments_at)
 
     def _Shutdown(self, a: A.Shutdown) -> None:
         if self.shutdown.begin(a.action, a.reason, self.clock.monotonic()):

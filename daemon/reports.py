@@ -154,16 +154,16 @@ def completion(cfg: Config, metrics: dict | None, exported: bool, run: RunView, 
 def with_html(cfg: Config, actions: list[Action], html: Path | None, kind: str) -> list[Action]:
     """The decision's mail, told where its HTML report is and how to open it; or that there is
     none, and how to build it by hand."""
+    folder = f"s3://{cfg.aws.s3_bucket}/{reports_key(cfg.aws, '')}" if cfg.aws.s3_bucket else ""
     if html is None:
         line = ("The HTML report could not be written (the journal says why: report.failed or report.timed_out); "
                 f"build it by hand: amapiano-train report --kind {kind}")
     else:
         line = (f"The report (open it in a browser; its clips play beside it): {html}\n"
                 f"On a laptop: scp -r HOST:{html.parent} . and open {html.name}")
-        if cfg.aws.s3_bucket:
-            folder = f"s3://{cfg.aws.s3_bucket}/{reports_key(cfg.aws, '')}"
+        if folder:
             line += (f"\nIn the bucket (mirrored within {cfg.aws.mirror_every / 60:g} min): {folder}{html.name}; "
                      f"aws s3 sync {folder} reports/")
     files = (str(html.with_suffix(".zip")), str(html)) if html else ()  # the page with its clips, else the page
-    return [dataclasses.replace(a, body=f"{a.body}\n\n{line}", attachments=files) if isinstance(a, SendAlert) else a
-            for a in actions]
+    return [dataclasses.replace(a, body=f"{a.body}\n\n{line}", attachments=files, attachments_at=folder)
+            if isinstance(a, SendAlert) else a for a in actions]

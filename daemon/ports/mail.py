@@ -52,10 +52,11 @@ class Alert:
     next_try_mono: float = 0.0
     once: str = ""       # sent once per run, restarts included (state.json keeps it): a FAILED run's alert
     attachments: list[str] = field(default_factory=list)  # the decision's report, mailed while it fits
+    attachments_at: str = ""  # the bucket folder that holds them too, named for what does not fit
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
-        for key in ("next_try_mono", "body", "attachments"):  # never a path state.json (or a bucket) could name
+        for key in ("next_try_mono", "body", "attachments", "attachments_at"):  # never from state.json (or a bucket)
             data.pop(key)
         return data
 
@@ -146,7 +147,7 @@ def compose(cfg: EmailConfig, alert: "Alert", run_name: str = "") -> EmailMessag
     msg["Subject"] = alert.subject
     msg["X-Amapiano-Alert"] = f"{alert.kind} {alert.id}"
     footer = f"\n\n-- \namapiano-train{' run ' + run_name if run_name else ''}, {alert.created_at}\n"
-    return fill(msg, alert.body, footer, alert.attachments)
+    return fill(msg, alert.body, footer, alert.attachments, alert.attachments_at)
 
 
 def try_test_alert(cfg: EmailConfig, transport: Any, clock: Clock | None = None) -> list[tuple[str, str | None]]:
@@ -171,7 +172,7 @@ class Outbox:
         self._said_unusable = False
         for old in previous or []:  # alerts as state.json kept them; pending ones go out again
             fields = {k: v for k, v in old.items()
-                      if k in Alert.__dataclass_fields__ and k not in ("next_try_mono", "attachments")}
+                      if k in Alert.__dataclass_fields__ and k not in ("next_try_mono", "attachments", "attachments_at")}
             fields.setdefault("body", fields.get("subject", ""))
             try:
                 self._alerts.append(Alert(**fields))
@@ -181,7 +182,8 @@ class Outbox:
         self._thread.start()
 
     # -- raising -----------------------------------------------------------------------
-    def send(self, kind: str, subject: str, body: str, once: str = "", attachments: tuple[str, ...] = ()) -> Alert:
+    def send(self, kind: str, subject: str, body: str, once: str = "", attachments: tuple[str, ...] = (),
+             attachments_at: str = "") -> Alert:
         """Queue an alert; with `once`, not if an alert with that key was raised before (this run)."""
         with self._cond:
             told = next((a for a in self._alerts if once and a.once == once), None)
@@ -192,7 +194,7 @@ class Outbox:
         deliverable = self.transport is not None and bool(getattr(self.transport, "destination", self.cfg.to))
         alert = Alert(id=uuid.uuid4().hex[:8], kind=kind, subject=redact(SUBJECT_PREFIX + subject), body=redact(body),
                       created_at=iso(self.clock.now()), status="pending" if deliverable else "logged", once=once,
-                      attachments=list(attachments))
+                      attachments=list(attachments), attachments_at=attachments_at)
         self.log.warning("alert", kind=kind, subject=alert.subject, alert_id=alert.id,
                          delivery=alert.status if alert.status == "logged" else self.cfg.transport)
         unusable = getattr(self.transport, "unusable", None)

@@ -21,10 +21,10 @@ ATTACH_LIMIT_BYTES = 7 * 1024 * 1024
 TYPES = {".zip": ("application", "zip"), ".html": ("text", "html")}
 
 
-def fill(msg: EmailMessage, body: str, footer: str, paths: Sequence[str]) -> EmailMessage:
+def fill(msg: EmailMessage, body: str, footer: str, paths: Sequence[str], at: str = "") -> EmailMessage:
     """The text, and the first of `paths` that fits as an attachment (a line says when none does,
-    or only the page does)."""
-    path, line = choose(paths)
+    or only the page does, and where each file left out is in the bucket folder `at`)."""
+    path, line = choose(paths, at=at)
     msg.set_content(body + (f"\n\n{line}" if line else "") + footer)
     if path is not None:
         attach(msg, path)
@@ -48,10 +48,12 @@ def files_of(message: EmailMessage) -> list[tuple[str, str, bytes]]:
             for part in message.iter_attachments() if part.get_filename()]
 
 
-def choose(paths: Sequence[str], limit: int | None = None) -> tuple[Path | None, str]:
+def choose(paths: Sequence[str], limit: int | None = None, at: str = "") -> tuple[Path | None, str]:
     """The first of `paths` (best first: the report's zip with its clips, then its page) that is
-    a regular file of a known kind within `limit`, and a line for the mail when it is not the first."""
+    a regular file of a known kind within `limit`, and a line for the mail when it is not the first:
+    it names each file left out, with its key in the bucket folder `at` (s3://.../reports/) if any."""
     limit = ATTACH_LIMIT_BYTES if limit is None else limit
+    where = (lambda name: f", {at}{name}") if at else (lambda name: "")  # noqa: E731
     skipped = []
     for name in paths:
         path = Path(name)
@@ -62,10 +64,11 @@ def choose(paths: Sequence[str], limit: int | None = None) -> tuple[Path | None,
         if path.suffix in TYPES and stat.S_ISREG(st.st_mode) and st.st_size <= limit:
             return path, (f"Attached: {path.name}, the page only: its clips are too large to mail "
                           f"({', '.join(skipped)})" if skipped else "")
-        skipped.append(f"{path.name} ({st.st_size / 1e6:.1f} MB)")
+        skipped.append(f"{path.name} ({st.st_size / 1e6:.1f} MB{where(path.name)})")
     if not skipped:
         return None, ""
-    return None, f"Not attached: {', '.join(skipped)}: over the {limit / 1e6:.0f} MB a mail can carry; see the paths above"
+    return None, (f"Not attached: {', '.join(skipped)}: over the {limit / 1e6:.0f} MB a mail can carry; "
+                  + ("each is in the bucket as named" if at else "see the paths above"))
 
 
 def attach(msg: EmailMessage, path: Path) -> bool:

@@ -244,3 +244,49 @@ def test_apprise_to_a_service_that_takes_no_files_says_so_in_the_text(tmp_path, 
     posted = apprise_post(tmp_path)
     assert posted["attachments"] == []
     assert "Not attached: week_5_report.zip: json:// takes no files; see the paths above" in posted["message"]
+
+
+def test_a_report_too_large_to_mail_is_named_by_its_bucket_key(smtp_sink, tmp_path, monkeypatch):
+    """The decision's alert as the milestone makes it (reports.with_html) and the executor sends it:
+    past the cap, the line that says what is not attached names where it is in the bucket."""
+    import dataclasses
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import daemon.ports.mail_attach as mail_attach
+    from conftest import write_config
+    from daemon import reports
+    from daemon.actions import SendAlert
+    from daemon.common.config import load_config
+    from daemon.executor import Executor
+    from daemon.ports.mail import Outbox, SmtpTransport
+
+    monkeypatch.setattr(mail_attach, "ATTACH_LIMIT_BYTES", 1000)  # the page (30 bytes) fits, the zip not
+    cfg = load_config(write_config(tmp_path))
+    cfg = dataclasses.replace(cfg, aws=dataclasses.replace(cfg.aws, s3_bucket="runs", s3_prefix="r1"))
+    archive, page = report(tmp_path)
+    [alert] = reports.with_html(cfg, [SendAlert("milestone", "milestone: NO-GO", "Decision: NO-GO")], Path(page),
+                                "milestone")
+    smtp_sink.up()
+    email = smtp_cfg(smtp_sink.port)
+    outbox = Outbox(email, SmtpTransport(email, None), Log())
+    Executor(Log(), SimpleNamespace(), None, None, outbox, None, None, lambda: None).execute([alert])
+    deadline = __import__("time").monotonic() + 10
+    while not smtp_sink.messages and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.05)
+    outbox.close()
+    [msg] = smtp_sink.messages
+    text = next(p for p in msg.walk() if p.get_content_type() == "text/plain").get_payload(decode=True).decode()
+    [line] = [ln for ln in text.splitlines() if "too large to mail" in ln]
+    assert "s3://runs/r1/reports/week_5_report.zip" in line, text
+    assert [p.get_filename() for p in msg.walk() if p.get_filename()] == ["week_5_report.html"]
+
+
+def test_the_line_names_each_file_left_out_by_its_bucket_key(tmp_path):
+    zip_, page = tmp_path / "week_5_report.zip", tmp_path / "week_5_report.html"
+    zip_.write_bytes(b"z" * 5000)
+    page.write_bytes(b"p" * 500)
+    path, line = choose([str(zip_), str(page)], limit=100, at="s3://runs/r1/reports/")
+    assert path is None and "s3://runs/r1/reports/week_5_report.zip" in line and "/week_5_report.html" in line
+    path, line = choose([str(zip_), str(page)], limit=100)
+    assert "see the paths above" in line and "s3://" not in line  # no bucket: the paths on the instance
