@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .money import Money
+from .ports.shutdown import Machine
 
 MAX_NODES = 4096
 
@@ -54,13 +55,13 @@ class ClusterMoney(Money):
         return cost, budget
 
 
-class EndJob:
+class EndJob(Machine):
     """Watch mode's shutdown mechanism: the watcher ends the SkyPilot job (its exit status says how,
     daemon/rules/job_end.py); `sky launch --down -i`'s autostop or the managed job's controller then
     takes the nodes down. Whatever the configured action, on a cluster stopping the nodes is SkyPilot's."""
 
-    def __init__(self, log: Any):
-        self.log = log
+    def __init__(self, machine: Machine):
+        self.__dict__.update(vars(machine))  # the same config, instance and mirror: only the act differs
 
     def resolve(self, action: str) -> str:
         return action

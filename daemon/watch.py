@@ -41,12 +41,13 @@ class Watcher(Supervisor):
     def __init__(self, cfg: Any, log: Any, nodes: int, pid_file: Path, failure_file: Path | None = None, **kw: Any):
         clock = kw.pop("clock", None) or Clock()
         before = read_json(cfg.state_file) or {}  # as the last watcher left it (open_run writes it anew)
-        group = WatchedGroup(pid_file, failure_file or cfg.failure_file, cfg.run.state_dir, clock, self._why)
+        group = WatchedGroup(pid_file, failure_file or cfg.failure_file, cfg.heartbeat_file,
+                             stopfile.path(cfg.run.state_dir), clock, self._why)
         super().__init__(cfg, log, worker=group, clock=clock, **kw)
         s = self.state
         # The two differences from one instance: the bill is the cluster's, "stop the machine" is "end the job".
         self.money = ClusterMoney(nodes, cfg, log, self.clock, self.instance, s.cost, s.budget, (s.run_id, s.started_at))
-        self.shutdown_stages.machine = EndJob(log)
+        self.shutdown_stages.machine = EndJob(self.shutdown_stages.machine)
         self.job: job_end.JobEnd | None = None
         self.last_exit: Any = None
         self._since = self.clock.monotonic()
@@ -90,7 +91,7 @@ class Watcher(Supervisor):
         lc, t = self.lifecycle, self.state.trainer
         halt = self.shutdown_stages.halt
         snap = job_end.JobSnapshot(
-            group_running=self.worker.running, adopted=lc.launches > 0,
+            group_running=self.worker.running or self.worker.unread, adopted=lc.launches > 0,
             waited_s=self.clock.monotonic() - self._since, adopt_limit_s=self.cfg.supervisor.loading_timeout,
             busy=self.evaluation.busy or self.evaluation.final_pending or self.shutdown_stages.in_progress,
             halted=self.finished.is_set(), halt_reason=halt.reason if halt else None, phase=lc.phase,

@@ -16,10 +16,12 @@ import contextlib
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ..common import stopfile
+from .. import heartbeat
+from ..common import exits, stopfile
 from ..common.clock import iso
 from ..rules.restart import WorkerExit
 from ..worker import WorkerProcess, children
@@ -64,11 +66,13 @@ class WatchedGroup(WorkerProcess):
 
     pausable = False  # stopping the group ends the job: a milestone evaluation runs beside it
 
-    def __init__(self, pid_file: Path, failure_file: Path, state_dir: Path, clock: Any,
+    def __init__(self, pid_file: Path, failure_file: Path, heartbeat_file: Path, stop_file: Path, clock: Any,
                  why: Callable[[], str] = lambda: "stop requested"):
         super().__init__(pid_file, failure_file, nproc=2)  # nproc > 1: rank 0's failure file has the real status
-        self.pid_file, self.stop_file, self.clock, self.why = pid_file, stopfile.path(state_dir), clock, why
+        self.pid_file, self.stop_file, self.heartbeat_file = pid_file, stop_file, heartbeat_file
+        self.clock, self.why = clock, why
         self._pid: int | None = None
+        self._adopted_at: float | None = None
         self._gone_at: float | None = None
 
     def _seen(self) -> int | None:
@@ -87,6 +91,11 @@ class WatchedGroup(WorkerProcess):
         pid = self.pid
         return pid is not None and alive(pid) and (read_pid_file(self.pid_file) or (0, 0))[1] is None
 
+    @property
+    def unread(self) -> bool:
+        """Adopted, and how it ended not read yet (it may be gone a moment before its status is written)."""
+        return self._pid is not None
+
     def command(self) -> list[str]:
         return ["(adopted from", str(self.pid_file) + ")"]
 
@@ -100,7 +109,7 @@ class WatchedGroup(WorkerProcess):
         pid = self._seen()
         if pid is None:
             raise RuntimeError(f"no running group in {self.pid_file}")
-        self._pid, self._gone_at = pid, None
+        self._pid, self._gone_at, self._adopted_at = pid, None, self.clock.now().timestamp()
         self._stale = self._mtime(self.failure_file)   # an earlier run's failure file is not this group's
         self._oom_before = self._mtime(self.oom_file)
         return pid
@@ -115,7 +124,18 @@ class WatchedGroup(WorkerProcess):
             if self.clock.monotonic() - self._gone_at < STATUS_WAIT_S:
                 return None
         self._pid = None
-        return self.ended(returncode(status))
+        return self._told(self.ended(returncode(status)))
+
+    def _told(self, ended: WorkerExit) -> WorkerExit:
+        """torchrun exits 1 whatever its ranks did, and a group of one process writes no status of its
+        own: the heartbeat's last word, written since we adopted it, says a stop or a completion."""
+        if ended.code != 1 or ended.error_type is not None:
+            return ended
+        beat = heartbeat.read(self.heartbeat_file)
+        if beat is None or self._adopted_at is None or beat.written_s < self._adopted_at - 1:
+            return ended
+        code = {"stopped": exits.PREEMPTED, "completed": exits.OK}.get(beat.fields.get("activity"))
+        return ended if code is None else replace(ended, code=code)
 
     def signal(self, sig: int) -> None:
         pid = self.pid

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import pytest
 from conftest import AMAPIANO_TRAIN, Daemon, write_config
 
 from daemon.common import exits, stopfile
+from daemon.ports.group import alive
+from daemon.rules import job_end
 from daemon.worker import children, group_command
 
 CPU = {"train": {"device": "cpu", "cpu_threads": 1, "epochs": 400},
@@ -120,11 +123,12 @@ def wait_for_step(root: Path, step: int, timeout: float = 120) -> dict:
     return heartbeat(root)
 
 
-def assert_checkpointed_and_stopped(root: Path, group: Group) -> None:
+def assert_checkpointed_and_stopped(root: Path, group: Group, ranks: int = 1) -> None:
     """Every rank left at one step boundary, which rank 0 committed: the group's agreed stop."""
     beat = heartbeat(root)
     assert beat["activity"] == "stopped" and beat["last_checkpoint_step"] == beat["step"], beat
-    assert json.loads(group.failure.read_text())["exit"] == exits.PREEMPTED  # rank 0's own status: 75
+    if ranks > 1:
+        assert json.loads(group.failure.read_text())["exit"] == exits.PREEMPTED  # rank 0's own status: 75
     assert group.status() == 1  # torchrun's own 1 when its ranks exit 75: they ended, nobody killed them
 
 
@@ -140,7 +144,7 @@ def test_cluster_budget_cap_stops_both_ranks_at_one_step_bills_every_node_and_en
     state = watch.state()
     assert state["phase"] == "HALTED" and state["shutdown"]["reason"] == "budget cap reached", state["shutdown"]
     assert "the job ends" in state["shutdown"]["result"]
-    assert_checkpointed_and_stopped(tmp_path, group)
+    assert_checkpointed_and_stopped(tmp_path, group, ranks=2)
     cost = state["cost"]
     assert cost["nodes"] == 2 and cost["node_rate_usd_per_h"] == 1800.0 and cost["rate_usd_per_h"] == 3600.0
     assert cost["rate_source"] == "2 nodes x config"
@@ -161,3 +165,84 @@ def test_cluster_watch_outside_skypilot_is_one_line_and_78(tmp_path):
                               str(tmp_path / "pid")], capture_output=True, text=True, env=run_env, timeout=60)
         assert out.returncode == exits.CONFIG and "SKYPILOT_NUM_NODES" in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_cluster_liveness_rule_ends_a_stalled_group_for_skypilot_to_recover(tmp_path, cluster):
+    """A rank frozen (SIGSTOP) holds every other rank in its collective: no heartbeat progress.
+    The watcher kills this node's ranks and torchrun and ends the job with the status SkyPilot
+    recovers (75, recover_on_exit_codes)."""
+    cfg = write_config(tmp_path, CPU, {"supervisor": {"heartbeat_timeout": "4s", "loading_timeout": "10m",
+                                                      "checkpoint_timeout": "4s", "validation_timeout": "4s"}})
+    group, watch = cluster(cfg, after_step=2)
+    watch.wait_state(lambda s: s["phase"] == "RUNNING" and (s["trainer"].get("step") or 0) >= 2)
+    frozen = group.ranks()
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    assert watch.exit_code() == job_end.RECOVER, watch.log_text()[-4000:]
+    state = watch.state()
+    assert "hung: no heartbeat" in state["trainer"]["last_exit_reason"], state["trainer"]
+    assert state["cluster"]["job_end"]["exit"] == job_end.RECOVER and "stalled" in state["cluster"]["job_end"]["reason"]
+    assert group.status() == 128 + signal.SIGKILL  # torchrun killed, so the rendezvous breaks on every node
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in frozen):  # gone (a zombie at most, for its new parent to reap)
+        assert time.monotonic() < deadline, "a frozen rank outlived the job"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_cluster_idle_rule_ends_a_job_whose_second_node_never_joins(tmp_path, cluster):
+    """torchrun waits for a node that never comes: nothing trains on a cluster that bills. The idle
+    rule warns, asks the group to stop, ends it past stop_timeout, and ends the job (not retried)."""
+    cfg = write_config(tmp_path, CPU, {"supervisor": {"loading_timeout": "10m", "stop_timeout": "5s"},
+                                       "idle": {"timeout": "6s", "warn_before": "3s", "check_every": "500ms"}})
+    port = free_port()
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", "0", "--nproc-per-node",
+            "1", "--master-addr", "127.0.0.1", "--master-port", str(port), "--max-restarts", "0", "-m", "trainer",
+            "--config", str(cfg)]
+    group, watch = cluster(cfg, argv=argv)
+    assert watch.exit_code() == exits.OK, watch.log_text()[-4000:]
+    state = watch.state()
+    assert state["shutdown"]["reason"].startswith("idle for"), state["shutdown"]
+    subjects = [a["subject"] for a in state["alerts"]]
+    assert any("idle shutdown in" in s for s in subjects) and any("stopping the instance now" in s for s in subjects)
+    assert state["phase"] == "HALTED" and group.status() == 128 + signal.SIGKILL
+    assert heartbeat(tmp_path) == {}  # it never trained: the idle rule, not a stop it answered
+
+
+@pytest.mark.slow
+def test_cluster_milestone_runs_beside_the_group_and_its_no_go_stops_it(tmp_path, cluster):
+    cfg = write_config(tmp_path, CPU, {"milestone": {"at": "3s", "max_val_loss": 0.001, "samples": 6,
+                                                      "sample_seconds": 0.3}})
+    group, watch = cluster(cfg, after_step=2)
+    assert watch.exit_code(timeout=300) == exits.OK, watch.log_text()[-4000:]
+    state = watch.state()
+    assert state["milestone"]["decision"] == "NO-GO" and state["phase"] == "HALTED", state["milestone"]
+    assert state["shutdown"]["reason"] == "milestone NO-GO"
+    assert (tmp_path / "state" / "reports" / "abort_report.json").is_file()
+    evaluating = [e for _, e in watch.events() if e["event"] == "milestone.evaluating"]
+    assert evaluating and evaluating[0]["pause_worker"] is False  # stopping the group would end the job
+    assert_checkpointed_and_stopped(tmp_path, group)
+
+
+@pytest.mark.slow
+def test_cluster_sigterm_is_recorded_as_a_cancel_and_the_group_checkpoints(tmp_path, cluster):
+    """`sky jobs cancel` (or the node going away) SIGTERMs the job: the group checkpoints and
+    stops, state.json says why, and the status (75) has a lost node recovered."""
+    cfg = write_config(tmp_path, CPU)
+    group, watch = cluster(cfg, after_step=2)
+    watch.wait_state(lambda s: s["phase"] == "RUNNING")
+    watch.proc.send_signal(signal.SIGTERM)
+    assert watch.exit_code() == job_end.RECOVER, watch.log_text()[-4000:]
+    state = watch.state()
+    assert "cancelled" in state["shutdown"]["reason"] and state["phase"] == "STOPPED", state["shutdown"]
+    assert state["trainer"]["last_exit_reason"].startswith("preempted (exit=75)")  # a stop, not a crash
+    assert_checkpointed_and_stopped(tmp_path, group)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
