@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import config_rules
+from .atomic import read_bytes
 from .config_sections import (AT_FORMS, AwsConfig, BudgetConfig, EmailConfig, GpuConfig,  # noqa: F401 - re-exported
                               IdleConfig, MilestoneConfig, RedFlagsConfig, ShutdownAction, parse_milestone_at)
 from .schema import FRACTION, NON_NEGATIVE, PERCENT, POSITIVE, ConfigError, Duration, _build, _check, between  # noqa: F401
@@ -238,16 +239,19 @@ class Config:
         return self.run.log_dir / "tensorboard"
 
 
+CONFIG_LIMIT = 1 << 20  # a config is a few KiB; a MiB is no config
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate config.toml; raises ConfigError with a one-line message."""
     path = Path(path)
     name = str(path)
     try:
-        raw = path.read_bytes()
+        raw = read_bytes(path, CONFIG_LIMIT)  # a FIFO or a device planted there is refused, never waited on
     except FileNotFoundError:
         raise ConfigError(f"{name}: no such file") from None
     except OSError as e:
-        raise ConfigError(f"{name}: cannot read ({e.strerror})") from None
+        raise ConfigError(f"{name}: cannot read ({e.strerror or str(e).removeprefix(name + ': ')})") from None
     try:
         table = tomllib.loads(raw.decode("utf-8-sig"))  # a byte-order mark (Windows editors) is no TOML error
     except UnicodeDecodeError:

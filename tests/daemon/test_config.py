@@ -1,6 +1,8 @@
 """Config validation: a person's mistake stops the program with one line naming file and key, exit 78."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from conftest import DEMO_TOML, PROD_TOML, cli, write_config
@@ -93,6 +95,23 @@ def test_config_check_cli_missing_file(tmp_path):
     result = cli("config", "check", str(tmp_path / "nope.toml"))
     assert result.returncode == 78
     assert "nope.toml: no such file" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "dev-zero"])
+def test_a_config_that_is_no_regular_file_is_one_line_at_once(tmp_path, kind):
+    """A FIFO blocked `config check` (and the supervisor's start) for ever; /dev/zero read until
+    memory ran out."""
+    path = tmp_path / "config.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to("/dev/zero")
+    result = cli("config", "check", str(path), timeout=30)
+    assert result.returncode == 78
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "cannot read" in lines[0], result.stderr
 
 
 def test_config_check_cli_ok(tmp_path):
