@@ -49,7 +49,7 @@ class RangedBucket:
         self.upstream = urlparse(upstream)
         self.fault, self.rate = fault, rate
         self.log: list[dict] = []
-        self.in_flight = self.max_in_flight = 0
+        self.in_flight = self.max_in_flight = self.sent = 0   # sent: body bytes of object GETs
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
@@ -144,6 +144,8 @@ class _Proxy(BaseHTTPRequestHandler):
             step = max(1, int(bucket.rate / 20)) if bucket.rate else len(data) or 1
             for at in range(0, len(data), step):   # rate: 20 writes a second
                 self.wfile.write(data[at:at + step])
+                with bucket._lock:
+                    bucket.sent += len(data[at:at + step])
                 if bucket.rate and bucket._closing.wait(0.05):
                     return
         finally:

@@ -251,3 +251,72 @@ def test_a_full_disk_waits_for_room_rather_than_refusing_every_checkpoint_in_the
     out = _in_small_disk(tmp_path, aws, None)
     assert out["wait"] and "No space left" in out["wait"], out
     assert "s3.checkpoint_refused" not in out["events"] and out["left"] == [], out
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_restore_is_prompt(aws, bucket, tmp_path, daemons):
+    """A fresh disk bringing a 64 MiB checkpoint back through a slow bucket, stopped half-way:
+    before, the supervisor's exit waited for s3transfer's pool to finish the whole download."""
+    from bucket_faults import now_plus, plant_checkpoint, plant_state
+    from conftest import write_config
+
+    s3 = s3_client(aws)
+    s3.create_bucket(Bucket=BUCKET)
+    plant_state(s3, BUCKET, "demo", "bucket-run", now_plus(-60), 3.63)
+    plant_checkpoint(s3, BUCKET, "demo", 100, os.urandom(MIB) * 64)
+    b = bucket(rate=256 << 10)   # a part at a time would take minutes
+    config = write_config(tmp_path, {"aws": {"endpoint_url": b.url, "region": "us-east-1", "s3_bucket": BUCKET,
+                                             "s3_prefix": "demo", "mirror_every": "1s"}})
+    d = daemons(config, {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                         "AWS_DEFAULT_REGION": "us-east-1"})
+    ckpt = tmp_path / "state" / "checkpoints"
+    deadline = time.monotonic() + 90
+    while b.sent < 2 * MIB:   # the restore is under way
+        assert time.monotonic() < deadline and d.proc.poll() is None, d.log_text()[-3000:]
+        time.sleep(0.1)
+    began = time.monotonic()
+    assert d.stop(60) == 0, d.log_text()[-3000:]
+    assert time.monotonic() - began < 10, f"SIGTERM took {time.monotonic() - began:.1f} s during a restore"
+    assert checkpoints.newest(ckpt) is None   # nothing half-fetched was committed
+
+
+MEMORY = r"""
+import json, resource, sys
+sys.path[:0] = [{repo!r}]
+from pathlib import Path
+from daemon.common.config import AwsConfig
+from daemon.ports.aws import Aws
+aws = Aws(AwsConfig(endpoint_url={url!r}, s3_bucket={bucket!r}), "us-east-1")
+aws.part_bytes, aws.parts_in_flight = 4 << 20, 4
+aws.get_marker(3)   # the client built, a connection made: what is held from here on is the download's
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+aws.download_checkpoint(json.loads({meta!r}), Path({dest!r}))
+print("GREW", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_memory_stays_a_few_reads_a_part_not_the_checkpoint(aws, tmp_path):
+    """96 MiB through 4 parts in flight: the process grows by a few MiB, not by the object."""
+    import subprocess
+    import sys
+
+    meta = plant(aws, 3, os.urandom(MIB) * 96)
+    script = MEMORY.format(repo=str(Path(__file__).resolve().parents[3]), url=aws, bucket=BUCKET,
+                           meta=json.dumps(meta), dest=str(tmp_path / "ckpt"))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    grew = [int(x.split()[1]) for x in run.stdout.splitlines() if x.startswith("GREW")]
+    assert run.returncode == 0 and grew, run.stderr[-2000:]
+    assert grew[0] < 32 * MIB, f"the download held {grew[0] / MIB:.0f} MiB"
+    assert checkpoints.verify(checkpoints.newest(tmp_path / "ckpt")) is None
+
+
+@pytest.mark.slow
+def test_the_restore_bench_runs_and_prints_its_figures():
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[3] / "scripts" / "bench" / "restore_speed.py"
+    r = subprocess.run([sys.executable, str(bench), "--layers", "1", "--rounds", "1"], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "restore + load + first step:" in r.stdout and "speed-up of the parallel restore" in r.stdout, r.stdout
