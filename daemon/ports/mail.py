@@ -26,6 +26,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Callable
 
+from ..common.atomic import read_bytes
 from ..common.clock import Clock, iso
 from ..common.config import EmailConfig
 from ..common.log import add_secret, add_secret_url, redact
@@ -61,6 +62,9 @@ class Alert:
         return data
 
 
+CREDENTIAL_LIMIT = 65536  # a password or a few apprise URLs
+
+
 class CredentialError(ValueError):
     """A systemd credential that is there but cannot be read as text."""
 
@@ -72,9 +76,9 @@ def _credential(env: dict, name: str) -> str | None:
     if path is None or not path.is_file():
         return None
     try:
-        return path.read_bytes()[:65536].decode()
+        return read_bytes(path, CREDENTIAL_LIMIT).decode()  # bounded: a huge file is refused, never read whole
     except OSError as e:
-        raise CredentialError(f"credential {path} cannot be read ({e.strerror})") from None
+        raise CredentialError(f"credential {path} cannot be read ({e.strerror or str(e).removeprefix(f'{path}: ')})") from None
     except UnicodeDecodeError as e:
         raise CredentialError(f"credential {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 

@@ -6,6 +6,8 @@ import json
 import time
 import urllib.request
 
+import pytest
+
 
 from daemon.common.config import Duration, EmailConfig
 from daemon.ports.mail import Outbox, SmtpTransport, apprise_urls, make_transport, smtp_password
@@ -98,6 +100,14 @@ def test_password_from_a_systemd_credential_or_the_environment(tmp_path):
     assert smtp_password(cfg, {"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "s3cret"
     assert smtp_password(cfg, {"AMAPIANO_SMTP_PASSWORD": "env-pw"}) == "env-pw"
     assert smtp_password(cfg, {}) is None
+
+
+def test_a_credential_file_too_large_is_one_line_never_read_whole(tmp_path):
+    from daemon.ports.mail import CredentialError
+
+    (tmp_path / "smtp-password").write_bytes(b"x" * (1 << 20))
+    with pytest.raises(CredentialError, match=r"credential .*smtp-password cannot be read \(more than 65536 bytes\)"):
+        smtp_password(EmailConfig(), {"CREDENTIALS_DIRECTORY": str(tmp_path)})
 
 
 def test_ses_through_moto(aws):
