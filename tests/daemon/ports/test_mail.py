@@ -8,7 +8,6 @@ import urllib.request
 
 import pytest
 
-
 from daemon.common.config import Duration, EmailConfig
 from daemon.ports.mail import Outbox, SmtpTransport, apprise_urls, make_transport, smtp_password
 
