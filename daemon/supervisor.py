@@ -97,7 +97,8 @@ class Supervisor:
         return RunView(self.state.started_at, t.step, t.total_steps, t.best_val_loss, self.money.spent, cost)
 
     def _liveness_snapshot(self, beat: heartbeat.Beat | None) -> liveness.LivenessSnapshot:
-        pid = self.worker.pid if self.worker.running else None
+        pid, writer = self.worker.pid if self.worker.running else None, beat.fields.get("pid") if beat else None
+        pid = writer if pid is not None and self.worker.owns(writer) else pid  # torchrun's rank 0 writes it
         return liveness.snapshot(self.clock.now().timestamp(), pid, self._worker_started_s, beat)
 
     # -- jobs ------------------------------------------------------------------------------------
@@ -124,8 +125,7 @@ class Supervisor:
         self.executor.execute(heartbeat.absorb(self.state.trainer, beat))  # an alert after an OOM back-off
         allow = liveness.Allowances.of(self.cfg.supervisor)
         hung, self.liveness = liveness.decide(self._liveness_snapshot(beat), allow, self.liveness)
-        if hung:
-            self.executor.execute([KillWorker(hung)])
+        self.executor.execute([KillWorker(hung)] if hung else [])
         shared = self.gpu.available and self.worker.pausable  # a cluster's group is not ours to pause
         self.executor.execute(self.evaluation.step(self.worker.running, shared, self._run_view()))
         self.publish()

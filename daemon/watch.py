@@ -20,7 +20,6 @@ script's pid file, SKYPILOT_NUM_NODES) and answers with the job's status, not sy
 from __future__ import annotations
 
 import signal
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,8 @@ class Watcher(Supervisor):
         super().__init__(cfg, log, worker=group, clock=clock, **kw)
         s = self.state
         # The two differences from one instance: the bill is the cluster's, "stop the machine" is "end the job".
-        self.money = ClusterMoney(nodes, cfg, log, self.clock, self.instance, s.cost, s.budget, (s.run_id, s.started_at))
+        run = (s.run_id, s.started_at)
+        self.money = ClusterMoney(nodes, cfg, log, self.clock, self.instance, s.cost, s.budget, run)
         self.shutdown_stages.machine = EndJob(self.shutdown_stages.machine)
         self.job: job_end.JobEnd | None = None
         self.last_exit: Any = None
@@ -70,12 +70,6 @@ class Watcher(Supervisor):
     def _may_start_worker(self) -> bool:
         """The group is SkyPilot's: "starting" it is adopting it, once, when the run script has."""
         return not self.lifecycle.launches and not self.mirror.restore_pending and self.worker.running
-
-    def _liveness_snapshot(self, beat: Any) -> Any:
-        """Rank 0 writes the heartbeat with its own pid: a rank of the group counts as the group."""
-        snap = super()._liveness_snapshot(beat)
-        pid = beat.fields.get("pid") if beat else None
-        return replace(snap, worker_pid=pid) if snap.worker_pid is not None and self.worker.owns(pid) else snap
 
     def cost_job(self) -> None:
         super().cost_job()

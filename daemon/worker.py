@@ -99,6 +99,11 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def owns(self, pid: object) -> bool:
+        """pid is the worker, or one of its ranks under torchrun (rank 0 writes the heartbeat with its own)."""
+        leader = self.pid if self.running else None
+        return isinstance(pid, int) and leader is not None and (pid == leader or pid in children(leader))
+
     def command(self) -> list[str]:
         args = ["--config", str(self.config_path), "--failure-file", str(self.failure_file), *self.extra_args]
         return group_command(self.nproc, args) if self.nproc > 1 else python_command("trainer", *args)

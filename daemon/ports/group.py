@@ -43,6 +43,17 @@ def read_pid_file(path: Path) -> tuple[int, int | None] | None:
     return (pid, int(words[1]) if len(words) == 2 else None) if pid > 1 else None
 
 
+def is_trainer(pid: int) -> bool:
+    """A pid file can outlive its process, and the pid be taken by another: only a process running
+    the trainer (torchrun's `-m trainer`, or `python -m trainer`) is adopted, signalled or killed."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read(65536).split(b"\0")
+    except OSError:
+        return False
+    return b"trainer" in argv
+
+
 def alive(pid: int) -> bool:
     """The process exists and is not a zombie (torchrun's parent, the run script, reaps it)."""
     try:
@@ -80,7 +91,7 @@ class WatchedGroup(WorkerProcess):
         found = read_pid_file(self.pid_file)
         if found is None or found[1] is not None:
             return None
-        return found[0] if alive(found[0]) else None
+        return found[0] if alive(found[0]) and is_trainer(found[0]) else None
 
     @property
     def pid(self) -> int | None:
@@ -98,11 +109,6 @@ class WatchedGroup(WorkerProcess):
 
     def command(self) -> list[str]:
         return ["(adopted from", str(self.pid_file) + ")"]
-
-    def owns(self, pid: Any) -> bool:
-        """Whether pid is the group's leader or one of its ranks on this node (rank 0 writes the heartbeat)."""
-        leader = self.pid
-        return isinstance(pid, int) and leader is not None and (pid == leader or pid in children(leader))
 
     def start(self) -> int:
         """Adopt the running group: from now on its exit is ours to read."""
