@@ -246,3 +246,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_cluster_watcher_lost_mid_run_is_recorded_by_the_next_and_the_group_adopted_again(tmp_path, cluster):
+    """The head node's watcher dies without a word (a preemption takes the node, an OOM kill): the
+    next one, on the same shared state, says so in state.json and watches the group as it stands."""
+    cfg = write_config(tmp_path, CPU)
+    group, first = cluster(cfg, after_step=2)
+    first.wait_state(lambda s: s["phase"] == "RUNNING")
+    first.kill()  # SIGKILL: no stop, no last state.json
+    second = Watch(cfg, group)
+    try:
+        state = second.wait_state(lambda s: (s.get("cluster") or {}).get("previous_job") and s["phase"] == "RUNNING")
+        assert state["cluster"]["previous_job"]["phase"] == "RUNNING"
+        assert "preemption" in state["cluster"]["previous_job"]["ended"]
+        step = state["trainer"]["step"]
+        second.wait_state(lambda s: (s["trainer"].get("step") or 0) > step)  # the same group, still training
+        assert group.proc.poll() is None
+    finally:
+        second.kill()
