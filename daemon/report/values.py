@@ -25,5 +25,8 @@ def seq(value: Any) -> list:
 
 
 def text(value: Any, limit: int = TEXT_LIMIT) -> str:
+    """A value as bounded, encodable text: JSON can hold a lone surrogate ("\\ud800"), which no
+    UTF-8 page or terminal can carry (it raised through the page's encoding): shown as "?"."""
     s = value if isinstance(value, str) else "" if value is None else str(value)
-    return s if len(s) <= limit else s[:limit] + "..."
+    s = s if len(s) <= limit else s[:limit] + "..."
+    return s.encode("utf-8", "replace").decode("utf-8")
