@@ -4,6 +4,7 @@
 Every request goes through to moto. A `Fault` picks the GETs whose Range starts at `start` (any
 ranged GET when None), the first `times` of them (every one when None), and does to each:
 
+    "stall"   no answer at all (until the bucket is closed)
     "drip"    headers at once, then the body a byte every 0.2 s (inside any per-read timeout)
     "short"   a body shorter than the range, with a Content-Length that says so (a consistent lie)
     "cut"     the whole range's Content-Length, half the body, then the connection closed
@@ -23,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 from urllib.parse import urlparse
 
-KINDS = ("drip", "short", "cut", "garble", "change")
+KINDS = ("stall", "drip", "short", "cut", "garble", "change")
 
 
 @dataclass
@@ -97,6 +98,12 @@ class _Proxy(BaseHTTPRequestHandler):
         data = resp.read()
         conn.close()
         fault = bucket._take(self.command, self.headers.get("Range"))
+        if fault is not None and fault.kind == "stall":
+            bucket.log.append({"path": self.path, "range": self.headers.get("Range"), "status": 0, "fault": "stall",
+                               "if_match": self.headers.get("If-Match")})
+            bucket._closing.wait(600)
+            self.close_connection = True
+            return
         if self.command == "GET" and "/" in urlparse(self.path).path.lstrip("/"):
             with bucket._lock:
                 bucket.log.append({"path": self.path, "range": self.headers.get("Range"), "if_match": self.headers.get("If-Match"),
