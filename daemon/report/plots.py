@@ -158,15 +158,15 @@ def paired(inp: Inputs) -> bytes | None:
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.4), gridspec_kw={"width_ratios": [3, 1]})
     xs = list(range(1, len(scored) + 1))
-    for x, (m, b) in zip(xs, scored):
-        left.plot([x, x], [b, m], color="#bdc3c7", lw=1, zorder=1)
+    # one artist for all the pairs' lines: one each made 100,000 pairs take 156 s (the child has 180)
+    left.vlines(xs, [b for _, b in scored], [m for m, _ in scored], color="#bdc3c7", lw=1, zorder=1)
     left.scatter(xs, [b for _, b in scored], color=BASELINE, label="baseline (pre-trained)", zorder=2, s=18)
     left.scatter(xs, [m for m, _ in scored], color=MODEL, label="model (fine-tuned)", zorder=3, s=18)
     if (minimum := num(obj(obj(inp.decision).get("thresholds")).get("min_authenticity_pct"))) is not None:
         left.axhline(minimum, color=LIMIT, ls=":", lw=1, label=f"milestone minimum {minimum:g} %")
     left.set_xlabel("pair (prompt and seed; see the table)")
     left.set_ylabel("authenticity %")
-    left.legend(fontsize=7)
+    left.legend(fontsize=7, loc="lower right")  # "best" searches every point: slow past thousands
     diffs = [m - b for m, b in scored]
     right.scatter([0.0] * len(diffs), diffs, color="#bdc3c7", s=12, zorder=1)
     comp = obj(ev.get("comparison"))

@@ -66,3 +66,21 @@ def test_the_mid_run_report_says_no_decision_yet(tmp_path, browser):
     page = browser.load(built.html, tmp_path / "report.png")
     check(page, audio=0, images=3)
     assert "NO DECISION YET" in page.text.upper() and "Not available" not in page.text
+
+
+def test_markup_that_slipped_past_the_escaping_still_runs_nothing(tmp_path, browser):
+    """The second wall: were a value ever written unescaped, the page's Content-Security-Policy
+    keeps the browser from running an inline script, an event handler or a javascript: URL, and
+    from loading anything from the network."""
+    cfg = fake_run(tmp_path / "run", decision=None)
+    html = build(cfg, "now").html
+    injected = ('<script>document.body.append("SCRIPT-RAN")</script>'
+                '<img src="x.png" onerror="document.body.append(\'HANDLER-RAN\')">'
+                '<iframe src="javascript:document.body.append(\'URL-RAN\')"></iframe>'
+                '<img src="https://example.com/beacon.png"><audio src="http://127.0.0.1:9/x.wav"></audio>')
+    html.write_text(html.read_text().replace("</body>", injected + "</body>"))
+    page = browser.load(html, tmp_path / "injected.png", settle=8)
+    assert "RAN" not in page.text, page.text[-500:]
+    blocked = [e for e in page.errors if "Content Security Policy" in e and "has been blocked" in e]
+    for what in ("inline script", "inline event handler", "JavaScript URL", "https://example.com/", "http://127.0.0.1:9/"):
+        assert any(what in e for e in blocked), (what, page.errors)
