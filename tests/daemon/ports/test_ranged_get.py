@@ -234,8 +234,9 @@ def test_a_checkpoint_larger_than_the_disk_is_refused_before_it_fills_it(aws, tm
     assert out["left"] == [] and out["free"] > 19 * MIB, out   # the temp file is gone, the room given back
 
 
-def test_a_disk_that_fills_mid_download_leaves_nothing_and_gives_the_room_back(aws, tmp_path):
-    """A sharded checkpoint whose second file no longer fits."""
+def test_a_sharded_checkpoint_too_big_for_the_disk_leaves_nothing_and_gives_the_room_back(aws, tmp_path):
+    """Its first file fits, its second does not: every file's room is reserved before any GET, so
+    the disk never fills half-way through a download of ours."""
     from test_aws import _sharded
 
     s3 = s3_client(aws)
