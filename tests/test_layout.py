@@ -92,3 +92,13 @@ def test_modules_and_functions_stay_small():
                 if n > MAX_FUNCTION_LINES:
                     too_long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}(): {n} lines")
     assert not too_long, "\n".join(too_long)
+
+
+def test_no_two_test_files_share_a_name():
+    """pytest imports test files by their base name (tests/ has no packages): a second
+    test_x.py in another folder stops the whole collection with "import file mismatch", so
+    CI would run nothing."""
+    seen: dict[str, Path] = {}
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a name"
+        seen[path.name] = path
