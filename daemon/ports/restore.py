@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from ..common import checkpoints
+from ..common import checkpoints, refused
 from ..common.atomic import write_json_atomic
 from ..common.clock import iso
 from ..common.config import Config
@@ -185,6 +185,8 @@ class Restorer:
             raise BadObject("its marker is gone (pruned since the listing)")
         if checkpoints.parse_marker(marker, step, self.cfg.checkpoint_dir) is None:
             raise BadObject("its step, file or manifest does not match its key")
+        if marker.get("sha256") in refused.digests(self.cfg.checkpoint_dir):
+            raise BadObject("the worker refused these very bytes before (checkpoints/corrupt/refused.json)")
         self.log.info("s3.restoring", step=step, bucket=self.cfg.aws.s3_bucket, bytes=marker["bytes"])
         return aws.download_checkpoint(marker, self.cfg.checkpoint_dir), marker["bytes"]
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from daemon.common import checkpoints as layout
+from daemon.common import refused
 from daemon.common.atomic import write_atomic_with
 from daemon.common.checkpoints import Marker, best, list_checkpoints, newest  # noqa: F401 - re-exported
 from daemon.common.clock import Clock, iso
@@ -290,6 +291,7 @@ def load_latest(directory: Path, log: Any, map_location: str | torch.device = "c
             if layout.is_own(marker):
                 raise CheckpointError(f"{e}; this trainer wrote it, so amapiano-train or torch changed: "
                                       "it is kept and nothing older is trained on in its place") from None
+            refused.record(directory, marker.step, marker.meta.get("sha256"), str(e))  # not fetched again
             log.warning("checkpoint.refused", step=marker.step, error=str(e), moved_to=str(quarantine(marker)),
                         note="not written here (restored from the bucket?): falling back to the previous checkpoint")
     damaged = sorted((directory / "corrupt").glob(f"{layout.PREFIX}*{layout.MARKER_SUFFIX}"))

@@ -281,3 +281,25 @@ def test_a_read_only_state_directory_costs_the_marker_never_the_start(tmp_path, 
         subprocess.run(["umount", "-l", where], check=True)
     assert restored.outcome in ("unreadable", "absent", "refused")
     assert log.named("s3.state_restore_failed"), (restored, log.events)
+
+
+def test_bytes_the_worker_refused_are_not_fetched_again_at_each_start(tmp_path, aws):
+    """A planted checkpoint was downloaded (gigabytes) at every start, only to be refused again by
+    the worker: the restore now skips the digests in checkpoints/corrupt/refused.json and takes the
+    one before it."""
+    from daemon.common import refused
+
+    cfg = setup_world(tmp_path, aws)
+    s3 = s3_client(aws)
+    s3.create_bucket(Bucket=BUCKET)
+    plant_checkpoint(s3, BUCKET, PREFIX, 10, b"the run's own step 10")
+    planted = plant_checkpoint(s3, BUCKET, PREFIX, 20, b"a planted step 20")
+    refused.record(cfg.checkpoint_dir, 20, planted["sha256"], "not written here and does not load")
+    log, calls = Log(), Calls()
+    mirror = mirror_for(cfg, log, restore_state(cfg, log, Instance(cfg, log, Clock())), calls)
+    mirror.start_restore()
+    wait_for(lambda: not mirror.restore_pending, 20, "the restore")
+    [(_, skipped)] = log.named("s3.checkpoint_refused")
+    assert skipped["step"] == 20 and "refused these very bytes before" in skipped["error"]
+    assert [kw["step"] for _, kw in log.named("s3.restored")] == [10]
+    assert not (cfg.checkpoint_dir / "step_00000020.pt").exists()

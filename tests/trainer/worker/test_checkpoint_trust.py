@@ -17,7 +17,7 @@ import torch
 
 from conftest import write_config
 from daemon.common import checkpoints as layout
-from daemon.common import exits
+from daemon.common import exits, refused
 from trainer.worker import checkpoint
 
 
@@ -166,6 +166,20 @@ def test_a_restored_checkpoint_that_does_not_load_is_set_aside_for_the_one_befor
     assert marker.step == 10 and payload["step"] == 10 and not flag.exists()
     assert_set_aside(tmp_path, log, 20, "step_00000020.pt")
     assert damaged == [], "the bucket holds the same bytes: asking it again (exit 75) would loop"
+    assert refused.digests(tmp_path) == {json.loads((tmp_path / "corrupt" / "step_00000020.json").read_text())["sha256"]}
+
+
+def test_a_checkpoint_damaged_on_disk_is_not_recorded_as_refused(tmp_path):
+    """Its marker's digest is the right one: the bucket's intact copy must still come back."""
+    save(tmp_path, 10)
+    save(tmp_path, 20)
+    pt = layout.data_path(tmp_path, 20)
+    data = bytearray(pt.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one bit flipped by the disk
+    pt.write_bytes(bytes(data))
+    damaged: list[int] = []
+    assert checkpoint.load_latest(tmp_path, Log(), quarantined=damaged)[0].step == 10
+    assert damaged == [20] and refused.digests(tmp_path) == set()
 
 
 def test_our_own_intact_checkpoint_that_does_not_load_is_still_an_error(tmp_path):
@@ -225,7 +239,8 @@ def test_the_same_step_set_aside_twice_keeps_both(tmp_path):
         plant_sharded(tmp_path, 20, lambda p: (p / ".metadata").write_bytes(b"not a pickle"))
         assert checkpoint.load_latest(tmp_path, Log())[0].step == 10
     names = sorted(p.name for p in (tmp_path / "corrupt").iterdir())
-    assert names == ["step_00000020.1.dcp", "step_00000020.1.json", "step_00000020.dcp", "step_00000020.json"]
+    assert names == ["refused.json", "step_00000020.1.dcp", "step_00000020.1.json", "step_00000020.dcp",
+                     "step_00000020.json"]
 
 
 # -- the worker, as a real process ----------------------------------------------------------------
