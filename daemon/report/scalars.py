@@ -2,30 +2,32 @@
 train/loss and val/loss, the supervisor's cost and GPU scalars) read from the event files, and
 the milestone's and completion's figures written as scalars at the evaluated checkpoint's step.
 
-Each event file is read on its own (regular files only, bounded in size and points): a FIFO or
-a damaged file planted in the log directory costs its curve, never the report. A worker
+Each event file is read on its own (regular files only, bounded in size, points and time;
+daemon/report/events.py): a FIFO or a damaged file planted in the log directory costs its curve,
+never the report. A worker
 restarted from a checkpoint starts a new file at that step; its points replace the old file's
 from there on, as TensorBoard's purge does (the trainer's directory only: the supervisor's
 points are drawn against wall time, and a restarted supervisor starts at step 0).
 """
 from __future__ import annotations
 
-import math
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
-Point = tuple[int, float, float]   # (step, wall time, value)
+from .events import Point, read_file
 
 RUNS = ("train", "supervisor")     # the writers' subdirectories (trainer/worker/train.py, daemon/tensorboard.py)
-MAX_POINTS = 4000                  # per tag and file: TensorBoard's own reservoir sampling keeps the shape
 MAX_FILE_BYTES = 1 << 30
+READ_S = 60.0                      # all the event files together: a third of the report child's 180 s
 FIGURES = "evaluation"             # where the report child writes the milestone's figures
 
 
 def _files(directory: Path) -> tuple[list[Path], list[str]]:
-    problems, files = [], []
+    problems: list[str] = []
+    files: list[tuple[float, str, Path]] = []
     for path in sorted(directory.glob("*tfevents*")):
         try:
             st = os.stat(path)
@@ -35,27 +37,15 @@ def _files(directory: Path) -> tuple[list[Path], list[str]]:
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
             problems.append(f"{path}: not a regular event file under 1 GiB: left out")
             continue
-        files.append(path)
-    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name)), problems
-
-
-def _load(path: Path) -> dict[str, list[Point]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(path), size_guidance={"scalars": MAX_POINTS, "tensors": 1, "images": 1,
-                                                     "audio": 1, "histograms": 1, "compressedHistograms": 1})
-    acc.Reload()
-    out = {}
-    for tag in acc.Tags().get("scalars", []):
-        out[tag] = [(int(e.step), float(e.wall_time), float(e.value)) for e in acc.Scalars(tag)
-                    if math.isfinite(e.value) and math.isfinite(e.wall_time)]
-    return out
+        files.append((st.st_mtime, path.name, path))  # the stat taken: a file gone since raised here
+    return [path for *_, path in sorted(files)], problems
 
 
 def read(logdir: Path) -> tuple[dict[str, list[Point]], list[str]]:
     """{tag: points} from the trainer's and the supervisor's event files, and what was left out."""
     series: dict[str, list[Point]] = {}
     problems: list[str] = []
+    deadline = time.monotonic() + READ_S
     for run in RUNS:
         directory = logdir / run
         if not directory.is_dir():
@@ -63,11 +53,9 @@ def read(logdir: Path) -> tuple[dict[str, list[Point]], list[str]]:
         files, bad = _files(directory)
         problems += bad
         for path in files:
-            try:
-                loaded = _load(path)
-            except Exception as e:  # a damaged record: tensorboard's errors are many and not ours
-                problems.append(f"{path}: unreadable ({type(e).__name__}): left out")
-                continue
+            loaded, why = read_file(path, deadline)
+            if why:
+                problems.append(f"{path}: {why}")
             for tag, points in loaded.items():
                 old = series.get(tag, [])
                 if run == "train" and points:  # the restarted worker's curve replaces the old one from its step

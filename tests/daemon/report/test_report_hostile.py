@@ -281,3 +281,35 @@ def test_a_metrics_file_with_100k_pairs_is_drawn_well_within_the_child_bound(tmp
     assert out.returncode == 0, out.stderr[-2000:]
     assert len([t for t, _ in tags_of((cfg.reports_dir / "week_5_report.html").read_text()) if t == "img"]) == 4
     assert took < 60, f"{took:.0f} s for the report"
+
+
+@pytest.mark.slow
+def test_an_8_gpu_35_day_supervisor_event_file_is_read_well_within_the_child_bound(tmp_path):
+    """The supervisor writes 25 scalars every 10 s on 8 GPUs: 7.6 million events (390 MB) in 35
+    days, read through TensorBoard's EventAccumulator at 2.6 s per 100,000 here: the completion's
+    report would pass the child's 180 s and go out without its page."""
+    from datetime import timedelta
+
+    from daemon.evaluation import REPORT_LIMIT_S
+
+    cfg = fake_run(tmp_path, decision="GO", completed=True, tensorboard=False)
+    w = ScalarWriter(tmp_path / "ticks")
+    for tick in range(64):  # 64 ticks written for real, then repeated: 302,400 ticks of 10 s
+        w.write({"cost/total_usd": 0.01 * tick, "gpu/util_pct": 90.0 + tick % 7,
+                 **{f"gpu{i}/{k}": 90.0 for i in range(8) for k in ("util_pct", "power_w", "mem_used_mb")}},
+                T0 + timedelta(seconds=10 * tick), tick)
+    w.close()
+    raw = next((tmp_path / "ticks").iterdir()).read_bytes()
+    head = 16 + int.from_bytes(raw[:8], "little")  # the file_version record, then the ticks' events
+    (cfg.tensorboard_dir / "supervisor").mkdir(parents=True)
+    with open(cfg.tensorboard_dir / "supervisor" / "events.out.tfevents.1.big", "wb") as f:
+        f.write(raw[:head])
+        for _ in range(302_400 // 64):
+            f.write(raw[head:])
+    started = time.monotonic()
+    out = report(cfg, "--kind", "completion", timeout=600)
+    took = time.monotonic() - started
+    assert out.returncode == 0, out.stderr[-2000:]
+    page = (cfg.reports_dir / "completion_report.html").read_text()
+    assert "GPU utilisation" in page and "no GPU readings" not in page and "no spend recorded" not in page
+    assert took < REPORT_LIMIT_S / 2, f"{took:.0f} s for the report: the supervisor's child has {REPORT_LIMIT_S:.0f}"
