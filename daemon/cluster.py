@@ -25,7 +25,8 @@ def nodes_from(environ: Mapping[str, str]) -> int:
     if text is None:
         raise NodesError("SKYPILOT_NUM_NODES is not set: `amapiano-train watch` runs on the head node of a "
                          "SkyPilot task (scripts/skypilot/amapiano-train.yaml)")
-    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_NODES:
+    # ASCII digits only: '²'.isdigit() is True and int('²') raises; int('٣') is 3, a count nobody wrote.
+    if not (text.strip().isascii() and text.strip().isdigit()) or not 1 <= int(text) <= MAX_NODES:
         raise NodesError(f"SKYPILOT_NUM_NODES must be a whole number from 1 to {MAX_NODES} (got {text[:40]!r})")
     return int(text)
 
@@ -59,6 +60,11 @@ class EndJob(Machine):
     """Watch mode's shutdown mechanism: the watcher ends the SkyPilot job (its exit status says how,
     daemon/rules/job_end.py); `sky launch --down -i`'s autostop or the managed job's controller then
     takes the nodes down. Whatever the configured action, on a cluster stopping the nodes is SkyPilot's."""
+
+    # Not "stopping the instance now": the watcher stops no instance, and a person reading that
+    # would look for a stopped EC2 instance (or wonder why `sky status` still shows the cluster).
+    STOPPING = "ending the SkyPilot job now; SkyPilot takes the nodes down"
+    ACTION = "Action: the group checkpoints and stops, the watcher ends the job ('{}' is for one instance)."
 
     def __init__(self, machine: Machine):
         self.__dict__.update(vars(machine))  # the same config, instance and mirror: only the act differs

@@ -23,7 +23,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from .actions import Shutdown
+from .actions import SendAlert, Shutdown
 from .cluster import ClusterMoney, EndJob
 from .common import exits, stopfile
 from .common.atomic import read_json
@@ -41,7 +41,7 @@ class Watcher(Supervisor):
         clock = kw.pop("clock", None) or Clock()
         before = read_json(cfg.state_file) or {}  # as the last watcher left it (open_run writes it anew)
         group = WatchedGroup(pid_file, failure_file or cfg.failure_file, cfg.heartbeat_file,
-                             stopfile.path(cfg.run.state_dir), clock, self._why)
+                             stopfile.path(cfg.run.state_dir), clock, self._why, config=cfg.source)
         super().__init__(cfg, log, worker=group, clock=clock, **kw)
         s = self.state
         # The two differences from one instance: the bill is the cluster's, "stop the machine" is "end the job".
@@ -84,13 +84,14 @@ class Watcher(Supervisor):
             return
         lc, t = self.lifecycle, self.state.trainer
         halt = self.shutdown_stages.halt
+        early = self.worker.ended_unwatched() if not lc.launches else None
         snap = job_end.JobSnapshot(
             group_running=self.worker.running or self.worker.unread, adopted=lc.launches > 0,
             waited_s=self.clock.monotonic() - self._since, adopt_limit_s=self.cfg.supervisor.loading_timeout,
             busy=self.evaluation.busy or self.evaluation.final_pending or self.shutdown_stages.in_progress,
             halted=self.finished.is_set(), halt_reason=halt.reason if halt else None, phase=lc.phase,
             exit_kind=self.last_exit.kind if self.last_exit else None, exit_code=t.last_exit_code,
-            killed=lc.kill_reason)
+            killed=lc.kill_reason, unwatched=early is not None, unwatched_exit=early.code if early else None)
         if (end := job_end.decide(snap)) is not None:
             self.end(end)
 
@@ -105,6 +106,8 @@ class Watcher(Supervisor):
         if self.state.shutdown is None and self.shutdown_stages.halt is None:
             self.state.shutdown = {"reason": end.reason, "action": "end the job", "at": iso(self.clock.now()),
                                    "result": f"exit {end.code}"}
+            # No rule's shutdown alert went before this end (a stall, a crash, a group that never came).
+            self.executor.execute([SendAlert("shutdown", f"the job ends ({end.reason})", _told(end))])
         self.request_stop()
 
     def request_stop(self, signum: int | None = None, _frame: Any = None) -> None:
@@ -125,3 +128,10 @@ class Watcher(Supervisor):
     def run(self) -> int:
         super().run()
         return self.job.code if self.job is not None else exits.FAILED
+
+
+def _told(end: job_end.JobEnd) -> str:
+    what = {exits.OK: "SkyPilot does not run it again; autostop takes the nodes down.",
+            job_end.RECOVER: "SkyPilot recovers the job (recover_on_exit_codes) from the newest checkpoint."}
+    return (f"The watcher on the head node ends the SkyPilot job with exit {end.code}: {end.reason}. "
+            + what.get(end.code, "SkyPilot retries it max_restarts_on_errors times; `sky jobs logs` says more."))

@@ -13,6 +13,8 @@ job, on the bucket for weeks, names a group that is gone, and stops nothing. Gar
 from __future__ import annotations
 
 import os
+import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,9 @@ from .atomic import read_json, write_json_atomic
 NAME = "stop-request.json"
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 MAX_REASON = 500
+# Ours is under 7 KiB (500 characters of reason, escaped): rank 0 reads it every second, maybe through
+# a bucket mount, and a 16 MiB file (the general JSON limit) was fetched and parsed each time.
+MAX_FILE = 16384
 
 
 def path(state_dir: Path) -> Path:
@@ -35,13 +40,14 @@ def boot_id() -> str:
 
 
 def request(file: Path, group_pid: int, reason: str, at: str) -> None:
-    """Ask the group led by group_pid (on this boot) to checkpoint and stop."""
+    """Ask the group led by group_pid (on this boot) to checkpoint and stop (OSError if it cannot)."""
+    _aside(file)
     write_json_atomic(file, {"group_pid": group_pid, "boot_id": boot_id(), "reason": reason[:MAX_REASON], "at": at})
 
 
 def read(file: Path) -> dict[str, Any] | None:
     """The request as written, or None (absent, unreadable, or not one of ours)."""
-    data = read_json(file)
+    data = read_json(file, MAX_FILE)
     if not isinstance(data, dict):
         return None
     pid, boot, reason = data.get("group_pid"), data.get("boot_id"), data.get("reason")
@@ -59,10 +65,25 @@ def for_group(file: Path, group_pids: set[int]) -> str | None:
     return data["reason"][:MAX_REASON] or "stop requested"
 
 
-def clear(file: Path) -> bool:
-    """Remove a request (an earlier job's); True if there was one."""
+def _aside(file: Path) -> bool:
+    """A directory planted at the name (no rename replaces it) is kept beside it for a look, as
+    the journal keeps its planted non-files; True if there was one."""
     try:
+        if not stat.S_ISDIR(os.lstat(file).st_mode):
+            return False
+    except OSError:
+        return False
+    os.replace(file, file.with_name(f"{file.name}.bad.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"))
+    return True
+
+
+def clear(file: Path) -> bool:
+    """Remove a request (an earlier job's) or whatever was planted there; True if there was one.
+    Never raises: a read-only state dir leaves it, and the group it names is gone anyway."""
+    try:
+        if _aside(file):
+            return True
         os.unlink(file)
         return True
-    except FileNotFoundError:
+    except OSError:
         return False

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from .. import heartbeat
 from ..common import exits, stopfile
+from ..common.atomic import read_bytes
 from ..common.clock import iso
 from ..rules.restart import WorkerExit
 from ..worker import WorkerProcess, children
@@ -32,9 +33,8 @@ MAX_PID_FILE = 256
 
 def read_pid_file(path: Path) -> tuple[int, int | None] | None:
     """(pid, exit status or None while running) from the run script's pid file; None if unreadable."""
-    try:
-        with open(path, "rb") as f:
-            words = f.read(MAX_PID_FILE).decode("ascii").split()
+    try:  # bounded, and a FIFO or a device planted there is refused: open() on a FIFO waits for ever
+        words = read_bytes(path, MAX_PID_FILE).decode("ascii").split()
     except (OSError, UnicodeDecodeError):
         return None
     if not 1 <= len(words) <= 2 or not all(w.isdigit() and len(w) < 10 for w in words):
@@ -43,15 +43,38 @@ def read_pid_file(path: Path) -> tuple[int, int | None] | None:
     return (pid, int(words[1]) if len(words) == 2 else None) if pid > 1 else None
 
 
-def is_trainer(pid: int) -> bool:
+def is_trainer(pid: int, config: Path | None = None) -> bool:
     """A pid file can outlive its process, and the pid be taken by another: only a process running
-    the trainer (torchrun's `-m trainer`, or `python -m trainer`) is adopted, signalled or killed."""
+    the trainer (`python -m trainer`, or torchrun's `... -m trainer`) on this watcher's config (the run
+    script gives both the same --config) is adopted, signalled or killed. "trainer" anywhere in an
+    argv (`vim trainer`), or another job's trainer on this machine, is not our group."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read(65536).split(b"\0")
+            argv = [a.decode(errors="replace") for a in f.read(65536).split(b"\0")]
     except OSError:
         return False
-    return b"trainer" in argv
+    if not any(argv[i:i + 2] == ["-m", "trainer"] for i in range(len(argv) - 1)):
+        return False
+    return config is None or _same_file(pid, _config_arg(argv[argv.index("trainer"):]), config)
+
+
+def _config_arg(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _same_file(pid: int, arg: str | None, config: Path) -> bool:
+    """The trainer's --config (relative to its own working directory) is our config file."""
+    if arg is None:
+        return False
+    try:
+        return os.path.samefile(os.path.join(f"/proc/{pid}/cwd", arg), config)
+    except OSError:
+        return False
 
 
 def alive(pid: int) -> bool:
@@ -78,10 +101,12 @@ class WatchedGroup(WorkerProcess):
     pausable = False  # stopping the group ends the job: a milestone evaluation runs beside it
 
     def __init__(self, pid_file: Path, failure_file: Path, heartbeat_file: Path, stop_file: Path, clock: Any,
-                 why: Callable[[], str] = lambda: "stop requested"):
+                 why: Callable[[], str] = lambda: "stop requested", config: Path | None = None):
         super().__init__(pid_file, failure_file, nproc=2)  # nproc > 1: rank 0's failure file has the real status
         self.pid_file, self.stop_file, self.heartbeat_file = pid_file, stop_file, heartbeat_file
-        self.clock, self.why = clock, why
+        self.clock, self.why, self.config = clock, why, config
+        # The run script starts the watcher before torchrun: a failure file already there is an earlier job's.
+        self._stale = self._mtime(failure_file)
         self._pid: int | None = None
         self._adopted_at: float | None = None
         self._gone_at: float | None = None
@@ -91,7 +116,7 @@ class WatchedGroup(WorkerProcess):
         found = read_pid_file(self.pid_file)
         if found is None or found[1] is not None:
             return None
-        return found[0] if alive(found[0]) and is_trainer(found[0]) else None
+        return found[0] if alive(found[0]) and is_trainer(found[0], self.config) else None
 
     @property
     def pid(self) -> int | None:
@@ -119,6 +144,14 @@ class WatchedGroup(WorkerProcess):
         self._stale = self._mtime(self.failure_file)   # an earlier run's failure file is not this group's
         self._oom_before = self._mtime(self.oom_file)
         return pid
+
+    def ended_unwatched(self) -> WorkerExit | None:
+        """How a group that ended before we adopted it ended, once the run script has written its
+        status (a bad config, or training already complete on a relaunch, exits within seconds)."""
+        found = read_pid_file(self.pid_file)
+        if self._pid is not None or found is None or found[1] is None:
+            return None
+        return self.ended(returncode(found[1]))
 
     def poll(self) -> WorkerExit | None:
         if self._pid is None or alive(self._pid):
@@ -148,8 +181,11 @@ class WatchedGroup(WorkerProcess):
         if pid is None:
             return
         if sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
-            stopfile.request(self.stop_file, pid, self.why(), iso(self.clock.now()))
-            return
+            try:
+                stopfile.request(self.stop_file, pid, self.why(), iso(self.clock.now()))
+                return
+            except OSError:  # a read-only or full state dir: this node's ranks take SIGTERM as the same stop
+                sig = signal.SIGTERM
         ranks = children(pid)
         for target in (ranks or [pid]) + ([pid] if ranks and sig == signal.SIGKILL else []):
             with contextlib.suppress(ProcessLookupError):

@@ -51,6 +51,9 @@ class Machine:
     checkpoint and state: a terminated instance takes its disk with it. Without a bucket it keeps
     the instance (rules/spot.py's auto_stop)."""
 
+    STOPPING = "stopping the instance now"  # the shutdown alert's subject (a cluster's watcher ends its job)
+    ACTION = "Action: {}."
+
     def __init__(self, cfg: Config, log: Any, instance: Any, mirror: Any):
         # mirror: daemon/ports/mirror.py's Mirror (confirmed_newest(), uploads_pending, reports_unsent())
         self.cfg, self.log, self.instance, self.mirror = cfg, log, instance, mirror
@@ -133,9 +136,9 @@ class ShutdownStages:
             if h.action == "auto" and self.machine.resolve("auto") == "keep":  # one alert, not "stopping now"
                 actions.append(spot.kept_alert(h.reason, str(self.cfg.checkpoint_dir), newest_checkpoint))
             else:
-                actions.append(SendAlert("shutdown", f"stopping the instance now ({h.reason})",
-                                         f"Reason: {h.reason}. Action: {h.action}. The newest checkpoint is "
-                                         f"{newest_checkpoint or 'none'}."))
+                actions.append(SendAlert("shutdown", f"{self.machine.STOPPING} ({h.reason})",
+                                         f"Reason: {h.reason}. {self.machine.ACTION.format(h.action)} The newest "
+                                         f"checkpoint is {newest_checkpoint or 'none'}."))
             h.stage, h.mail_since_mono = "mailing", now
             return actions, False
         if h.stage == "mailing":

@@ -41,6 +41,8 @@ class JobSnapshot:
     exit_kind: str | None          # the group's last exit, as the restart rule names it
     exit_code: int | None
     killed: str | None             # why the liveness rule killed the group, if it did
+    unwatched_exit: int | None = None  # the status of a group that ended before we adopted it (None: signal)
+    unwatched: bool = False        # such a group's status is in the pid file
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,15 @@ class JobEnd:
 
 
 def decide(s: JobSnapshot) -> JobEnd | None:
-    if s.group_running or s.busy:
+    if s.group_running:
         return None
-    if s.halted:
+    if s.halted:  # before busy: a cap reached while the milestone evaluates must not bill on for it
         return JobEnd(exits.OK, f"{s.halt_reason or 'stopped by a rule'}: the group checkpointed and stopped")
+    if s.busy:
+        return None
     if not s.adopted:
+        if s.unwatched:
+            return _unwatched(s.unwatched_exit)
         if s.waited_s > s.adopt_limit_s:
             return JobEnd(exits.FAILED, f"no training group appeared on this node in {s.waited_s:.0f} s")
         return None
@@ -73,3 +79,16 @@ def decide(s: JobSnapshot) -> JobEnd | None:
         return JobEnd(RECOVER, f"the group stopped without our asking ({s.exit_kind}); SkyPilot recovers the job")
     return JobEnd(exits.FAILED, f"the group crashed ({s.exit_kind}, exit {s.exit_code}); "
                                 "SkyPilot retries it max_restarts_on_errors times")
+
+
+def _unwatched(code: int | None) -> JobEnd:
+    """The group ended before the watcher was up to adopt it: waiting loading_timeout for it would
+    bill every node for nothing. Its own status says what SkyPilot should do."""
+    said = f"the group ended (exit {code if code is not None else 'by a signal'}) before the watcher adopted it"
+    if code == exits.OK:
+        return JobEnd(exits.OK, f"{said}: training completed")
+    if code in (exits.CONFIG, exits.DATAERR):
+        return JobEnd(code, f"{said}: its config or data is unusable, a retry cannot fix it")
+    if code == exits.PREEMPTED:
+        return JobEnd(RECOVER, f"{said}: it stopped without our asking; SkyPilot recovers the job")
+    return JobEnd(exits.FAILED, f"{said}: a crash; SkyPilot retries it max_restarts_on_errors times")

@@ -205,7 +205,8 @@ def test_cluster_idle_rule_ends_a_job_whose_second_node_never_joins(tmp_path, cl
     state = watch.state()
     assert state["shutdown"]["reason"].startswith("idle for"), state["shutdown"]
     subjects = [a["subject"] for a in state["alerts"]]
-    assert any("idle shutdown in" in s for s in subjects) and any("stopping the instance now" in s for s in subjects)
+    assert any("idle shutdown in" in s for s in subjects) and any("ending the SkyPilot job now" in s for s in subjects)
+    assert not any("stopping the instance" in s for s in subjects)  # the watcher stops no instance
     assert state["phase"] == "HALTED" and group.status() == 128 + signal.SIGKILL
     assert heartbeat(tmp_path) == {}  # it never trained: the idle rule, not a stop it answered
 

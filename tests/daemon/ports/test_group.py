@@ -13,9 +13,9 @@ from daemon.common.clock import Clock
 from daemon.ports.group import WatchedGroup, read_pid_file, returncode
 
 
-def group(tmp_path) -> WatchedGroup:
+def group(tmp_path, config=None) -> WatchedGroup:
     return WatchedGroup(tmp_path / "group.pid", tmp_path / "failure.json", tmp_path / "heartbeat.json",
-                        stopfile.path(tmp_path), Clock())
+                        stopfile.path(tmp_path), Clock(), config=config)
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00\xff", b"abc", b"-5", b"1", b"0", b"12 34 56", b"9" * 100000,
@@ -26,12 +26,18 @@ def test_cluster_garbage_pid_file_is_no_group(tmp_path, content):
     assert read_pid_file(tmp_path / "group.pid") is None and not g.running and g.pid is None
 
 
-def test_cluster_pid_file_naming_another_process_adopts_and_signals_nothing(tmp_path):
-    """A stale pid file whose pid now belongs to something else: never adopted, never killed."""
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+SLEEP = ["-c", "import time; time.sleep(60)"]
+
+
+@pytest.mark.parametrize("argv", [SLEEP, [*SLEEP, "trainer"],  # `vim trainer`, `ls trainer`: it was adopted
+                                  [*SLEEP, "-m", "trainer", "--config", "/elsewhere/other.toml"]])  # another job's
+def test_cluster_pid_file_naming_another_process_adopts_and_signals_nothing(tmp_path, argv):
+    """A stale pid file whose pid now belongs to something else, even a process that mentions
+    "trainer" or trains another config: never adopted, never killed, never asked to stop."""
+    other = subprocess.Popen([sys.executable, *argv])
     try:
         (tmp_path / "group.pid").write_text(f"{other.pid}\n")
-        g = group(tmp_path)
+        g = group(tmp_path, tmp_path / "config.toml")
         assert not g.running
         g.signal(signal.SIGKILL)
         g.signal(signal.SIGUSR1)

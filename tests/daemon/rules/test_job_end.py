@@ -56,3 +56,22 @@ def test_cluster_stop_by_a_rule_is_never_recovered_and_a_stall_always_is():
             if phase in (Phase.RUNNING, Phase.BACKOFF, Phase.STARTING):
                 stalled = decide(replace(GONE, phase=phase, exit_kind=kind, killed="hung"))
                 assert stalled is not None and stalled.code == RECOVER
+
+
+def test_cluster_budget_cap_during_the_milestone_evaluation_ends_the_job_at_once():
+    """The cap stopped the group and its shutdown is done while the milestone evaluation runs: the
+    job waited for the evaluation (an hour of samples on a big model) billing every node past the
+    cap. On one instance the machine's stop ends the evaluation too; here the job's end does."""
+    snap = replace(GONE, busy=True, halted=True, halt_reason="budget cap reached", phase=Phase.HALTED)
+    end = decide(snap)
+    assert end is not None and end.code == exits.OK and "budget cap" in end.reason, end
+
+
+def test_cluster_group_gone_before_the_watcher_adopted_it_ends_the_job_with_its_own_status():
+    """Waiting loading_timeout for a group whose status the run script has already written billed
+    every node for nothing (30 min by default), then exited 1 whatever the group said."""
+    early = replace(GONE, adopted=False, phase=Phase.STARTING, waited_s=3.0, unwatched=True)
+    for status, code in ((0, exits.OK), (78, exits.CONFIG), (65, exits.DATAERR), (75, RECOVER), (1, exits.FAILED),
+                         (None, exits.FAILED)):
+        end = decide(replace(early, unwatched_exit=status))
+        assert end is not None and end.code == code and "before the watcher adopted it" in end.reason, (status, end)
