@@ -20,6 +20,7 @@ script's pid file, SKYPILOT_NUM_NODES) and answers with the job's status, not sy
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from .common import exits, stopfile
 from .common.atomic import read_json
 from .common.clock import Clock, iso
 from .ports.group import WatchedGroup
+from .ports.shutdown import mail_status
 from .rules import job_end
 from .states import Phase
 from .supervisor import Supervisor
@@ -120,6 +122,15 @@ class Watcher(Supervisor):
             self.state.shutdown = {"reason": why, "action": "end the job", "at": iso(self.clock.now()),
                                    "result": "the group was asked to checkpoint and stop"}
         super().request_stop(signum, _frame)
+
+    def shutdown(self) -> None:
+        # The job's end went out as an alert a moment ago: a server that refused the first try gets its
+        # retries (as a rule's shutdown waits for its mail) before this process, and the outbox, end.
+        deadline = self.clock.monotonic() + self.cfg.email.shutdown_wait
+        while (self.job is not None and not self.worker.running and mail_status(self.outbox.to_json())[0]
+               and self.clock.monotonic() < deadline):
+            time.sleep(0.2)
+        super().shutdown()
 
     def _collect(self) -> None:
         super()._collect()

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -197,3 +198,28 @@ def test_cluster_cap_reached_while_rank_0_is_frozen_still_ends_the_group_and_the
         for thing in (watch, group):
             if thing is not None:
                 thing.kill()
+
+
+@pytest.mark.slow
+def test_cluster_job_end_alert_is_delivered_before_the_watcher_exits(tmp_path, job, smtp_sink):
+    """The job's end was queued as an alert and the watcher exited at once: a mail server that
+    refused the first try (down, greylisting) never got the retry, and nobody was told."""
+    email = {"transport": "smtp", "to": ["me@example.com"], "smtp_host": "127.0.0.1", "smtp_port": smtp_sink.port,
+             "smtp_starttls": False, "retry_every": "5s", "shutdown_wait": "60s"}
+    cfg = write_config(tmp_path, {"supervisor": {"loading_timeout": "10s"}, "email": email})
+
+    def up_after_the_first_try() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            log = (tmp_path / "watcher.log").read_text() if (tmp_path / "watcher.log").exists() else ""
+            if "alert.retrying" in log and "cluster.job_ends" in log:
+                smtp_sink.up()
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=up_after_the_first_try, daemon=True).start()
+    code, watch = job(cfg, ["bash", "-c", "exec sleep 600"])
+    assert code == exits.FAILED, watch.log_text()[-4000:]
+    subjects = [m["Subject"] for m in smtp_sink.messages]
+    assert any("the job ends" in s and "no training group appeared" in s for s in subjects), \
+        (subjects, watch.log_text()[-3000:])
