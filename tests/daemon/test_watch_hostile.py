@@ -88,7 +88,42 @@ def test_cluster_unwritable_stop_request_falls_back_to_signalling_this_nodes_ran
         rank.wait()
 
 
-@pytest.mark.parametrize("nodes", ["²", "٣", "1_000", " 2 x"])
+RO_PROBE = """
+import os, signal, subprocess, sys, time
+from pathlib import Path
+from daemon.common import stopfile
+from daemon.common.clock import Clock
+from daemon.ports.group import WatchedGroup
+state, config = Path(sys.argv[1]), Path(sys.argv[2])
+rank = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "trainer", "--config", str(config)])
+time.sleep(0.3)
+pid_file = Path(sys.argv[3])
+pid_file.write_text(f"{rank.pid}\\n")
+g = WatchedGroup(pid_file, pid_file.with_name("f.json"), state / "heartbeat.json", stopfile.path(state), Clock(),
+                 config=config)
+print("cleared", stopfile.clear(stopfile.path(state)))
+g.signal(signal.SIGTERM)
+print("rank", rank.wait(10))
+"""
+
+
+def test_cluster_state_dir_remounted_read_only_neither_raises_nor_leaves_the_group_unasked(tmp_path):
+    """A real read-only mount (a tmpfs remounted ro in a mount namespace of the test's own): EROFS
+    on the old request's removal and on the new request, and the head's rank still gets the stop."""
+    config = write_config(tmp_path)
+    script = ('d="$1"; shift; mount -t tmpfs none "$d" && echo "{}" > "$d/stop-request.json" && '
+              'mount -o remount,ro "$d" && exec "$@"')
+    (tmp_path / "ro").mkdir()
+    out = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(tmp_path / "ro"),
+                          sys.executable, "-c", RO_PROBE, str(tmp_path / "ro"), str(config), str(tmp_path / "g.pid")],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    if out.returncode != 0 and "Operation not permitted" in out.stderr:
+        pytest.skip(f"no mount namespace here: {out.stderr.strip()[-200:]}")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stdout.split() == ["cleared", "False", "rank", str(-signal.SIGTERM)], out.stdout
+
+
+@pytest.mark.parametrize("nodes", ["²", "٣", "1_000", " 2 x", "1000000000", "-1", "2.0"])
 def test_cluster_num_nodes_not_ascii_digits_is_one_line_and_78(tmp_path, nodes):
     """'²'.isdigit() is True and int('²') raises: a traceback, exit 1, and SkyPilot retried it."""
     cfg = write_config(tmp_path)
