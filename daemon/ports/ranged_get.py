@@ -243,6 +243,9 @@ class Download:
             return BadObject(f"{where}: changed in the bucket while it downloaded (no longer ETag {a.target.t.etag})")
         if error_code(e) in MISSING:
             return BadObject(f"{where}: gone from the bucket while it downloaded")
+        if error_code(e) == "InvalidRange":  # an answer about the object, not an outage: never waited for
+            return BadObject(f"{where}: holds fewer than {a.target.t.size} bytes (bytes {a.start}-{a.end - 1} "
+                             "are past its end), not what its marker and HEAD say")
         if tries < PART_TRIES:
             return None
         if isinstance(e, TimeoutError):
