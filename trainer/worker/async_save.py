@@ -43,7 +43,7 @@ from .memory import GIB, HOST_RESERVE
 # step 12's 6 s, every other 1 s: a disk that slows down). The kill tests
 # (tests/trainer/worker/test_async_checkpoint.py, the chaos suite) land inside the write.
 SLOW_SAVE = "AMAPIANO_TEST_SLOW_SAVE_S"
-MEMINFO, CGROUP = Path("/proc/meminfo"), Path("/sys/fs/cgroup")
+MEMINFO, CGROUP, OWN_CGROUP = Path("/proc/meminfo"), Path("/sys/fs/cgroup"), Path("/proc/self/cgroup")
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,8 @@ class Committed:
                  pruned=self.pruned or None)
 
 
-def host_available(meminfo: Path = MEMINFO, cgroup: Path = CGROUP) -> int | None:
-    """Bytes this process can still take: MemAvailable, capped by a cgroup v2 limit; None when unknown."""
+def host_available(meminfo: Path = MEMINFO, cgroup: Path = CGROUP, own: Path = OWN_CGROUP) -> int | None:
+    """Bytes this process can still take: MemAvailable, capped by every memory limit over it; None when unknown."""
     found = None
     try:
         for line in meminfo.read_text().splitlines():
@@ -75,13 +75,51 @@ def host_available(meminfo: Path = MEMINFO, cgroup: Path = CGROUP) -> int | None
                 found = int(value.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
         return None
+    return None if found is None else min([found, *cgroup_rooms(cgroup, own)])
+
+
+def cgroup_rooms(root: Path, own: Path) -> list[int]:
+    """Room left under each memory limit over this process: its own cgroup's and every one above it
+    (a systemd unit's MemoryMax= is at system.slice/NAME.service, not at the root), cgroup v2's
+    memory.max or v1's memory.limit_in_bytes; reclaimable page cache (inactive_file) is room."""
+    places = [(root, "/", ("memory.max", "memory.current", "inactive_file"))]  # a container's namespace root
     try:
-        limit = (cgroup / "memory.max").read_text().strip()
-        if found is not None and limit.isdigit():
-            found = min(found, int(limit) - int((cgroup / "memory.current").read_text().strip()))
+        lines = own.read_text().splitlines()
+    except (OSError, ValueError):
+        lines = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if path.startswith("/") and controllers == "" and line.startswith("0:"):
+            places.append((root, path, ("memory.max", "memory.current", "inactive_file")))
+        elif path.startswith("/") and "memory" in controllers.split(","):
+            places.append((root / "memory", path, ("memory.limit_in_bytes", "memory.usage_in_bytes",
+                                                   "total_inactive_file")))
+    rooms = []
+    for base, path, names in places:
+        here = base / path.strip("/")
+        while True:
+            if (room := _room(here, *names)) is not None:
+                rooms.append(room)
+            if here == base or base not in here.parents:
+                break
+            here = here.parent
+    return rooms
+
+
+def _room(cgroup: Path, limit: str, usage: str, cache: str) -> int | None:
+    try:
+        most = (cgroup / limit).read_text().strip()
+        if not most.isdigit():
+            return None  # "max": no limit here
+        used = int((cgroup / usage).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        stat = dict(line.split(" ", 1) for line in (cgroup / "memory.stat").read_text().splitlines() if " " in line)
+        used -= min(used, int(stat.get(cache, "0")))
     except (OSError, ValueError):
         pass
-    return found
+    return int(most) - used
 
 
 def tensor_bytes(obj: Any) -> int:

