@@ -80,7 +80,7 @@ BAD_NUMBERS = {
     "nan_inf_huge": lambda m, s: (m["model"]["authenticity"].update(mean_pct=float("nan"), ci95_pct=[-1e308, 1e308]),
                                   m["comparison"].update(improvement_pct=float("inf"), p_value=-float("inf"), n=10 ** 30),
                                   m["model"]["samples"][0].update(score_pct=1e300, latency_s=float("nan")),
-                                  m.update(cost_usd=1e200)),
+                                  m.update(cost_usd=1e200), s["trainer"].update(best_val_loss=float("nan"))),
     "negative_steps": lambda m, s: (m["checkpoint"].update(step=-5), s["trainer"].update(step=-1, total_steps=-10),
                                     s["red_flags"].update(val_history=[[T0.timestamp(), 2.0, -20.0]])),
     "missing_fields": lambda m, s: ([m.pop(k) for k in list(m) if k not in ("decision", "model")],
@@ -313,3 +313,18 @@ def test_an_8_gpu_35_day_supervisor_event_file_is_read_well_within_the_child_bou
     page = (cfg.reports_dir / "completion_report.html").read_text()
     assert "GPU utilisation" in page and "no GPU readings" not in page and "no spend recorded" not in page
     assert took < REPORT_LIMIT_S / 2, f"{took:.0f} s for the report: the supervisor's child has {REPORT_LIMIT_S:.0f}"
+
+
+def test_a_report_with_matplotlib_broken_is_written_with_each_plot_saying_why(tmp_path):
+    """No plot can be drawn (matplotlib missing or failing to import): the page still has the
+    decision, the clips and the figures, and each plot says why it is not there."""
+    cfg = fake_run(tmp_path)
+    broken = tmp_path / "site" / "matplotlib"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("matplotlib cannot load here")\n')
+    out = cli("report", "--config", str(cfg.source), "--kind", "milestone", "--log-format", "console",
+              env={"PYTHONPATH": str(tmp_path / "site")}, timeout=180)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    page = (cfg.reports_dir / "week_5_report.html").read_text()
+    assert page.count("the plot failed (ImportError: matplotlib cannot load here)") == 4
+    assert "CONDITIONAL GO" in page and page.count("<audio") == 12 and "<img" not in page
