@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 import zipfile
 
@@ -19,6 +18,7 @@ from conftest import AMAPIANO_TRAIN, cli
 from daemon.common import exits
 from daemon.report.build import build
 from daemon.tensorboard import ScalarWriter
+from page_reader import PageReader
 from report_run import T0, fake_run
 from test_report_build import ALLOWED_TAGS, tags_of
 
@@ -213,24 +213,11 @@ def test_two_reports_at_once_both_finish_with_a_whole_page_and_zip(tmp_path):
 
 def test_a_reader_never_sees_half_a_page_while_reports_are_written(tmp_path):
     cfg = fake_run(tmp_path)
-    page, seen, done = cfg.reports_dir / "report.html", [], threading.Event()
-
-    def read() -> None:
-        while not done.is_set():
-            try:
-                seen.append(page.read_bytes())
-            except FileNotFoundError:
-                pass
-    reader = threading.Thread(target=read)
-    reader.start()
-    try:
+    with PageReader(cfg.reports_dir / "report.html") as reader:
         for _ in range(4):
             edit(cfg.state_file, lambda d: d["trainer"].update(step=d["trainer"]["step"] + 1))
             build(cfg, "now")
-    finally:
-        done.set()
-        reader.join(30)
-    assert len(seen) > 4 and all(s.startswith(b"<!DOCTYPE html>") and s.endswith(b"</html>\n") for s in seen)
+    assert len(reader.seen) > 4 and reader.torn() == []
 
 
 def test_a_2_gb_clip_set_is_capped_under_what_the_mirror_uploads_within_the_child_bound(tmp_path):
