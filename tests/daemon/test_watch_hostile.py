@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import AMAPIANO_TRAIN, REPO, write_config
-from test_watch import Group, Watch, wait_for_step
+from test_watch import Group, Watch, heartbeat, wait_for_step
 
 from daemon.common import exits, stopfile
 from daemon.common.clock import Clock
@@ -258,3 +258,31 @@ def test_cluster_job_end_alert_is_delivered_before_the_watcher_exits(tmp_path, j
     subjects = [m["Subject"] for m in smtp_sink.messages]
     assert any("the job ends" in s and "no training group appeared" in s for s in subjects), \
         (subjects, watch.log_text()[-3000:])
+
+
+@pytest.mark.slow
+def test_cluster_watcher_cancelled_mid_checkpoint_lets_the_write_finish_and_the_group_stop_on_it(tmp_path,
+                                                                                                monkeypatch):
+    """`sky jobs cancel` lands while rank 0 is inside a checkpoint write (held 4 s by the test-only
+    slow save): the write commits, the group stops at one committed step, the job ends 75."""
+    monkeypatch.setenv("AMAPIANO_TEST_SLOW_SAVE_S", "4")
+    cfg = write_config(tmp_path, {"train": {"device": "cpu", "cpu_threads": 1, "epochs": 400}},
+                       {"supervisor": {"stop_timeout": "90s"}})
+    group = Group(cfg)
+    watch = Watch(cfg, group)
+    try:
+        watch.wait_state(lambda s: s["phase"] == "RUNNING", timeout=120)
+        ckpt = tmp_path / "state" / "checkpoints"
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".") and p.name.endswith(".tmp") for p in ckpt.glob("*")):
+            assert time.monotonic() < deadline, "no checkpoint write in flight"
+            time.sleep(0.05)
+        watch.proc.send_signal(signal.SIGTERM)
+        assert watch.exit_code(180) == exits.PREEMPTED, watch.log_text()[-4000:]
+        beat = heartbeat(tmp_path)
+        assert beat["activity"] == "stopped" and beat["last_checkpoint_step"] == beat["step"] >= 4, beat
+        assert not any(p.name.endswith(".tmp") for p in ckpt.glob("*"))  # the write in flight committed
+        assert group.status() == 1  # torchrun's 1 for its rank's 75: nobody killed it
+    finally:
+        watch.kill()
+        group.kill()
