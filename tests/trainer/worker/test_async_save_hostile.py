@@ -94,3 +94,108 @@ def test_a_worker_in_a_memory_cgroup_without_room_for_the_copy_saves_blocking_an
     assert seen["blocking"], seen
     [(level, _, said)] = [r for r in seen["log"] if r[1] == "checkpoint.blocking"]
     assert level == "warning" and "cgroup" in said["reason"] and "blocking" in said["reason"]
+
+
+KILLED = """
+import os, sys, threading, time
+from pathlib import Path
+import torch
+from daemon.common import atomic, checkpoints as layout
+from trainer.worker import async_save, checkpoint
+class Log:
+    def __getattr__(self, level):
+        return lambda event, **kw: None
+directory, stage = Path(sys.argv[1]), sys.argv[2]
+saver = async_save.Saver(Log(), torch.device("cpu"))
+def payload(seed):
+    torch.manual_seed(seed)
+    return {"model": {"w": torch.randn(512, 512)}}
+saver.start(4, payload(4), async_save.commit_file(directory, 4, {}, None, 3), since=0.0)
+saver.wait()
+def hang(what):
+    print(what, flush=True)
+    threading.Event().wait()
+if stage == "renamed":  # the .pt is in place, its marker not yet written
+    commit = layout.commit
+    layout.commit = lambda d, step, meta: hang("renamed") if step == 8 else commit(d, step, meta)
+else:  # the marker renamed into place, the directory not yet fsynced
+    fsync_dir = atomic.fsync_dir
+    def late(d):
+        if layout.marker_path(directory, 8).exists():
+            hang("marked")
+        fsync_dir(d)
+    atomic.fsync_dir = late
+saver.start(8, payload(8), async_save.commit_file(directory, 8, {}, None, 3), since=0.0)
+while True:  # the loop trains on while the background write hangs
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.parametrize("stage, newest", [("renamed", 4), ("marked", 8)])
+def test_a_sigkill_at_each_stage_of_the_background_commit_leaves_one_newest_checkpoint_that_loads(
+        tmp_path, stage, newest):
+    from daemon.common import checkpoints as layout
+    from trainer.worker import checkpoint
+
+    directory = tmp_path / "ckpt"
+    child = subprocess.Popen([sys.executable, "-c", KILLED, str(directory), stage], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        said = child.stdout.readline().strip()
+        assert said == stage, child.stderr.read()[-3000:] if child.poll() is not None else said
+    finally:
+        child.kill()
+        child.wait(30)
+
+    class Log:
+        def __init__(self):
+            self.events = []
+
+        def __getattr__(self, level):
+            return lambda event, **kw: self.events.append(event)
+
+    removed = checkpoint.clean_partial(directory)
+    assert (stage == "renamed") == ("step_00000008.pt" in removed), removed
+    marker, payload = checkpoint.load_latest(directory, Log())
+    assert marker.step == newest and payload["step"] == newest and layout.verify(marker) is None
+    assert layout.is_own(marker), "a checkpoint this trainer wrote is known as its own"
+    assert [m.step for m in layout.list_checkpoints(directory)] == sorted({4, newest})
+    assert not list(directory.glob(".*.tmp"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where = tmp_path / "ckpt"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)], check=True)
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_disk_that_fills_during_the_background_write_is_raised_in_the_loop_and_the_previous_checkpoint_stays(
+        small_disk):
+    import torch
+
+    from daemon.common import checkpoints as layout
+    from trainer.worker import async_save, checkpoint
+
+    class Log:
+        def __getattr__(self, level):
+            return lambda event, **kw: None
+
+    saver = async_save.Saver(Log(), torch.device("cpu"))
+    saver.start(4, {"model": {"w": torch.zeros(256, 256)}}, async_save.commit_file(small_disk, 4, {}, None, 3), 0.0)
+    assert saver.wait().marker.step == 4  # 256 KiB: fits
+    saver.start(8, {"model": {"w": torch.ones(1024, 1024)}}, async_save.commit_file(small_disk, 8, {}, None, 3), 0.0)
+    with pytest.raises(OSError) as raised:  # 4 MiB on a 3 MiB disk: the loop learns of it at its next look
+        while saver.poll() is None:
+            pass
+    line = str(raised.value)
+    assert "No space left on device" in line and "step_00000008.pt" in line and "\n" not in line, line
+    assert saver.poll() is None and saver.wait() is None, "raised once, nothing left in flight"
+    assert [m.step for m in layout.list_checkpoints(small_disk)] == [4]
+    assert checkpoint.load(layout.newest(small_disk))["step"] == 4
+    assert not [p.name for p in small_disk.iterdir() if p.name.endswith(".tmp") or p.name.startswith("step_00000008")]
+    saver.close()
