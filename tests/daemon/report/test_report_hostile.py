@@ -315,3 +315,20 @@ def test_a_report_with_matplotlib_broken_is_written_with_each_plot_saying_why(tm
     page = (cfg.reports_dir / "week_5_report.html").read_text()
     assert page.count("the plot failed (ImportError: matplotlib cannot load here)") == 4
     assert "CONDITIONAL GO" in page and page.count("<audio") == 12 and "<img" not in page
+
+
+@pytest.mark.parametrize("plant", ["fifo", "dev_zero", "etc_shadow"])
+def test_a_fifo_a_device_or_a_secret_at_each_json_report_costs_its_section_never_blocks(tmp_path, plant):
+    cfg = fake_run(tmp_path, decision="NO-GO", completed=True)
+    for name in ("week_5_metrics.json", "completion_report.json", "abort_report.json"):
+        path = cfg.reports_dir / name
+        path.unlink(missing_ok=True)
+        if plant == "fifo":
+            os.mkfifo(path)
+        else:
+            path.symlink_to("/dev/zero" if plant == "dev_zero" else "/etc/shadow")
+    out = report(cfg, "--kind", "completion", timeout=120)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stdout.count("unreadable (not a JSON object, damaged or too large)") == 2  # no abort: no decision
+    page = (cfg.reports_dir / "completion_report.html").read_text()
+    assert "root:" not in page and "No evaluation yet" in page
