@@ -52,6 +52,14 @@ def wait_until(proc: subprocess.Popen, condition, what: str, timeout: float = 90
         time.sleep(0.01)
 
 
+def assert_same_curve(ref: Path, victim: Path) -> None:
+    """The interrupted run's curve is the reference's: every step once, the same losses."""
+    want, got = losses(ref / "logs" / "tensorboard" / "train"), losses(victim / "logs" / "tensorboard" / "train")
+    assert [s for s, _ in got["train/loss"]] == list(range(1, 25)), "one curve: no gaps or doubles"
+    assert [v for _, v in got["train/loss"]] == pytest.approx([v for _, v in want["train/loss"]], abs=1e-6)
+    assert [v for _, v in got["val/loss"]] == pytest.approx([v for _, v in want["val/loss"]], abs=1e-6)
+
+
 def test_a_sigkill_during_the_background_write_keeps_the_previous_checkpoint_and_resume_is_exact(tmp_path):
     ref, victim = tmp_path / "ref", tmp_path / "victim"
     ref.mkdir(), victim.mkdir()
@@ -75,10 +83,7 @@ def test_a_sigkill_during_the_background_write_keeps_the_previous_checkpoint_and
     assert resumed["step"] == 4
     out_ref, _ = reference.communicate(timeout=120)
     assert reference.returncode == 0, out_ref[-3000:]
-    want, got = losses(ref / "logs" / "tensorboard" / "train"), losses(victim / "logs" / "tensorboard" / "train")
-    assert [s for s, _ in got["train/loss"]] == list(range(1, 25)), "one curve: no gaps or doubles"
-    assert [v for _, v in got["train/loss"]] == pytest.approx([v for _, v in want["train/loss"]], abs=1e-6)
-    assert [v for _, v in got["val/loss"]] == pytest.approx([v for _, v in want["val/loss"]], abs=1e-6)
+    assert_same_curve(ref, victim)
     assert not writing(ckpts, 8) and layout.newest(ckpts).step == 24
 
 
