@@ -157,6 +157,8 @@ def hold_seconds(step: int, value: str | None = None) -> float | None:
             pause, number = float(seconds), int(rest.lstrip("%")) if mark else None
         except ValueError:
             return None
+        if not 0 <= pause <= 86_400:  # NaN, negative or past time_t: time.sleep would fail the write
+            return None
         if number is None or (step % number == 0 if rest.startswith("%") and number > 0 else step == number):
             return pause
     return None

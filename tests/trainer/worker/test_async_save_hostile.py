@@ -199,3 +199,23 @@ def test_a_disk_that_fills_during_the_background_write_is_raised_in_the_loop_and
     assert checkpoint.load(layout.newest(small_disk))["step"] == 4
     assert not [p.name for p in small_disk.iterdir() if p.name.endswith(".tmp") or p.name.startswith("step_00000008")]
     saver.close()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e308", "nan@4", "-2%2", "inf,1"])
+def test_a_slow_save_hook_that_no_clock_can_sleep_is_unreadable_and_the_save_commits(tmp_path, monkeypatch, value):
+    """AMAPIANO_TEST_SLOW_SAVE_S passes to the worker with every AMAPIANO_ setting (daemon/common/launch.py):
+    a value time.sleep refuses (NaN, negative, past time_t) failed every checkpoint write, every restart."""
+    import torch
+
+    from trainer.worker import async_save
+
+    class Log:
+        def __getattr__(self, level):
+            return lambda event, **kw: None
+
+    monkeypatch.setenv(async_save.SLOW_SAVE, value)
+    assert async_save.hold_seconds(4) is None
+    saver = async_save.Saver(Log(), torch.device("cpu"))
+    saver.start(4, {"model": {"w": torch.zeros(8)}}, async_save.commit_file(tmp_path, 4, {}, None, 3), 0.0)
+    assert saver.wait().marker.step == 4
+    saver.close()
