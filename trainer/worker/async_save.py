@@ -11,8 +11,9 @@ copy is the step's state, so resuming from it is exact.
 
 - At most one save in flight: the next `start` is made only after `wait` (the buffers are reused).
 - An error in the background (a full disk) is raised in the loop by `poll` or `wait`.
-- A host that cannot hold the copy (MemAvailable, or a cgroup's limit, less a reserve) saves
-  blocking, in the loop, with the live tensors, as before; the log says why, once.
+- A host that cannot hold the copy (MemAvailable, or any memory cgroup's limit over the process, v1
+  or v2, less a reserve) saves blocking, in the loop, with the live tensors, as before; the log
+  says why, once.
 - FSDP (`start_sharded`): torch.distributed.checkpoint.async_save with the same stager, on a gloo
   group of its own (trainer/worker/distributed.py), so the background collectives never meet
   training's; every rank writes its shards, rank 0 commits once they are all written.
