@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 import struct
 import time
@@ -25,9 +26,14 @@ CHUNK = 16 << 20
 _LENGTH = struct.Struct("<Q")
 
 
+GPU_TAG = re.compile(r"gpu\d{0,3}/util_pct")   # daemon/ports/gpu.py's: all GPUs, and each by its index
+
+
 def wanted(tag: str) -> bool:
-    """The tags the plots draw: the trainer's losses, the supervisor's spend and GPU utilisation."""
-    return tag in ("train/loss", "val/loss", "cost/total_usd") or (tag.startswith("gpu") and tag.endswith("/util_pct"))
+    """The tags the plots draw: the trainer's losses, the supervisor's spend and GPU utilisation.
+    The GPU plot names a curve by its tag: one planted as `gpu$\\nosuchcmd$/util_pct` was parsed as
+    mathtext and failed the whole plot."""
+    return tag in ("train/loss", "val/loss", "cost/total_usd") or GPU_TAG.fullmatch(tag) is not None
 
 
 class Thinned:

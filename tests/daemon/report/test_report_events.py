@@ -59,3 +59,20 @@ def test_a_fifo_swapped_in_for_an_event_file_is_refused_not_waited_on(tmp_path):
     assert got == {} and "not a regular file" in why
     series, problems = read(tmp_path)
     assert series == {} and any("not a regular event file" in p for p in problems)
+
+
+def test_a_planted_gpu_tag_that_matplotlib_would_parse_is_not_read(tmp_path):
+    """The GPU plot labels each curve with its tag's first part: `gpu$\\nosuchcmd$` is mathtext
+    that fails to parse, and failed the whole GPU plot."""
+    from daemon.report.build import draw
+    from daemon.report.inputs import gather
+    from report_run import fake_run
+
+    cfg = fake_run(tmp_path)
+    w = ScalarWriter(cfg.tensorboard_dir / "supervisor")
+    w.write({"gpu$\\nosuchcmd$/util_pct": 50.0, "gpu12/util_pct": 40.0}, T0 + timedelta(hours=2), 8)
+    w.close()
+    inp = gather(cfg, "now")
+    assert "gpu12/util_pct" in inp.scalars and not [t for t in inp.scalars if "$" in t]
+    title, png, why = draw(inp)["gpu"]
+    assert png is not None, why
