@@ -26,12 +26,12 @@ pytestmark = pytest.mark.slow  # each runs one to three worker processes of ~10 
 SLOW = "AMAPIANO_TEST_SLOW_SAVE_S"
 
 
-def start(config: Path, slow: str | None = None) -> subprocess.Popen:
+def start(config: Path, slow: str | None = None, **popen) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != SLOW}
     if slow:
         env[SLOW] = slow
     return subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(config), "--log-format", "json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **popen)
 
 
 def events(out: str) -> list[dict]:
