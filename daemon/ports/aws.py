@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from datetime import datetime
@@ -204,7 +205,26 @@ class Aws:
         return self.put_snapshot(path, self._state_key(), STATE_LIMIT)
 
     def upload_report(self, path: Path, name: str) -> dict:
-        return self.put_confirmed(path, reports_key(self.cfg, name))
+        """One open file, hashed and sent: a person's `amapiano-train report` rewrites a page
+        (temp + rename) while the mirror uploads it, and hashing the name then sending the name
+        sent another version under the first one's digest (a false failure, or a PUT stalled on
+        a size that changed). The open file keeps its version; a link planted in the folder is
+        refused (O_NOFOLLOW), never followed out of it."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(f"{path}: not a regular file")
+            size = info.st_size
+            sha = hashlib.sha256()
+            for piece in iter(lambda: f.read(1 << 20), b""):
+                sha.update(piece)
+            f.seek(0)
+            s3, bucket, key = self.client("s3"), self.cfg.s3_bucket, reports_key(self.cfg, name)
+            meta = {"Metadata": {"sha256": sha.hexdigest()}}
+            self.bounded("s3.upload", lambda: s3.upload_fileobj(f, bucket, key, ExtraArgs=meta),
+                         self.call_timeout_s + size / TRANSFER_BYTES_PER_S)
+        return self._confirm(key, size, sha.hexdigest())
 
     def bucket_steps(self) -> list[int]:
         """Steps with a committed marker in the bucket, oldest first (other keys are ignored)."""
