@@ -71,23 +71,14 @@ def test_a_worker_whose_memory_cgroup_cannot_hold_a_snapshot_saves_blocking_says
     """A real worker in a cgroup (v1 here) limited to 1 GiB: room for its training (~0.3 GiB), not
     for its training, a snapshot and the 1 GiB reserve. It saves blocking, says why once, and completes."""
     import os
-    import uuid
 
-    from test_async_save_hostile import own_v1_memory_cgroup
+    from test_async_save_hostile import memory_cgroup
 
-    here = own_v1_memory_cgroup()
-    if here is None:
-        pytest.skip("needs root and a cgroup v1 memory hierarchy to make a child cgroup in")
-    cgroup = here / f"amapiano-test-{uuid.uuid4().hex[:8]}"
-    cgroup.mkdir()
-    try:
-        (cgroup / "memory.limit_in_bytes").write_text(str(1 << 30))
+    with memory_cgroup(1 << 30) as cgroup:
         procs = str(cgroup / "cgroup.procs")
         worker = start(write_config(tmp_path), preexec_fn=lambda: open(procs, "w").write(str(os.getpid())))
         out, _ = worker.communicate(timeout=180)
         peak = int((cgroup / "memory.max_usage_in_bytes").read_text())
-    finally:
-        cgroup.rmdir()
     assert worker.returncode == 0, f"peak {peak / 2**30:.2f} GiB\n{out[-3000:]}"
     log = events(out)
     [said] = [e for e in log if e["event"] == "checkpoint.blocking"]

@@ -4,6 +4,7 @@ during the background write, a SIGKILL between the rename and the marker. Real c
 tmpfs and real signals where this machine allows (root), skipped where it does not."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -19,14 +20,24 @@ MIB = 1 << 20
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def own_v1_memory_cgroup() -> Path | None:
-    """This process's cgroup v1 memory directory, where a child cgroup can be made (root), else None."""
+@contextlib.contextmanager
+def memory_cgroup(limit: int):
+    """A cgroup v1 memory cgroup of `limit` bytes under this process's own (removed after; its
+    processes must have ended), or the test skipped: it needs root and a v1 memory hierarchy."""
+    here = None
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         if "memory" in controllers.split(","):
             here = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
-            return here if os.geteuid() == 0 and (here / "memory.limit_in_bytes").exists() else None
-    return None
+    if here is None or os.geteuid() != 0 or not (here / "memory.limit_in_bytes").exists():
+        pytest.skip("needs root and a cgroup v1 memory hierarchy to make a child cgroup in")
+    cgroup = here / f"amapiano-test-{uuid.uuid4().hex[:8]}"
+    cgroup.mkdir()
+    try:
+        (cgroup / "memory.limit_in_bytes").write_text(str(limit))
+        yield cgroup
+    finally:
+        cgroup.rmdir()
 
 
 def test_a_limit_over_this_process_s_own_cgroup_counts_v2_nested_and_v1(tmp_path):
@@ -77,17 +88,9 @@ print(json.dumps({"available": async_save.host_available(), "blocking": done.blo
 def test_a_worker_in_a_memory_cgroup_without_room_for_the_copy_saves_blocking_and_says_why(tmp_path):
     """A real cgroup (v1 here) limited to 768 MiB, under the 1 GiB kept in reserve: the copy would
     push the cgroup to its OOM killer, so the save is blocking and the log says why."""
-    here = own_v1_memory_cgroup()
-    if here is None:
-        pytest.skip("needs root and a cgroup v1 memory hierarchy to make a child cgroup in")
-    cgroup = here / f"amapiano-test-{uuid.uuid4().hex[:8]}"
-    cgroup.mkdir()
-    try:
-        (cgroup / "memory.limit_in_bytes").write_text(str(768 * MIB))
+    with memory_cgroup(768 * MIB) as cgroup:
         r = subprocess.run([sys.executable, "-c", CHILD, str(cgroup), str(tmp_path / "ckpt")], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
-    finally:
-        cgroup.rmdir()
     assert r.returncode == 0, r.stderr[-3000:]
     seen = json.loads(r.stdout.strip().splitlines()[-1])
     assert seen["available"] <= 768 * MIB, f"the cgroup's limit was not seen: {seen['available'] / GIB:.1f} GiB"
