@@ -61,7 +61,9 @@ def choose(paths: Sequence[str], limit: int | None = None, at: str = "") -> tupl
             st = os.lstat(path)
         except OSError:
             continue
-        if path.suffix in TYPES and stat.S_ISREG(st.st_mode) and st.st_size <= limit:
+        if not stat.S_ISREG(st.st_mode) or path.suffix not in TYPES:
+            continue  # no report the supervisor wrote (a FIFO, a link): never called "too large"
+        if st.st_size <= limit:
             return path, (f"Attached: {path.name}, the page only: its clips are too large to mail "
                           f"({', '.join(skipped)})" if skipped else "")
         skipped.append(f"{path.name} ({st.st_size / 1e6:.1f} MB{where(path.name)})")

@@ -27,6 +27,20 @@ def test_a_fifo_or_an_unknown_kind_is_never_attached(tmp_path):
     assert choose([str(fifo), str(tmp_path / "state.json")])[0] is None
 
 
+def test_a_fifo_or_a_link_where_the_zip_was_is_not_called_too_large(tmp_path):
+    """It was named 'over the 7 MB a mail can carry (0.0 MB)': a person would look for a size
+    problem that is not there."""
+    page = tmp_path / "week_5_report.html"
+    page.write_text("<html></html>")
+    for planted in ("fifo", "link"):
+        zipped = tmp_path / "week_5_report.zip"
+        if zipped.exists() or zipped.is_symlink():
+            zipped.unlink()
+        os.mkfifo(zipped) if planted == "fifo" else zipped.symlink_to(tmp_path / "elsewhere.zip")
+        chosen, line = choose([str(zipped), str(page)])
+        assert chosen == page and "too large" not in line and "MB" not in line, (planted, line)
+
+
 def test_an_attached_report_is_a_second_part_after_the_text(tmp_path):
     page = tmp_path / "week_5_report.html"
     page.write_text("<html>report</html>")
