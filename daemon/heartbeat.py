@@ -26,8 +26,8 @@ class Beat:
 def _ok(key: str, v: Any) -> bool:
     if key in INT_FIELDS:
         return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 62
-    if key in FLOAT_FIELDS:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if key in FLOAT_FIELDS:  # an integer past a float's range (10**400 is valid JSON) is no figure either
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e308 and math.isfinite(v)
     if key in STR_FIELDS:
         return isinstance(v, str) and len(v) <= MAX_STR
     return False
