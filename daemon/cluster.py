@@ -33,6 +33,7 @@ def nodes_from(environ: Mapping[str, str]) -> int:
 
 class ClusterMoney(Money):
     """The ledger of the whole cluster: the same Money, every hour billed `nodes` times."""
+    GO_ON = "launch the job again (sky jobs launch)"
 
     def __init__(self, nodes: int, *args: Any, **kwargs: Any):
         self.nodes = nodes

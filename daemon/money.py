@@ -27,6 +27,8 @@ PACE_WINDOW_S = 1800.0
 
 
 class Money:
+    GO_ON = "`systemctl restart amapiano-train`"  # after raising the cap
+
     def __init__(self, cfg: Config, log: Any, clock: Any, instance: Instance, cost: dict | None,
                  budget: dict | None, run: tuple[str, str] = ("", "")):
         self.cfg, self.log, self.clock, self.instance = cfg, log, clock, instance
@@ -120,7 +122,7 @@ class Money:
         snap = budget_rule.BudgetSnapshot(
             spent_usd=ledger.total_usd, cap_usd=self.cfg.budget.max_usd,
             fractions=tuple(self.cfg.budget.alert_fractions), projected_usd=self.forecast.at_completion_usd,
-            rate_usd_per_h=self.rate, action=self.cfg.budget.action)
+            rate_usd_per_h=self.rate, action=self.cfg.budget.action, go_on=self.GO_ON)
         actions, self.fired = budget_rule.decide(snap, self.fired)
         self._journal(milestone)
         return actions

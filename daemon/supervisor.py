@@ -42,18 +42,18 @@ from .worker import WorkerProcess, processes
 
 
 class Supervisor:
+    ENDING = "instance will be stopped"   # what the idle rule's action ends, in its warning
+
     def __init__(self, cfg: Config, log: Any, clock: Clock | None = None, notifier: Notifier | None = None,
                  worker: WorkerProcess | None = None, rng: random.Random | None = None,
                  log_format: str = "json", log_level: str = "info", nvml: Any = None):
-        self.cfg, self.log = cfg, log
-        self.clock = clock or Clock()
+        self.cfg, self.log, self.clock = cfg, log, clock or Clock()
         self.notifier = notifier or Notifier(log)
         self.worker = worker or WorkerProcess(cfg.source, cfg.failure_file,
                                               ("--log-format", log_format, "--log-level", log_level),
                                               nproc=processes(cfg.train))
         self.rng = rng or random.Random()
-        self.stop_requested = threading.Event()
-        self.finished = threading.Event()  # a rule's shutdown was carried out (the demo waits on it)
+        self.stop_requested, self.finished = threading.Event(), threading.Event()  # finished: a rule's shutdown done
         self.job_failures: dict[str, int] = {}
         self._scheduler: BackgroundScheduler | None = None
         self.outside = OutsideJobs(self._guard)  # IMDS and pricing: never on the scheduler's thread
@@ -183,7 +183,7 @@ class Supervisor:
             if self.gpu.available else None,
             hold_until_s=idle.hold_until_s(self.cfg.hold_file, now_s, self.clock.now()))
         self._last_idle_check = now_mono
-        rule = idle.IdleRule(self.cfg.idle.timeout, self.cfg.idle.warn_before, self.cfg.idle.action)
+        rule = idle.IdleRule(self.cfg.idle.timeout, self.cfg.idle.warn_before, self.cfg.idle.action, self.ENDING)
         self.idle_timer, actions = idle.decide(self.idle_timer, snap, rule)
         self._idle_json = idle.describe(self.idle_timer, snap, rule, self.clock.now())
         self.executor.execute(actions)

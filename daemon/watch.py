@@ -39,6 +39,8 @@ LIVE = (Phase.STARTING.value, Phase.RUNNING.value, Phase.BACKOFF.value, Phase.PA
 
 
 class Watcher(Supervisor):
+    ENDING = "SkyPilot job will end and SkyPilot takes the nodes down"
+
     def __init__(self, cfg: Any, log: Any, nodes: int, pid_file: Path, failure_file: Path | None = None, **kw: Any):
         clock = kw.pop("clock", None) or Clock()
         before = read_json(cfg.state_file) or {}  # as the last watcher left it (open_run writes it anew)

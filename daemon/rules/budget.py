@@ -20,6 +20,7 @@ class BudgetSnapshot:
     projected_usd: float | None      # at completion, from the measured pace
     rate_usd_per_h: float | None
     action: str                      # the shutdown action at the cap
+    go_on: str = "`systemctl restart amapiano-train`"   # on a cluster: launch the job again
 
 
 def _money(x: float | None) -> str:
@@ -37,8 +38,7 @@ def decide(s: BudgetSnapshot, fired: frozenset[str]) -> tuple[list[Action], froz
             fired.add("cap")
             actions += [SendAlert("budget", f"budget cap reached: stopping ({_money(s.spent_usd)})",
                                   f"{status}\nThe worker is checkpointing and stopping; then the shutdown "
-                                  f"action '{s.action}'. To go on: raise [budget] max_usd and "
-                                  f"`systemctl restart amapiano-train`."),
+                                  f"action '{s.action}'. To go on: raise [budget] max_usd and {s.go_on}."),
                         StopWorker("budget cap reached"), Shutdown(s.action, "budget cap reached")]
         return actions, frozenset(fired)
     for f in sorted(s.fractions):

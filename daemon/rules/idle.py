@@ -50,6 +50,7 @@ class IdleRule:
     timeout_s: float
     warn_before_s: float
     action: str
+    ending: str = "instance will be stopped"   # on a cluster: the SkyPilot job ends
 
 
 def deadline(timer: IdleTimer, snap: IdleSnapshot, rule: IdleRule) -> float:
@@ -95,7 +96,7 @@ def decide(timer: IdleTimer | None, snap: IdleSnapshot, rule: IdleRule) -> tuple
             "idle", f"idle shutdown in {_minutes(stop_in)}",
             f"Nothing has trained for {_minutes(idle_for)} (no step progress"
             f"{'' if snap.gpu_busy is None else ', GPU under the threshold'}). In {_minutes(stop_in)} the "
-            f"instance will be stopped (action '{rule.action}').\n"
+            f"{rule.ending} (action '{rule.action}').\n"
             "To postpone it: amapiano-train hold 2h   (any training activity also cancels it)")]
     if timer.warned_at_s is not None and snap.now_s >= shutdown_at(timer, snap, rule):
         return timer, [Shutdown(rule.action, f"idle for {_minutes(snap.now_s - timer.last_active_s)}")]

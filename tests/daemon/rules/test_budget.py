@@ -56,3 +56,15 @@ def test_forecast_over_the_cap_warns_before_the_money_is_gone():
 def test_unknown_forecast_is_no_warning():
     actions, _ = decide(snap(10, projected=None), frozenset())
     assert actions == []
+
+
+def test_the_cap_says_how_to_go_on_on_one_instance_and_on_a_cluster():
+    from daemon.cluster import ClusterMoney
+    from daemon.money import Money
+
+    for money, says, never in ((Money, "systemctl restart amapiano-train", "sky jobs"),
+                               (ClusterMoney, "launch the job again (sky jobs launch)", "systemctl")):
+        s = BudgetSnapshot(spent_usd=601, cap_usd=600.0, fractions=(), projected_usd=None, rate_usd_per_h=2.5,
+                           action="auto", go_on=money.GO_ON)
+        [alert, *_] = decide(s, frozenset())[0]
+        assert says in alert.body and never not in alert.body, alert.body

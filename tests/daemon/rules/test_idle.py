@@ -97,3 +97,15 @@ def test_a_hold_file_written_by_hand_holds_at_most_a_week(tmp_path):
     assert hold_until_s(hold, 1000.0, written) == 1000.0 + 7200
     hold.write_text('{"until": "2026-12-10T00:00:00"}')
     assert hold_until_s(hold, 1000.0, written) is None
+
+
+def test_the_warning_says_what_ends_one_instance_or_a_cluster_job():
+    """On a cluster the watcher ends the SkyPilot job; 'the instance will be stopped' misled."""
+    from daemon.supervisor import Supervisor
+    from daemon.watch import Watcher
+
+    for owner, says, never in ((Supervisor, "the instance will be stopped", "SkyPilot"),
+                               (Watcher, "the SkyPilot job will end", "instance")):
+        rule = IdleRule(timeout_s=7200, warn_before_s=900, action="auto", ending=owner.ENDING)
+        _, [warning] = decide(decide(None, snap(0), rule)[0], snap(106), rule)
+        assert says in warning.body and never not in warning.body, warning.body
