@@ -44,6 +44,34 @@ def read(path: Path) -> Beat | None:
     return Beat({k: (float(v) if k in FLOAT_FIELDS else v) for k, v in data.items() if _ok(k, v)}, written)
 
 
+class Observed:
+    """The heartbeat's age on this process's monotonic clock. Its mtime is wall time, and the wall
+    clock steps (NTP at boot, a VM resumed, a person's `date -s`): a step forward by more than a
+    deadline made a training worker look hung at once, a step back made its new beats look older
+    than its start. Each version of the file is dated when it is first seen: by its age on the wall
+    clock, but never before the previous look (it changed since) nor after this one."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None   # the worker's start (or adoption), monotonic
+        self._version: float | None = None  # the mtime last seen
+        self._written = 0.0                 # when that version was written, monotonic
+        self._looked: float | None = None   # the previous look, monotonic
+
+    def at(self, beat: Beat | None, clock: Any) -> tuple[float, float | None]:
+        """(now, when `beat` was written), both on `clock`'s monotonic time."""
+        now = clock.monotonic()
+        return now, self.written(beat, clock.now().timestamp(), now)
+
+    def written(self, beat: Beat | None, now_wall: float, now_mono: float) -> float | None:
+        if beat is not None and beat.written_s != self._version:
+            age = max(0.0, now_wall - beat.written_s)
+            if self._looked is not None:
+                age = min(age, max(0.0, now_mono - self._looked))
+            self._version, self._written = beat.written_s, now_mono - age
+        self._looked = now_mono
+        return None if beat is None else self._written
+
+
 ABSORBED = ("step", "total_steps", "epoch", "train_loss", "val_loss", "best_val_loss", "lr", "samples_per_s",
             "activity", "last_checkpoint", "last_checkpoint_step", "resumed_from_step", "micro_batch", "grad_accum",
             "oom_backoffs")

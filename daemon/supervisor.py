@@ -1,10 +1,9 @@
 """The supervisor: keeps the trainer worker running and every rule in force while the instance bills.
 
-APScheduler runs each job on one thread; every job reads the world into a snapshot, lets a pure
-rule decide (lifecycle, restart, liveness, budget, idle, spot, red_flags, milestone) and hands the
-actions to the one executor. The watchdog ping is a job too, withheld when the tick stalls. The
-daemon outlives its decisions: after a halt, a failed shutdown or a completed run it stays up,
-retrying the shutdown and keeping the idle and budget rules watching, until systemd stops it."""
+APScheduler runs each job on one thread; every job reads the world into a snapshot, lets a pure rule
+decide (lifecycle, restart, liveness, budget, idle, spot, red_flags, milestone) and hands the actions
+to the one executor; the watchdog ping is a job too, withheld when the tick stalls. It outlives its
+decisions (a halt, a failed shutdown, completion), keeping the idle and budget rules until systemd stops it."""
 from __future__ import annotations
 
 import random
@@ -58,7 +57,7 @@ class Supervisor:
         self._scheduler: BackgroundScheduler | None = None
         self.outside = OutsideJobs(self._guard)  # IMDS and pricing: never on the scheduler's thread
         self._last_tick: float | None = None
-        self._worker_started_s: float | None = None
+        self.beats = heartbeat.Observed()  # the heartbeat's age, immune to the wall clock stepping
         self.instance = Instance(cfg, log, self.clock)
         restored = restore_state(cfg, log, self.instance)  # a replacement instance: the run comes back from S3
         self.state = open_run(cfg.state_file, self.clock.now(), log)  # StateError: the CLI exits 65
@@ -99,7 +98,8 @@ class Supervisor:
     def _liveness_snapshot(self, beat: heartbeat.Beat | None) -> liveness.LivenessSnapshot:
         pid, writer = self.worker.pid if self.worker.running else None, beat.fields.get("pid") if beat else None
         pid = writer if pid is not None and self.worker.owns(writer) else pid  # torchrun's rank 0 writes it
-        return liveness.snapshot(self.clock.now().timestamp(), pid, self._worker_started_s, beat)
+        now, written = self.beats.at(beat, self.clock)
+        return liveness.snapshot(now, pid, self.beats.started, beat, written)
 
     # -- jobs ------------------------------------------------------------------------------------
     def _guard(self, name: str, fn: Callable[[], None]) -> Callable[[], None]:
@@ -120,7 +120,7 @@ class Supervisor:
             self._on_worker_exit(ended, now)
         if self.lifecycle.may_start(now) and not self.stop_requested.is_set() and self._may_start_worker():
             self.executor.execute([StartWorker()])
-            self._worker_started_s = self.clock.now().timestamp()
+            self.beats.started = self.clock.monotonic()
         beat = heartbeat.read(self.cfg.heartbeat_file)
         self.executor.execute(heartbeat.absorb(self.state.trainer, beat))  # an alert after an OOM back-off
         allow = liveness.Allowances.of(self.cfg.supervisor)

@@ -53,12 +53,12 @@ class Allowances:
 
 @dataclass(frozen=True)
 class LivenessSnapshot:
-    now_s: float                   # wall seconds (the heartbeat's mtime is wall time too)
+    now_s: float                   # seconds on one clock with the two below (the supervisor's monotonic one)
     worker_pid: int | None         # None: no worker running
     worker_started_s: float | None
     beat_pid: int | None
     beat_activity: str | None
-    beat_written_s: float | None   # the heartbeat file's mtime
+    beat_written_s: float | None   # when the heartbeat was written (heartbeat.Observed)
     checkpoint_write_s: float | None = None   # the heartbeat's longest background write
 
 
@@ -116,8 +116,11 @@ def is_fresh(s: LivenessSnapshot, allow: Allowances, memory: LivenessMemory) -> 
     return s.now_s - s.beat_written_s <= deadline(s.beat_activity, allow, memory)
 
 
-def snapshot(now_s: float, worker_pid: int | None, worker_started_s: float | None, beat: Any) -> LivenessSnapshot:
-    """From the heartbeat as daemon/heartbeat.py read it (or None)."""
+def snapshot(now_s: float, worker_pid: int | None, worker_started_s: float | None, beat: Any,
+             written_s: float | None = None) -> LivenessSnapshot:
+    """From the heartbeat as daemon/heartbeat.py read it (or None); `written_s` dates it on the
+    clock of `now_s` (the supervisor's monotonic one), else its mtime does."""
     f = beat.fields if beat else {}
+    written = written_s if written_s is not None else (beat.written_s if beat else None)
     return LivenessSnapshot(now_s, worker_pid, worker_started_s, f.get("pid"), f.get("activity"),
-                            beat.written_s if beat else None, f.get("checkpoint_write_s"))
+                            written, f.get("checkpoint_write_s"))
