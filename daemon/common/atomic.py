@@ -64,10 +64,18 @@ MAX_DEPTH = 64            # no file of ours nests deeper than a few levels
 READ_LIMIT = 16 * 1024 * 1024
 
 
+def _int(digits: str) -> int | float:
+    """An integer of more digits than any figure of ours is read as a float (inf past its range),
+    which every check already refuses: 1 and 400 zeros is valid JSON, and math.isfinite raised
+    OverflowError on it (no ValueError: past every handler, a traceback at start and in status)."""
+    return int(digits) if len(digits) <= 30 else float(digits)
+
+
 def loads(raw: bytes | str, max_depth: int = MAX_DEPTH, **kw: Any) -> Any:
     """json.loads, with nesting deeper than `max_depth` refused as ValueError like any other bad
     JSON: a file nested 100,000 deep raised RecursionError through every reader (a traceback and
     a restart loop), and one a few hundred deep broke the recursive checks after it."""
+    kw.setdefault("parse_int", _int)
     try:
         data = json.loads(raw, **kw)
     except RecursionError:

@@ -260,3 +260,24 @@ def test_status_says_the_worker_waits_for_the_bucket_and_how_to_go_on():
     assert "WAITING since 2026-12-03T10:00:00Z" in line and "AccessDenied" in line and "start-fresh" in line
     state.mirror["restore"] = "garbage"
     assert "s3 restore" not in render(state, datetime(2026, 12, 3, 10, 5, tzinfo=timezone.utc))
+
+
+@pytest.mark.parametrize("field", ["cost.compute_usd", "cost.hourly", "trainer.train_loss", "trainer.step"])
+def test_an_integer_past_a_floats_range_is_bad_json_never_an_overflow_traceback(tmp_path, field):
+    """A figure written as 1 and 400 zeros is valid JSON; math.isfinite raised OverflowError on it
+    (no ValueError: past every handler), so status and the supervisor's start died in a traceback."""
+    from bucket_faults import state_json
+
+    doc = state_json("r", T0, 1.5)
+    doc["trainer"] = {"step": 3, "train_loss": 1.0}
+    section, key = field.split(".")
+    doc[section][key] = {"2026-12-03": 777777} if key == "hourly" else 777777
+    text = json.dumps(doc).replace("777777", "1" + "0" * 400)
+    path = tmp_path / "state.json"
+    path.write_text(text)
+    try:
+        state = load_state(path)
+    except StateError as e:
+        assert "state.json" in str(e)
+    else:
+        assert state.trainer.train_loss in (None, 1.0) and state.trainer.step in (None, 3), state.trainer
