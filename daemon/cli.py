@@ -13,7 +13,7 @@
   amapiano-train export --config FILE      the best checkpoint as transformers and audiocraft models
   amapiano-train report [--out DIR]        the HTML report: decision, plots, clips side by side
   amapiano-train score [--offline] FILE... how Amapiano-like any audio files are (authenticity_pct)
-  amapiano-train plan [--gpu T4] [--json]  before paying: precision, batch, memory, hours, cost per GPU
+  amapiano-train plan [--nodes N] [--json] before paying: precision, batch, memory, hours, cost per GPU type
   amapiano-train dataset ACTION            MagnaTagATune -> manifest -> clips -> token cache
                                            (ACTION: fetch, select, copy, tokenize; in that order)
 
