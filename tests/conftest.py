@@ -86,6 +86,36 @@ def cli(*args: str, env: dict | None = None, timeout: float = 120, **kw) -> subp
                           env=full_env, timeout=timeout, **kw)
 
 
+class RecordingLog:
+    """The daemon's and the worker's logger (log.warning("event", key=value)) as a list a test reads:
+    any level name records (level, event, kwargs) in .events, in call order. The helpers below are
+    views of .events; a test that needs another shape reads .events itself."""
+
+    def __init__(self):
+        self.events: list[tuple[str, str, dict]] = []
+
+    def __getattr__(self, level: str):
+        if level.startswith("_"):  # copy, pickle and pytest look up dunders: none is a log level
+            raise AttributeError(level)
+        return lambda event, **kw: self.events.append((level, event, kw))
+
+    def named(self, event: str) -> list[tuple[str, dict]]:
+        """(level, kwargs) of each record of this event."""
+        return [(lv, kw) for lv, ev, kw in self.events if ev == event]
+
+    def at(self, level: str) -> list[tuple[str, dict]]:
+        """(event, kwargs) of each record at this level."""
+        return [(ev, kw) for lv, ev, kw in self.events if lv == level]
+
+    def names(self) -> list[str]:
+        """Every event's name, in order."""
+        return [ev for _, ev, _ in self.events]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(level, event) of every record, in order."""
+        return [(lv, ev) for lv, ev, _ in self.events]
+
+
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     return write_config(tmp_path)

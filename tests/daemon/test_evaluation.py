@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from conftest import write_config
+from conftest import RecordingLog, write_config
 from daemon import journal
 from daemon.common.clock import Clock
 from daemon.common.config import load_config
@@ -12,14 +12,6 @@ from daemon.reports import RunView
 from daemon.state import open_run
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
-
-
-class Log:
-    def __init__(self):
-        self.events: list[tuple[str, str, dict]] = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.events.append((level, event, kw))
 
 
 def test_a_completed_run_rebuilt_from_the_journal_does_not_complete_again(tmp_path):
@@ -32,7 +24,7 @@ def test_a_completed_run_rebuilt_from_the_journal_does_not_complete_again(tmp_pa
                  "completion": {"status": "done", "report": "/x/completion_report.json", "exported": True}}
     journal.append(cfg.state_file.with_name(journal.NAME),
                    journal.record("run-9", "2026-11-01T00:00:00Z", None, [], milestone, "2026-12-01T11:00:00Z"))
-    log = Log()
+    log = RecordingLog()
     state = open_run(cfg.state_file, NOW, log)  # no state.json: rebuilt from the journal
     assert state.run_id == "run-9"
     evaluation = Evaluation(cfg, log, Clock(), state.milestone, state.started_at)
@@ -40,12 +32,12 @@ def test_a_completed_run_rebuilt_from_the_journal_does_not_complete_again(tmp_pa
     run = RunView(state.started_at, 240, 240, 1.4, 3.0, {"total_usd": 3.0})
     assert evaluation.step(False, False, run) == [] and not evaluation.busy, "no final evaluation, no export"
     assert evaluation.state["completion"]["status"] == "done"
-    assert ("info", "completion.already_done") in [(lv, ev) for lv, ev, _ in log.events]
+    assert ("info", "completion.already_done") in log.pairs()
 
 
 def test_a_completion_cut_short_runs_again(tmp_path):
     cfg = load_config(write_config(tmp_path))
-    log = Log()
+    log = RecordingLog()
     evaluation = Evaluation(cfg, log, Clock(), {"completion": {"status": "running"}}, "2026-11-01T00:00:00Z")
     evaluation.complete()
     assert evaluation.final_pending

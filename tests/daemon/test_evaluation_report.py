@@ -9,23 +9,13 @@ import subprocess
 import sys
 import time
 
+from conftest import RecordingLog
 import daemon.evaluation as evaluation
 from daemon.actions import SendAlert, Shutdown, StopWorker
 from daemon.common.clock import Clock
 from daemon.evaluation import Evaluation, Run
 from daemon.reports import RunView
 from report_run import fake_run, metrics
-
-
-class Log:
-    def __init__(self):
-        self.events: list[tuple[str, str, dict]] = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.events.append((level, event, kw))
-
-    def names(self) -> list[str]:
-        return [event for _, event, _ in self.events]
 
 
 RUN = RunView("2026-11-02T08:00:00Z", 120, 240, 2.1, 41.0, {"total_usd": 41.0})
@@ -47,7 +37,7 @@ def decided(tmp_path, decision: str = "CONDITIONAL GO", final: bool = False, **m
     out = cfg.reports_dir / ("final_eval.json" if final else "milestone_eval.json")
     figures = metrics(cfg.reports_dir, decision, name=out.stem)
     out.write_text(json.dumps({k: v for k, v in figures.items() if k not in ("decision", "reasons", "checks")}))
-    log = Log()
+    log = RecordingLog()
     ev = Evaluation(cfg, log, Clock(), {"due_at": "2026-11-03T04:00:00Z"}, RUN.started_at)
     ev.state["status"] = "running"  # as begin() leaves it
     ev.run = Run(stage="exporting" if final else "evaluating", paused=False, final=final, proc=finished_child(),

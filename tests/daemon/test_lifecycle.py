@@ -6,22 +6,15 @@ import itertools
 
 import pytest
 
+from conftest import RecordingLog
 from daemon.common.config import SupervisorConfig
 from daemon.lifecycle import ALLOWED, HoldKind, Lifecycle
 from daemon.rules.restart import WorkerExit
 from daemon.states import Phase
 
 
-class Log:
-    def __init__(self):
-        self.lines: list[tuple[str, str, dict]] = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.lines.append((level, event, kw))
-
-
-def make(phase: Phase = Phase.STARTING) -> tuple[Lifecycle, Log]:
-    log = Log()
+def make(phase: Phase = Phase.STARTING) -> tuple[Lifecycle, RecordingLog]:
+    log = RecordingLog()
     return Lifecycle(log, lambda: "2026-01-01T00:00:00Z", SupervisorConfig(), None, phase=phase), log
 
 
@@ -33,7 +26,7 @@ PAIRS = [(a, b) for a in Phase for b in Phase if a is not b]
 def test_every_allowed_transition_is_taken_and_logged(old, new):
     lc, log = make(old)
     assert lc.to(new, reason="test") is True and lc.phase is new
-    assert [e for _, e, _ in log.lines] == ["phase.changed"]
+    assert log.names() == ["phase.changed"]
 
 
 @pytest.mark.parametrize("old,new", [(a, b) for a, b in PAIRS if b not in ALLOWED[a]],
@@ -41,7 +34,7 @@ def test_every_allowed_transition_is_taken_and_logged(old, new):
 def test_a_disallowed_transition_is_refused_at_error_level(old, new):
     lc, log = make(old)
     assert lc.to(new) is False and lc.phase is old and lc.refused == 1
-    assert log.lines[0][:2] == ("error", "lifecycle.refused")
+    assert log.events[0][:2] == ("error", "lifecycle.refused")
 
 
 def test_terminal_phases_have_no_way_out_and_live_ones_can_always_stop():
@@ -108,7 +101,7 @@ def test_a_run_that_fails_says_why_and_the_way_on(ended, way):
     assert isinstance(alert, SendAlert) and alert.kind == "failed" and alert.subject.startswith("run FAILED: ")
     assert reason in alert.body and ended.message in alert.body and "step 40" in alert.body
     assert way in alert.body and "systemctl restart amapiano-train" in alert.body
-    assert [(lvl, ev) for lvl, ev, _ in log.lines][-1] == ("error", "worker.gave_up")
+    assert log.pairs()[-1] == ("error", "worker.gave_up")
     # The same failure again (a daemon restart, nothing fixed) carries the same key; another does not.
     again, _ = make()
     assert again.gave_up(reason, ended, 40)[0].once == alert.once != ""

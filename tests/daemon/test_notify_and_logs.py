@@ -7,17 +7,10 @@ import os
 
 import structlog
 
+from conftest import RecordingLog
 from daemon.common import log as logs
 from daemon.common.launch import child_environment
 from daemon.ports.notify import Notifier
-
-
-class Events:
-    def __init__(self):
-        self.calls = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.calls.append((level, event, kw))
 
 
 def notifier(monkeypatch, **env):
@@ -25,7 +18,7 @@ def notifier(monkeypatch, **env):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    events = Events()
+    events = RecordingLog()
     return Notifier(events), events
 
 
@@ -39,20 +32,20 @@ def test_messages_arrive_on_the_socket(monkeypatch, notify_socket):
     n.stopping("stopping")
     assert notify_socket.drain() == ["READY=1\nSTATUS=RUNNING step 0", "STATUS=RUNNING step 10",
                                      "WATCHDOG=1", "STOPPING=1\nSTATUS=stopping"]
-    assert events.calls == []
+    assert events.events == []
 
 
 def test_no_socket_is_a_quiet_no_op(monkeypatch):
     n, events = notifier(monkeypatch)
     n.ready("x"), n.watchdog(), n.stopping()
-    assert n.watchdog_interval is None and events.calls == []
+    assert n.watchdog_interval is None and events.events == []
 
 
 def test_a_broken_socket_is_logged_once(monkeypatch, tmp_path):
     n, events = notifier(monkeypatch, NOTIFY_SOCKET=str(tmp_path / "gone"))
     for _ in range(5):
         n.watchdog()
-    assert [(lvl, ev) for lvl, ev, _ in events.calls] == [("warning", "notify.failed")]
+    assert events.pairs() == [("warning", "notify.failed")]
 
 
 def test_watchdog_for_another_pid_is_not_ours(monkeypatch):

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import cli, write_config
+from conftest import RecordingLog, cli, write_config
 from daemon.state import SCHEMA_VERSION, Failure, State, StateError, load_state, save_state
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
@@ -91,14 +91,6 @@ def test_status_command(tmp_path):
     assert json.loads(raw.stdout)["trainer"]["step"] == 50
 
 
-class _Log:
-    def __init__(self):
-        self.events = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.events.append((level, event, kw))
-
-
 def test_garbage_state_on_a_read_only_dir_is_rebuilt_from_the_journal_and_left_in_place(tmp_path):
     """Found by the chaos run: garbage state.json and a read-only state directory at one start.
     Moving the file aside fails (EROFS); the run still goes on from the journal, same run_id."""
@@ -118,13 +110,13 @@ def test_garbage_state_on_a_read_only_dir_is_rebuilt_from_the_journal_and_left_i
     subprocess.run(["mount", "--bind", str(state_dir), str(state_dir)], check=True)
     try:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(state_dir)], check=True)
-        log = _Log()
+        log = RecordingLog()
         state = open_run(state_dir / "state.json", NOW, log)
     finally:
         subprocess.run(["umount", "-l", str(state_dir)], check=False)
     assert state.run_id == "run-7" and state.started_at == "2026-11-01T00:00:00Z"
     assert state.budget == {"fired": ["50%"]} and state.milestone["due_at"] == "2026-12-06T00:00:00Z"
-    assert ("error", "state.unreadable") in [(lv, ev) for lv, ev, _ in log.events]
+    assert ("error", "state.unreadable") in log.pairs()
     assert (state_dir / "state.json").read_bytes() == b"\x00garbage"  # could not be moved; kept for a look
 
 

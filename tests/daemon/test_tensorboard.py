@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import RecordingLog
 from daemon.tensorboard import ScalarWriter
 
 T0 = datetime(2026, 11, 26, 0, 0, tzinfo=timezone.utc)
@@ -27,12 +28,11 @@ def test_points_sit_at_the_furthest_training_step_and_keep_their_wall_time(tmp_p
 
 def test_an_unwritable_log_dir_costs_the_curves_not_the_daemon(tmp_path):
     (tmp_path / "blocker").write_text("a file")
-    events = []
-    log = type("Log", (), {"error": lambda self, ev, **kw: events.append(ev)})()
+    log = RecordingLog()
     w = ScalarWriter(tmp_path / "blocker" / "supervisor", log)
     w.write({"cost/total_usd": 1.0}, T0, 3)
     w.write({"cost/total_usd": 2.0}, T0, 4)
-    assert events == ["tensorboard.write_failed"]  # once
+    assert log.pairs() == [("error", "tensorboard.write_failed")]  # once
 
 
 def test_a_step_no_event_can_hold_is_ignored_and_the_writer_goes_on(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_config
+from conftest import RecordingLog, write_config
 from daemon.common.config import load_config
 from daemon.common.launch import child_environment
 from daemon.evaluation import Evaluation, Run
@@ -16,11 +16,6 @@ from daemon.worker import WorkerProcess
 
 SECRETS = {"AMAPIANO_SMTP_PASSWORD": "hunter2", "CREDENTIALS_DIRECTORY": "/run/credentials/amapiano-train.service",
            "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "1", "AWS_SECRET_ACCESS_KEY": "x"}
-
-
-class Log:
-    def __getattr__(self, _):
-        return lambda *a, **k: None
 
 
 class Clock:
@@ -70,7 +65,7 @@ def test_the_worker_sees_no_secret(secrets, tmp_path):
 
 def test_evaluate_and_export_see_no_secret(secrets, tmp_path):
     cfg = load_config(write_config(tmp_path))
-    ev = Evaluation(cfg, Log(), Clock(), None, "2026-01-01T00:00:00Z")
+    ev = Evaluation(cfg, RecordingLog(), Clock(), None, "2026-01-01T00:00:00Z")
     ckpt = cfg.checkpoint_dir
     ckpt.mkdir(parents=True)
     (ckpt / "step_00000001.pt").write_bytes(b"x")

@@ -160,7 +160,7 @@ def test_the_mirror_keeps_a_sharded_run_in_the_bucket_and_a_fresh_disk_gets_it_b
 
     import boto3
 
-    from conftest import write_config
+    from conftest import RecordingLog, write_config
     from daemon.common import checkpoints
     from daemon.common.clock import Clock
     from daemon.common.config import load_config
@@ -174,9 +174,8 @@ def test_the_mirror_keeps_a_sharded_run_in_the_bucket_and_a_fresh_disk_gets_it_b
                                               "train": {"keep_checkpoints": 1}}))
     cfg.state_file.parent.mkdir(parents=True)
     cfg.state_file.write_text('{"run_id": "r"}')
-    events = []
-    log = type("Log", (), {"__getattr__": lambda self, lv: lambda ev, **kw: events.append((lv, ev, kw))})()
-    alerts = []
+    log, alerts = RecordingLog(), []
+    events = log.events
     mirror = Mirror(cfg, log, Clock(), Instance(cfg, log, Clock()), lambda: False,
                     lambda *a: alerts.append(a), None)
     for step in (10, 20):
@@ -197,7 +196,7 @@ def test_the_mirror_keeps_a_sharded_run_in_the_bucket_and_a_fresh_disk_gets_it_b
 
 def _mirror(aws, tmp_path, keep=1):
     """The daemon's own Mirror on a config whose bucket is moto's; (mirror, cfg, alerts, events)."""
-    from conftest import write_config
+    from conftest import RecordingLog, write_config
     from daemon.common.clock import Clock
     from daemon.common.config import load_config
     from daemon.ports.instance import Instance
@@ -208,8 +207,8 @@ def _mirror(aws, tmp_path, keep=1):
                                               "train": {"keep_checkpoints": keep}}))
     cfg.state_file.parent.mkdir(parents=True, exist_ok=True)
     cfg.state_file.write_text('{"run_id": "r"}')
-    events, alerts = [], []
-    log = type("Log", (), {"__getattr__": lambda self, lv: lambda ev, **kw: events.append((lv, ev, kw))})()
+    log, alerts = RecordingLog(), []
+    events = log.events
     return Mirror(cfg, log, Clock(), Instance(cfg, log, Clock()), lambda: False,
                   lambda *a: alerts.append(a), None), cfg, alerts, events
 

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import RecordingLog
 from daemon.ports.gpu import GpuMonitor
 
 
@@ -64,16 +65,8 @@ class FakeNvml:
         return 61
 
 
-class Log:
-    def __init__(self):
-        self.events = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.events.append((level, event, kw))
-
-
 def test_readings_are_normalised():
-    mon = GpuMonitor(Log(), FakeNvml(util=(87.0, 13.0)))
+    mon = GpuMonitor(RecordingLog(), FakeNvml(util=(87.0, 13.0)))
     assert mon.start() and mon.count == 2
     assert mon.sample(0.0) == []
     r = mon.readings[0]
@@ -83,15 +76,15 @@ def test_readings_are_normalised():
 
 
 def test_no_driver_is_one_warning_and_unavailable():
-    log = Log()
+    log = RecordingLog()
     mon = GpuMonitor(log, FakeNvml(init_error=NVMLError(9)))
     assert not mon.start() and not mon.available
-    assert [(lvl, ev) for lvl, ev, _ in log.events] == [("warning", "gpu.unavailable")]
+    assert log.pairs() == [("warning", "gpu.unavailable")]
     assert mon.sample(0.0) == [] and mon.to_json(0.0)["available"] is False
 
 
 def test_unsupported_field_is_unknown_not_zero():
-    mon = GpuMonitor(Log(), FakeNvml(util=(None,)))
+    mon = GpuMonitor(RecordingLog(), FakeNvml(util=(None,)))
     mon.start()
     mon.sample(0.0)
     assert mon.readings[0].util_pct is None and mon.readings[0].power_w == 350.0
@@ -101,22 +94,22 @@ def test_unsupported_field_is_unknown_not_zero():
 
 def test_a_lost_gpu_is_reported_not_raised_and_sampling_goes_on(fault_report):
     nvml = FakeNvml(util=(90.0, 90.0))
-    log = Log()
+    log = RecordingLog()
     mon = GpuMonitor(log, nvml)
     mon.start()
     nvml.lost.add(1)
     problems = mon.sample(1.0)
     assert problems and "GPU 1 is lost" in problems[0]
     assert mon.readings[1].lost and mon.readings[0].util_pct == 90.0
-    assert ("error", "gpu.read_failed") in [(lvl, ev) for lvl, ev, _ in log.events]
+    assert ("error", "gpu.read_failed") in log.pairs()
     mon.sample(2.0)
-    assert [ev for _, ev, _ in log.events].count("gpu.read_failed") == 1  # logged once, not every sample
+    assert log.names().count("gpu.read_failed") == 1  # logged once, not every sample
     fault_report("NVML raising (GPU lost): reported once at error level, sampling goes on")
 
 
 def test_busy_since_and_rolling_windows():
     nvml = FakeNvml(util=(5.0,))
-    mon = GpuMonitor(Log(), nvml)
+    mon = GpuMonitor(RecordingLog(), nvml)
     mon.start()
     for t in range(0, 100, 10):
         mon.sample(float(t))
@@ -178,7 +171,7 @@ NONSENSE = {
 @pytest.mark.parametrize("case", NONSENSE, ids=list(NONSENSE))
 def test_a_nonsense_reading_is_unknown_never_a_lost_gpu(case):
     readings, field = NONSENSE[case]
-    log = Log()
+    log = RecordingLog()
     mon = GpuMonitor(log, NonsenseNvml(**readings))
     assert mon.start()
     assert mon.sample(0.0) == []  # no "GPU lost" alert for a reading we cannot use
@@ -200,7 +193,7 @@ def test_a_nonsense_reading_is_unknown_never_a_lost_gpu(case):
 def test_a_nonsense_device_count_is_no_metrics(count):
     nvml = FakeNvml()
     nvml.nvmlDeviceGetCount = lambda: count
-    mon = GpuMonitor(Log(), nvml)
+    mon = GpuMonitor(RecordingLog(), nvml)
     assert not mon.start() and not mon.available and mon.error
     assert mon.sample(0.0) == []
 
@@ -213,7 +206,7 @@ def test_a_hung_nvml_init_is_no_metrics_within_its_bound():
     release = threading.Event()
     nvml = FakeNvml()
     nvml.nvmlInit = lambda: release.wait(30)
-    mon = GpuMonitor(Log(), nvml)
+    mon = GpuMonitor(RecordingLog(), nvml)
     began = time.monotonic()
     try:
         assert not mon.start(timeout=0.5)
@@ -230,7 +223,7 @@ def test_a_hung_sample_is_told_once_and_ages_out():
 
     release = threading.Event()
     nvml = FakeNvml(util=(90.0,))
-    mon = GpuMonitor(Log(), nvml)
+    mon = GpuMonitor(RecordingLog(), nvml)
     mon.start()
     mon.sample(0.0)
     nvml.nvmlDeviceGetUtilizationRates = lambda h: release.wait(30)

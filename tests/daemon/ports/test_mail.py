@@ -8,16 +8,9 @@ import urllib.request
 
 import pytest
 
+from conftest import RecordingLog
 from daemon.common.config import Duration, EmailConfig
 from daemon.ports.mail import Outbox, SmtpTransport, apprise_urls, make_transport, smtp_password
-
-
-class Log:
-    def __init__(self):
-        self.events = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.events.append((level, event, kw))
 
 
 def smtp_cfg(port: int, **kw) -> EmailConfig:
@@ -28,7 +21,7 @@ def smtp_cfg(port: int, **kw) -> EmailConfig:
 
 def test_alert_arrives_with_a_sortable_subject(smtp_sink):
     smtp_sink.up()
-    log = Log()
+    log = RecordingLog()
     cfg = smtp_cfg(smtp_sink.port)
     outbox = Outbox(cfg, SmtpTransport(cfg, None), log, run_name="abc123")
     alert = outbox.send("idle", "idle shutdown in 15 min", "Nothing has trained for 1h45m.")
@@ -38,12 +31,12 @@ def test_alert_arrives_with_a_sortable_subject(smtp_sink):
     assert msg["Subject"] == "[amapiano-train] idle shutdown in 15 min"
     assert msg["To"] == "person@example.com" and msg["From"] == "bot@example.com"
     assert "Nothing has trained" in msg.get_payload() and "abc123" in msg.get_payload()
-    assert ("warning", "alert") in [(lvl, ev) for lvl, ev, _ in log.events]  # logged whatever the mail does
+    assert ("warning", "alert") in log.pairs()  # logged whatever the mail does
     assert outbox.to_json()[0]["status"] == "sent"
 
 
 def test_a_server_down_at_first_gets_the_alert_once_it_is_up(smtp_sink, fault_report):
-    log = Log()
+    log = RecordingLog()
     cfg = smtp_cfg(smtp_sink.port)
     outbox = Outbox(cfg, SmtpTransport(cfg, None), log)
     alert = outbox.send("budget", "50 % of the budget spent", "...")
@@ -55,23 +48,23 @@ def test_a_server_down_at_first_gets_the_alert_once_it_is_up(smtp_sink, fault_re
     assert outbox.wait(alert, timeout=10)
     outbox.close()
     assert len(smtp_sink.messages) == 1
-    assert [ev for lvl, ev, _ in log.events].count("alert.retrying") == 1  # said once, not every retry
+    assert log.names().count("alert.retrying") == 1  # said once, not every retry
     fault_report("SMTP down then up: the alert retried and delivered once")
 
 
 def test_gives_up_at_error_level(smtp_sink):
-    log = Log()
+    log = RecordingLog()
     cfg = smtp_cfg(smtp_sink.port, give_up_after=Duration(0.5))
     outbox = Outbox(cfg, SmtpTransport(cfg, None), log)
     alert = outbox.send("idle", "x", "y")
     assert not outbox.wait(alert, timeout=10)
     outbox.close()
     assert alert.status == "failed"
-    assert ("error", "alert.undelivered") in [(lvl, ev) for lvl, ev, _ in log.events]
+    assert ("error", "alert.undelivered") in log.pairs()
 
 
 def test_no_transport_means_logged_only():
-    log = Log()
+    log = RecordingLog()
     outbox = Outbox(EmailConfig(), None, log)
     alert = outbox.send("budget", "80 %", "...")
     assert alert.status == "logged" and not outbox.wait(alert, 0.1)
@@ -80,12 +73,12 @@ def test_no_transport_means_logged_only():
 
 def test_pending_alerts_survive_a_restart(smtp_sink):
     cfg = smtp_cfg(smtp_sink.port)
-    first = Outbox(cfg, SmtpTransport(cfg, None), Log())
+    first = Outbox(cfg, SmtpTransport(cfg, None), RecordingLog())
     first.send("spot", "interruption notice", "checkpointing")
     saved = json.loads(json.dumps(first.to_json()))  # as state.json holds it
     first.close()
     smtp_sink.up()
-    second = Outbox(cfg, SmtpTransport(cfg, None), Log(), previous=saved)
+    second = Outbox(cfg, SmtpTransport(cfg, None), RecordingLog(), previous=saved)
     deadline = time.monotonic() + 10
     while not smtp_sink.messages and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -115,7 +108,7 @@ def test_ses_through_moto(aws):
     client = boto3.client("ses", endpoint_url=aws, region_name="us-east-1")
     client.verify_email_identity(EmailAddress="bot@example.com")
     cfg = EmailConfig(transport="ses", to=["person@example.com"], sender="bot@example.com")
-    outbox = Outbox(cfg, make_transport(cfg, lambda: client), Log())
+    outbox = Outbox(cfg, make_transport(cfg, lambda: client), RecordingLog())
     alert = outbox.send("budget", "80 % of the budget spent", "$480 of $600")
     assert outbox.wait(alert, timeout=10), alert.error
     outbox.close()
@@ -179,12 +172,12 @@ def test_starttls_with_login_and_a_verified_certificate(tmp_path):
     controller.start()
     try:
         cfg = smtp_cfg(port, smtp_starttls=True, smtp_ca_file=str(cert), smtp_user="bot")
-        outbox = Outbox(cfg, SmtpTransport(cfg, "s3cret"), Log())
+        outbox = Outbox(cfg, SmtpTransport(cfg, "s3cret"), RecordingLog())
         alert = outbox.send("test", "over TLS", "hello")
         assert outbox.wait(alert, timeout=10), alert.error
         outbox.close()
         untrusted = smtp_cfg(port, smtp_starttls=True, smtp_user="bot", give_up_after=Duration(0.3))
-        outbox = Outbox(untrusted, SmtpTransport(untrusted, "s3cret"), Log())
+        outbox = Outbox(untrusted, SmtpTransport(untrusted, "s3cret"), RecordingLog())
         refused = outbox.send("test", "not trusted", "x")
         assert not outbox.wait(refused, timeout=10)
         outbox.close()
@@ -209,7 +202,7 @@ def test_apprise_to_a_json_webhook(tmp_path):
         cfg = apprise_cfg()
         transport = make_transport(cfg, environ={"AMAPIANO_APPRISE_URLS": f"{sink.url('json')} {sink.url('form', '/f')}"})
         assert transport.destination == "2 apprise URLs" and transport.unusable == []
-        log = Log()
+        log = RecordingLog()
         outbox = Outbox(cfg, transport, log, run_name="abc123")
         alert = outbox.send("budget", "80 % of the budget spent", "$480 of $600")
         assert outbox.wait(alert, timeout=10), alert.error
@@ -228,7 +221,7 @@ def test_apprise_endpoint_down_at_first_is_retried_and_delivered_once(fault_repo
 
     sink = WebhookSink()  # not up yet: connection refused
     cfg = apprise_cfg()
-    outbox = Outbox(cfg, make_transport(cfg, environ={"AMAPIANO_APPRISE_URLS": sink.url()}), Log())
+    outbox = Outbox(cfg, make_transport(cfg, environ={"AMAPIANO_APPRISE_URLS": sink.url()}), RecordingLog())
     alert = outbox.send("spot", "interruption notice", "checkpointing")
     assert not outbox.wait(alert, timeout=0.6)
     assert alert.status == "pending" and alert.attempts >= 2 and "apprise" in alert.error  # retried
@@ -236,7 +229,7 @@ def test_apprise_endpoint_down_at_first_is_retried_and_delivered_once(fault_repo
     outbox.close()
     sink.up()
     try:
-        second = Outbox(cfg, make_transport(cfg, environ={"AMAPIANO_APPRISE_URLS": sink.url()}), Log(), previous=saved)
+        second = Outbox(cfg, make_transport(cfg, environ={"AMAPIANO_APPRISE_URLS": sink.url()}), RecordingLog(), previous=saved)
         deadline = time.monotonic() + 10
         while not sink.received and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -260,17 +253,17 @@ def test_apprise_urls_come_from_the_credential_or_the_environment_never_the_log(
     transport = make_transport(cfg, environ={"AMAPIANO_APPRISE_URLS": "json://127.0.0.1:1/a bogus://SECRET-TOKEN"})
     assert transport.destination == "1 apprise URL"
     assert transport.unusable == ["URL 2 (bogus://...) is not one apprise knows"]
-    log = Log()
+    log = RecordingLog()
     outbox = Outbox(cfg, transport, log)
     outbox.send("test", "x", "y")
     outbox.send("test", "x", "y")
     outbox.close()
-    errors = [(ev, kw) for lvl, ev, kw in log.events if lvl == "error"]
+    errors = log.at("error")
     assert errors == [("alert.transport_unusable", {"transport": "apprise", "problems": transport.unusable})]
     assert "SECRET" not in repr(log.events)
     # No URL at all: alerts are logged only, and a send says why.
     empty = make_transport(cfg, environ={})
-    quiet = Outbox(cfg, empty, Log())
+    quiet = Outbox(cfg, empty, RecordingLog())
     assert empty.destination == "" and quiet.send("x", "y", "z").status == "logged"
     quiet.close()
 
@@ -287,17 +280,17 @@ def test_an_alert_sent_once_is_not_sent_again_after_a_restart(smtp_sink):
     kept in the list while fifty newer alerts push older ones out."""
     smtp_sink.up()
     cfg = smtp_cfg(smtp_sink.port)
-    first = Outbox(cfg, SmtpTransport(cfg, None), Log())
+    first = Outbox(cfg, SmtpTransport(cfg, None), RecordingLog())
     alert = first.send("failed", "run FAILED: x", "why", once="failed:abc")
     assert first.send("failed", "run FAILED: x", "why", once="failed:abc") is alert
     assert first.wait(alert, timeout=10)
     saved = json.loads(json.dumps(first.to_json()))  # as state.json holds it
     first.close()
-    log = Log()
+    log = RecordingLog()
     second = Outbox(cfg, None, log, previous=saved)  # no transport: nothing goes out anyway
     assert second.send("failed", "run FAILED: x", "why", once="failed:abc").id == alert.id
     for n in range(60):
         second.send("gpu", f"note {n}", "")
     assert second.send("failed", "run FAILED: x", "why", once="failed:abc").id == alert.id
     second.close()
-    assert len(smtp_sink.messages) == 1 and [ev for _, ev, _ in log.events].count("alert.already_sent") == 2
+    assert len(smtp_sink.messages) == 1 and log.names().count("alert.already_sent") == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from email.message import EmailMessage
 
+from conftest import RecordingLog
 from daemon.ports.mail_attach import attach, choose
 
 
@@ -60,11 +61,6 @@ def smtp_cfg(port: int):
                        smtp_port=port, smtp_starttls=False, timeout=Duration(2), retry_every=Duration(0.2))
 
 
-class Log:
-    def __getattr__(self, level):
-        return lambda event, **kw: None
-
-
 def report(tmp_path, clips: int = 3):
     """A report's page and zip (daemon/report/build.py's names)."""
     import zipfile
@@ -83,7 +79,7 @@ def test_the_decision_mail_over_smtp_carries_the_report_and_its_text(smtp_sink, 
 
     smtp_sink.up()
     cfg = smtp_cfg(smtp_sink.port)
-    outbox = Outbox(cfg, SmtpTransport(cfg, None), Log(), run_name="run-1")
+    outbox = Outbox(cfg, SmtpTransport(cfg, None), RecordingLog(), run_name="run-1")
     alert = outbox.send("milestone", "milestone: NO-GO", "Decision: NO-GO\n- spend over the limit",
                         attachments=report(tmp_path))
     assert outbox.wait(alert, timeout=10), alert.error
@@ -102,7 +98,7 @@ def test_a_report_too_large_to_mail_sends_the_page_and_says_so(smtp_sink, tmp_pa
     monkeypatch.setattr(mail_attach, "ATTACH_LIMIT_BYTES", 100_000)
     smtp_sink.up()
     cfg = smtp_cfg(smtp_sink.port)
-    outbox = Outbox(cfg, SmtpTransport(cfg, None), Log())
+    outbox = Outbox(cfg, SmtpTransport(cfg, None), RecordingLog())
     alert = outbox.send("milestone", "milestone: NO-GO", "Decision: NO-GO", attachments=report(tmp_path))
     assert outbox.wait(alert, timeout=10), alert.error
     outbox.close()
@@ -122,7 +118,7 @@ def test_a_pending_alert_from_state_json_never_attaches_what_it_names(smtp_sink,
     cfg = smtp_cfg(smtp_sink.port)
     planted = {"id": "a1", "kind": "milestone", "subject": "[amapiano-train] x", "body": "x", "status": "pending",
                "created_at": "2026-11-02T08:00:00Z", "attachments": [str(secret)]}
-    outbox = Outbox(cfg, SmtpTransport(cfg, None), Log(), previous=[planted])
+    outbox = Outbox(cfg, SmtpTransport(cfg, None), RecordingLog(), previous=[planted])
     deadline = __import__("time").monotonic() + 10
     while not smtp_sink.messages and __import__("time").monotonic() < deadline:
         __import__("time").sleep(0.05)
@@ -168,7 +164,7 @@ def test_ses_mails_the_decision_with_its_report_as_a_raw_message(aws, tmp_path):
     client.verify_email_identity(EmailAddress="bot@example.com")
     before = len(sent_by_moto(aws).get("RawMessage", []))
     cfg = EmailConfig(transport="ses", to=["person@example.com"], sender="bot@example.com")
-    outbox = Outbox(cfg, make_transport(cfg, lambda: client), Log())
+    outbox = Outbox(cfg, make_transport(cfg, lambda: client), RecordingLog())
     alert = outbox.send("milestone", "milestone: GO", "Decision: GO", attachments=report(tmp_path))
     assert outbox.wait(alert, timeout=10), alert.error
     outbox.close()
@@ -194,7 +190,7 @@ def test_ses_without_a_report_still_sends_plain_text(aws):
     client.verify_email_identity(EmailAddress="bot@example.com")
     before = sent_by_moto(aws)
     cfg = EmailConfig(transport="ses", to=["person@example.com"], sender="bot@example.com")
-    outbox = Outbox(cfg, make_transport(cfg, lambda: client), Log())
+    outbox = Outbox(cfg, make_transport(cfg, lambda: client), RecordingLog())
     alert = outbox.send("idle", "idle for 2 h", "stopping in 10 min")
     assert outbox.wait(alert, timeout=10), alert.error
     outbox.close()
@@ -214,7 +210,7 @@ def apprise_post(tmp_path) -> dict:
     sink.up()
     try:
         cfg = EmailConfig(transport="apprise", timeout=Duration(5), retry_every=Duration(0.2))
-        outbox = Outbox(cfg, make_transport(cfg, environ={"AMAPIANO_APPRISE_URLS": sink.url("json")}), Log())
+        outbox = Outbox(cfg, make_transport(cfg, environ={"AMAPIANO_APPRISE_URLS": sink.url("json")}), RecordingLog())
         alert = outbox.send("milestone", "milestone: NO-GO", "Decision: NO-GO", attachments=report(tmp_path))
         assert outbox.wait(alert, timeout=20), alert.error
         outbox.close()
@@ -283,8 +279,8 @@ def test_a_report_too_large_to_mail_is_named_by_its_bucket_key(smtp_sink, tmp_pa
                                 "milestone")
     smtp_sink.up()
     email = smtp_cfg(smtp_sink.port)
-    outbox = Outbox(email, SmtpTransport(email, None), Log())
-    Executor(Log(), SimpleNamespace(), None, None, outbox, None, None, lambda: None).execute([alert])
+    outbox = Outbox(email, SmtpTransport(email, None), RecordingLog())
+    Executor(RecordingLog(), SimpleNamespace(), None, None, outbox, None, None, lambda: None).execute([alert])
     deadline = __import__("time").monotonic() + 10
     while not smtp_sink.messages and __import__("time").monotonic() < deadline:
         __import__("time").sleep(0.05)

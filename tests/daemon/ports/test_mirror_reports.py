@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import boto3
 
-from conftest import write_config
+from conftest import RecordingLog, write_config
 from daemon.common import checkpoints
 from daemon.common.clock import Clock
 from daemon.common.config import load_config
@@ -41,8 +41,8 @@ def test_the_reports_folder_goes_up_and_only_what_changed_goes_again(aws, tmp_pa
         (reports / name).write_bytes(b"RIFF....WAVE" if name.endswith(".wav") else b"<html>" if ".html" in name else b"{}")
     (reports / "leak.html").symlink_to("/etc/passwd")
     (reports / "week_5_report_files" / "leak.wav").symlink_to("/etc/passwd")
-    events, alerts = [], []
-    log = type("Log", (), {"__getattr__": lambda self, lv: lambda ev, **kw: events.append((lv, ev, kw))})()
+    log, alerts = RecordingLog(), []
+    events = log.events
     mirror = Mirror(cfg, log, Clock(), Instance(cfg, log, Clock()), lambda: False, lambda *a: alerts.append(a), None)
 
     mirror.sync()

@@ -12,7 +12,7 @@ import threading
 
 import boto3
 
-from conftest import write_config
+from conftest import RecordingLog, write_config
 from daemon.common import checkpoints
 from daemon.common.atomic import write_json_atomic
 from daemon.common.clock import Clock
@@ -22,10 +22,6 @@ from daemon.ports.mirror import Mirror
 
 BUCKET = "mirror-bucket"
 UPLOADS = 40
-
-
-def recording_log(events: list):
-    return type("Log", (), {"__getattr__": lambda self, lv: lambda ev, **kw: events.append((lv, ev, kw))})()
 
 
 def mirrored_run(aws, tmp_path):
@@ -56,8 +52,8 @@ def test_a_state_file_rewritten_during_its_uploads_never_raises_the_alert(aws, t
             write_json_atomic(cfg.state_file, version)
             written.add(hashlib.sha256(cfg.state_file.read_bytes()).hexdigest())
 
-    events, alerts = [], []
-    log = recording_log(events)
+    log, alerts = RecordingLog(), []
+    events = log.events
     mirror = Mirror(cfg, log, Clock(), Instance(cfg, log, Clock()), lambda: False, lambda *a: alerts.append(a), None)
     write_json_atomic(cfg.state_file, {"run_id": "r", "tick": 0})
     ticks = threading.Thread(target=supervisor_ticks, daemon=True)
@@ -86,8 +82,7 @@ def test_the_alert_names_state_json_when_state_json_is_what_failed(aws, tmp_path
 
     s3, cfg = mirrored_run(aws, tmp_path)
     os.mkfifo(cfg.state_file)
-    events, alerts = [], []
-    log = recording_log(events)
+    log, alerts = RecordingLog(), []
     mirror = Mirror(cfg, log, Clock(), Instance(cfg, log, Clock()), lambda: False, lambda *a: alerts.append(a), None)
     mirror.upload_after(10, "rebalance")
     mirror.wait(30)

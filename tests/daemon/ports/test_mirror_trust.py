@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import pytest
 
 from bucket_faults import FaultyBucket, now_plus, plant_checkpoint, plant_state, state_json
-from conftest import write_config
+from conftest import RecordingLog, write_config
 from daemon import journal
 from daemon.common.clock import Clock
 from daemon.common.config import load_config
@@ -22,17 +22,6 @@ from daemon.ports.restore import FRESH, PROVISIONAL
 from daemon.state import open_run
 
 BUCKET, PREFIX = "runs", "demo"
-
-
-class Log:
-    def __init__(self):
-        self.events: list[tuple[str, str, dict]] = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.events.append((level, event, kw))
-
-    def named(self, event: str) -> list[tuple[str, dict]]:
-        return [(lv, kw) for lv, ev, kw in self.events if ev == event]
 
 
 def setup_world(tmp_path, endpoint, **aws):
@@ -72,7 +61,7 @@ def restore_over_a_local_run(tmp_path, aws, planted: tuple, without_state_json: 
     before = (cfg.state_file.exists() and cfg.state_file.read_bytes(),
               cfg.state_file.with_name(journal.NAME).read_bytes())
     plant_state(s3, BUCKET, PREFIX, *planted)
-    log = Log()
+    log = RecordingLog()
     return cfg, log, restore_state(cfg, log, Instance(cfg, log, Clock())), before
 
 
@@ -117,12 +106,12 @@ def test_a_fresh_disk_takes_the_buckets_run_but_not_one_dated_in_the_future(tmp_
     s3 = s3_client(aws)
     s3.create_bucket(Bucket=BUCKET)
     plant_state(s3, BUCKET, PREFIX, "from-the-bucket", now_plus(120), 2.0)  # within clock skew
-    log = Log()
+    log = RecordingLog()
     assert restore_state(cfg, log, Instance(cfg, log, Clock())).outcome == "restored"
     assert json.loads(cfg.state_file.read_text())["run_id"] == "from-the-bucket"
     cfg.state_file.unlink()
     plant_state(s3, BUCKET, PREFIX, "from-the-bucket", "2099-01-01T00:00:00Z", 2.0)
-    log = Log()
+    log = RecordingLog()
     result = restore_state(cfg, log, Instance(cfg, log, Clock()))
     assert not cfg.state_file.exists() and log.named("s3.state_refused")
     assert result.provisional, "nothing local and nothing usable in the bucket: a person decides"
@@ -171,7 +160,7 @@ def test_a_bucket_that_lists_but_refuses_reads_holds_a_fresh_disk_until_it_reads
     s3.create_bucket(Bucket=BUCKET)
     plant_state(s3, BUCKET, PREFIX, "bucket-run", now_plus(-60), 3.63)
     plant_checkpoint(s3, BUCKET, PREFIX, 100)
-    log, calls = Log(), Calls()
+    log, calls = RecordingLog(), Calls()
     restored = restore_state(cfg, log, Instance(cfg, log, Clock()))
     assert restored.provisional and (cfg.run.state_dir / PROVISIONAL).exists()
     mirror = mirror_for(cfg, log, restored, calls)
@@ -184,7 +173,7 @@ def test_a_bucket_that_lists_but_refuses_reads_holds_a_fresh_disk_until_it_reads
     refusing.mode = "pass"   # the bucket reads again: the bucket's run is taken, through a reopen
     assert calls.reopened.wait(20)
     assert len(calls.alerts) == 1  # one alert for the outage, not one per try (a reopen needs none)
-    log = Log()
+    log = RecordingLog()
     again = restore_state(cfg, log, Instance(cfg, log, Clock()))
     assert again.outcome == "restored" and not again.provisional
     assert not (cfg.run.state_dir / PROVISIONAL).exists()
@@ -198,7 +187,7 @@ def waiting_with_a_local_run(tmp_path, aws, refusing):
     s3 = s3_client(aws)
     s3.create_bucket(Bucket=BUCKET)
     plant_checkpoint(s3, BUCKET, PREFIX, 100)
-    log, calls = Log(), Calls()
+    log, calls = RecordingLog(), Calls()
     local_run(cfg)
     restored = restore_state(cfg, log, Instance(cfg, log, Clock()))
     assert not restored.provisional
@@ -233,7 +222,7 @@ def test_a_local_run_without_checkpoints_waits_then_takes_the_buckets_once_it_re
 def test_a_readable_empty_bucket_starts_fresh_without_waiting(tmp_path, aws):
     cfg = setup_world(tmp_path, aws)
     s3_client(aws).create_bucket(Bucket=BUCKET)
-    log, calls = Log(), Calls()
+    log, calls = RecordingLog(), Calls()
     restored = restore_state(cfg, log, Instance(cfg, log, Clock()))
     assert not restored.provisional and restored.outcome == "absent"
     mirror = mirror_for(cfg, log, restored, calls)
@@ -246,7 +235,7 @@ def test_a_stalled_bucket_is_unknown_within_a_bounded_time(tmp_path, aws):
     stalled = FaultyBucket(aws, mode="stall")
     try:
         cfg = setup_world(tmp_path, stalled.url)
-        log = Log()
+        log = RecordingLog()
         began = time.monotonic()
         restored = restore_state(cfg, log, Instance(cfg, log, Clock()), timeout_s=2.0)
         assert time.monotonic() - began < 10
@@ -275,7 +264,7 @@ def test_a_read_only_state_directory_costs_the_marker_never_the_start(tmp_path, 
     subprocess.run(["mount", "--bind", where, where], check=True)
     try:
         subprocess.run(["mount", "-o", "remount,bind,ro", where], check=True)
-        log = Log()
+        log = RecordingLog()
         restored = restore_state(cfg, log, Instance(cfg, log, Clock()))   # raised OSError
     finally:
         subprocess.run(["umount", "-l", where], check=True)
@@ -295,7 +284,7 @@ def test_bytes_the_worker_refused_are_not_fetched_again_at_each_start(tmp_path, 
     plant_checkpoint(s3, BUCKET, PREFIX, 10, b"the run's own step 10")
     planted = plant_checkpoint(s3, BUCKET, PREFIX, 20, b"a planted step 20")
     refused.record(cfg.checkpoint_dir, 20, planted["sha256"], "not written here and does not load")
-    log, calls = Log(), Calls()
+    log, calls = RecordingLog(), Calls()
     mirror = mirror_for(cfg, log, restore_state(cfg, log, Instance(cfg, log, Clock())), calls)
     mirror.start_restore()
     wait_for(lambda: not mirror.restore_pending, 20, "the restore")

@@ -8,17 +8,10 @@ import threading
 import pytest
 import torch
 
+from conftest import RecordingLog
 from daemon.common import checkpoints as layout
 from trainer.worker import async_save, checkpoint
 from trainer.worker.async_save import GIB, Saver, host_available, no_room
-
-
-class Log:
-    def __init__(self):
-        self.records = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.records.append((level, event, kw))
 
 
 def model_and_optimizer():
@@ -44,7 +37,7 @@ def test_the_copy_is_the_steps_state_whatever_training_does_during_the_write(tmp
     model, optimizer = model_and_optimizer()
     want = {k: v.clone() for k, v in model.state_dict().items()}
     moments = optimizer.state_dict()["state"][0]["exp_avg"].clone()
-    saver = Saver(Log(), torch.device("cpu"), meminfo=roomy(tmp_path), cgroup=tmp_path / "none")
+    saver = Saver(RecordingLog(), torch.device("cpu"), meminfo=roomy(tmp_path), cgroup=tmp_path / "none")
     gate = threading.Event()  # the write holds until training has moved on
     monkeypatch.setattr(async_save, "test_hold", lambda step: gate.wait)
     saver.start(7, payload(model, optimizer), async_save.commit_file(tmp_path / "ckpt", 7, {}, None, 3), since=0.0)
@@ -65,7 +58,7 @@ def test_the_copy_is_the_steps_state_whatever_training_does_during_the_write(tmp
 def test_an_error_in_the_background_write_is_raised_in_the_loop_naming_the_file(tmp_path):
     (tmp_path / "not-a-dir").write_text("x")
     model, optimizer = model_and_optimizer()
-    saver = Saver(Log(), torch.device("cpu"), meminfo=roomy(tmp_path), cgroup=tmp_path / "none")
+    saver = Saver(RecordingLog(), torch.device("cpu"), meminfo=roomy(tmp_path), cgroup=tmp_path / "none")
     saver.start(4, payload(model, optimizer), async_save.commit_file(tmp_path / "not-a-dir" / "ckpt", 4, {}, None, 3),
                 since=0.0)
     with pytest.raises(OSError, match="not-a-dir"):
@@ -78,19 +71,19 @@ def test_a_host_without_room_for_the_copy_saves_blocking_and_says_why_once(tmp_p
     model, optimizer = model_and_optimizer()
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal: 16000000 kB\nMemFree: 100 kB\nMemAvailable: 1024 kB\n")
-    log = Log()
+    log = RecordingLog()
     saver = Saver(log, torch.device("cpu"), meminfo=meminfo, cgroup=tmp_path / "none")
     for step in (4, 8):
         saver.start(step, payload(model, optimizer), async_save.commit_file(tmp_path, step, {}, None, 3), since=0.0)
         assert layout.marker_path(tmp_path, step).exists(), "committed before start returned: blocking"
         assert saver.poll().blocking
-    blocking = [r for r in log.records if r[1] == "checkpoint.blocking"]
-    assert len(blocking) == 1 and "MemAvailable" in blocking[0][2]["reason"], log.records
+    blocking = [r for r in log.events if r[1] == "checkpoint.blocking"]
+    assert len(blocking) == 1 and "MemAvailable" in blocking[0][2]["reason"], log.events
     assert blocking[0][0] == "warning"
     roomy(tmp_path)  # room again: back to the background, said once
     saver.start(12, payload(model, optimizer), async_save.commit_file(tmp_path, 12, {}, None, 3), since=0.0)
     assert not saver.wait().blocking
-    assert [r[1] for r in log.records].count("checkpoint.background") == 1
+    assert [r[1] for r in log.events].count("checkpoint.background") == 1
     saver.close()
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import RecordingLog
 from trainer.worker.async_save import GIB, host_available
 
 MIB = 1 << 20
@@ -66,6 +67,8 @@ def test_a_limit_over_this_process_s_own_cgroup_counts_v2_nested_and_v1(tmp_path
     assert host_available(meminfo, root, own) == 64 * GIB, "unreadable: MemAvailable, as before"
 
 
+# The child runs as `python -c` from the repository root, where tests/ is not importable: its
+# recording Log stays here (tests/conftest.py's RecordingLog is for in-process tests).
 CHILD = """
 import json, os, sys
 from pathlib import Path
@@ -99,6 +102,7 @@ def test_a_worker_in_a_memory_cgroup_without_room_for_the_copy_saves_blocking_an
     assert level == "warning" and "cgroup" in said["reason"] and "blocking" in said["reason"]
 
 
+# A child process as CHILD is: it cannot import tests/conftest.py, so its Log that drops everything stays here.
 KILLED = """
 import os, sys, threading, time
 from pathlib import Path
@@ -150,16 +154,9 @@ def test_a_sigkill_at_each_stage_of_the_background_commit_leaves_one_newest_chec
         child.kill()
         child.wait(30)
 
-    class Log:
-        def __init__(self):
-            self.events = []
-
-        def __getattr__(self, level):
-            return lambda event, **kw: self.events.append(event)
-
     removed = checkpoint.clean_partial(directory)
     assert (stage == "renamed") == ("step_00000008.pt" in removed), removed
-    marker, payload = checkpoint.load_latest(directory, Log())
+    marker, payload = checkpoint.load_latest(directory, RecordingLog())
     assert marker.step == newest and payload["step"] == newest and layout.verify(marker) is None
     assert layout.is_own(marker), "a checkpoint this trainer wrote is known as its own"
     assert [m.step for m in layout.list_checkpoints(directory)] == sorted({4, newest})
@@ -184,11 +181,7 @@ def test_a_disk_that_fills_during_the_background_write_is_raised_in_the_loop_and
     from daemon.common import checkpoints as layout
     from trainer.worker import async_save, checkpoint
 
-    class Log:
-        def __getattr__(self, level):
-            return lambda event, **kw: None
-
-    saver = async_save.Saver(Log(), torch.device("cpu"))
+    saver = async_save.Saver(RecordingLog(), torch.device("cpu"))
     saver.start(4, {"model": {"w": torch.zeros(256, 256)}}, async_save.commit_file(small_disk, 4, {}, None, 3), 0.0)
     assert saver.wait().marker.step == 4  # 256 KiB: fits
     saver.start(8, {"model": {"w": torch.ones(1024, 1024)}}, async_save.commit_file(small_disk, 8, {}, None, 3), 0.0)
@@ -212,13 +205,9 @@ def test_a_slow_save_hook_that_no_clock_can_sleep_is_unreadable_and_the_save_com
 
     from trainer.worker import async_save
 
-    class Log:
-        def __getattr__(self, level):
-            return lambda event, **kw: None
-
     monkeypatch.setenv(async_save.SLOW_SAVE, value)
     assert async_save.hold_seconds(4) is None
-    saver = async_save.Saver(Log(), torch.device("cpu"))
+    saver = async_save.Saver(RecordingLog(), torch.device("cpu"))
     saver.start(4, {"model": {"w": torch.zeros(8)}}, async_save.commit_file(tmp_path, 4, {}, None, 3), 0.0)
     assert saver.wait().marker.step == 4
     saver.close()

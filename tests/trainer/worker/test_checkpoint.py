@@ -4,16 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import RecordingLog
 from daemon.common import checkpoints as layout
 from trainer.worker import checkpoint
-
-
-class Log:
-    def __init__(self):
-        self.warnings = []
-
-    def warning(self, event, **kw):
-        self.warnings.append((event, kw))
 
 
 def save(d, step, val_loss=None):
@@ -24,7 +17,7 @@ def save(d, step, val_loss=None):
 def test_save_then_load_latest(tmp_path):
     for step in (10, 20, 30):
         save(tmp_path, step)
-    marker, payload = checkpoint.load_latest(tmp_path, Log())
+    marker, payload = checkpoint.load_latest(tmp_path, RecordingLog())
     assert marker.step == 30 and payload["step"] == 30 and payload["model"]["w"][0] == 30
     assert (layout.newest(tmp_path).step, layout.newest(tmp_path).path) == (30, tmp_path / "step_00000030.pt")  # the supervisor's view agrees
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -42,10 +35,10 @@ def test_damaged_newest_falls_back_to_previous_and_is_quarantined(tmp_path, dama
         newest.write_bytes(bytes(data[: len(data) // 3]))
     else:
         newest.unlink()
-    log = Log()
+    log = RecordingLog()
     marker, payload = checkpoint.load_latest(tmp_path, log)
     assert marker.step == 10 and payload["model"]["w"][0] == 10
-    assert log.warnings[0][0] == "checkpoint.corrupt" and log.warnings[0][1]["step"] == 20
+    assert log.at("warning")[0][0] == "checkpoint.corrupt" and log.at("warning")[0][1]["step"] == 20
     assert not (tmp_path / "step_00000020.json").exists()
     assert (tmp_path / "corrupt" / "step_00000020.json").exists()  # kept for a look, not deleted
     assert layout.newest(tmp_path).step == 10
@@ -55,10 +48,10 @@ def test_every_checkpoint_damaged_is_an_error_never_a_silent_start_at_step_0(tmp
     p = save(tmp_path, 10).path
     p.write_bytes(b"garbage")
     with pytest.raises(checkpoint.CheckpointError, match="no intact checkpoint left .1 damaged, in corrupt/.") as e:
-        checkpoint.load_latest(tmp_path, Log())
+        checkpoint.load_latest(tmp_path, RecordingLog())
     assert "move" in str(e.value) and (tmp_path / "corrupt" / p.name).read_bytes() == b"garbage"  # kept for a look
     with pytest.raises(checkpoint.CheckpointError):  # and again at the next start: it does not forget
-        checkpoint.load_latest(tmp_path, Log())
+        checkpoint.load_latest(tmp_path, RecordingLog())
 
 
 def test_a_garbage_marker_is_moved_aside_and_a_lost_markers_pt_is_kept(tmp_path):
@@ -88,7 +81,7 @@ def test_intact_but_unloadable_is_an_error_not_a_silent_fallback(tmp_path):
     layout.record_own(tmp_path, 20, meta["sha256"])  # written here: not planted (test_checkpoint_trust.py)
     m.path.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(checkpoint.CheckpointError, match="intact .* but does not load"):
-        checkpoint.load_latest(tmp_path, Log())
+        checkpoint.load_latest(tmp_path, RecordingLog())
     assert m.path.exists()  # the file is not thrown away
 
 
@@ -99,7 +92,7 @@ def test_partial_writes_are_cleaned_and_never_loaded(tmp_path):
     assert layout.newest(tmp_path).step == 10
     removed = checkpoint.clean_partial(tmp_path)
     assert sorted(removed) == [".step_00000020.pt.12345.tmp", "step_00000020.pt"]
-    assert checkpoint.load_latest(tmp_path, Log())[0].step == 10
+    assert checkpoint.load_latest(tmp_path, RecordingLog())[0].step == 10
 
 
 def test_prune_keeps_last_k_and_the_best(tmp_path):

@@ -15,18 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_config
+from conftest import RecordingLog, write_config
 from daemon.common import checkpoints as layout
 from daemon.common import exits, refused
 from trainer.worker import checkpoint
-
-
-class Log:
-    def __init__(self):
-        self.warnings = []
-
-    def warning(self, event, **kw):
-        self.warnings.append((event, kw))
 
 
 class Payload:
@@ -75,9 +67,9 @@ def dcp_save(state: dict, path: Path) -> None:
         dcp.save(state, checkpoint_id=path)
 
 
-def assert_set_aside(d: Path, log: Log, step: int, name: str) -> None:
-    assert [w for w in log.warnings if w[0] == "checkpoint.refused"][0][1]["step"] == step
-    assert "\n" not in log.warnings[-1][1]["error"]
+def assert_set_aside(d: Path, log: RecordingLog, step: int, name: str) -> None:
+    assert [w for w in log.at("warning") if w[0] == "checkpoint.refused"][0][1]["step"] == step
+    assert "\n" not in log.at("warning")[-1][1]["error"]
     assert (d / "corrupt" / name).exists() and (d / "corrupt" / layout.marker_path(d, step).name).exists()
     assert layout.newest(d).step == 10
 
@@ -88,11 +80,11 @@ def test_a_dcp_metadata_pickle_that_names_code_is_refused_and_never_run(tmp_path
     flag = tmp_path / "PWNED"
     save(tmp_path, 10)
     plant_sharded(tmp_path, 20, lambda p: (p / ".metadata").write_bytes(pickle.dumps(Payload(flag))))
-    log = Log()
+    log = RecordingLog()
     marker, payload = checkpoint.load_latest(tmp_path, log)
     assert not flag.exists(), "the planted pickle ran"
     assert marker.step == 10 and payload["model"]["w"][0] == 10
-    assert "os.system" in log.warnings[0][1]["error"] or "posix.system" in log.warnings[0][1]["error"]
+    assert "os.system" in log.at("warning")[0][1]["error"] or "posix.system" in log.at("warning")[0][1]["error"]
     assert_set_aside(tmp_path, log, 20, "step_00000020.dcp")
 
 
@@ -103,7 +95,7 @@ def test_a_dcp_bytes_item_that_names_code_is_refused_and_never_run(tmp_path):
     save(tmp_path, 10)
     plant_sharded(tmp_path, 20, lambda p: dcp_save({"model": {"w": torch.zeros(8)},
                                                     "optimizer": {"lr": Payload(flag)}}, p))
-    log = Log()
+    log = RecordingLog()
     marker, _ = checkpoint.load_latest(tmp_path, log)
     assert not flag.exists(), "the planted pickle ran"
     assert marker.step == 10
@@ -125,9 +117,9 @@ def test_a_dcp_item_that_points_outside_its_directory_is_refused(tmp_path):
         (p / ".metadata").write_bytes(pickle.dumps(meta))
 
     plant_sharded(tmp_path, 20, build)
-    log = Log()
+    log = RecordingLog()
     assert checkpoint.load_latest(tmp_path, log)[0].step == 10
-    assert "outside" in log.warnings[0][1]["error"]
+    assert "outside" in log.at("warning")[0][1]["error"]
     assert_set_aside(tmp_path, log, 20, "step_00000020.dcp")
 
 
@@ -146,7 +138,7 @@ def test_a_real_sharded_checkpoint_of_our_model_loads_through_the_allow_list(tmp
     d = tmp_path / "checkpoints"
     d.mkdir()
     plant_sharded(d, 20, lambda p: dcp_save({"model": msd, "optimizer": osd}, p))
-    marker, payload = checkpoint.load_latest(d, Log())
+    marker, payload = checkpoint.load_latest(d, RecordingLog())
     assert marker.step == 20 and payload["optimizer_keys"] == "fqn"
     assert all(torch.equal(payload["model"][k], v) for k, v in msd.items())
     assert payload["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
@@ -161,7 +153,7 @@ def test_a_restored_checkpoint_that_does_not_load_is_set_aside_for_the_one_befor
     blob = {"another step": layout.data_path(tmp_path, 10).read_bytes(), "not a torch file": b"\x00" * 4096,
             "a pickle weights_only refuses": pickle.dumps(Payload(flag))}[planted]
     plant_pt(tmp_path, 20, blob)
-    log, damaged = Log(), []
+    log, damaged = RecordingLog(), []
     marker, payload = checkpoint.load_latest(tmp_path, log, quarantined=damaged)
     assert marker.step == 10 and payload["step"] == 10 and not flag.exists()
     assert_set_aside(tmp_path, log, 20, "step_00000020.pt")
@@ -178,7 +170,7 @@ def test_a_checkpoint_damaged_on_disk_is_not_recorded_as_refused(tmp_path):
     data[len(data) // 2] ^= 0xFF  # one bit flipped by the disk
     pt.write_bytes(bytes(data))
     damaged: list[int] = []
-    assert checkpoint.load_latest(tmp_path, Log(), quarantined=damaged)[0].step == 10
+    assert checkpoint.load_latest(tmp_path, RecordingLog(), quarantined=damaged)[0].step == 10
     assert damaged == [20] and refused.digests(tmp_path) == set()
 
 
@@ -193,7 +185,7 @@ def test_our_own_intact_checkpoint_that_does_not_load_is_still_an_error(tmp_path
     m.marker.write_text(json.dumps(meta))
     with pytest.raises(checkpoint.CheckpointError, match="not a format-1 checkpoint of step 20; this trainer "
                        "wrote it") as e:
-        checkpoint.load_latest(tmp_path, Log())
+        checkpoint.load_latest(tmp_path, RecordingLog())
     assert "\n" not in str(e.value) and m.path.exists() and layout.newest(tmp_path).step == 20
 
 
@@ -209,7 +201,7 @@ def test_what_the_trainer_saves_is_its_own_and_a_copy_of_other_bytes_is_not(tmp_
 def test_every_checkpoint_refused_is_an_error_never_a_silent_start_at_step_0(tmp_path):
     plant_pt(tmp_path, 20, b"\x00" * 64)
     with pytest.raises(checkpoint.CheckpointError, match="no intact checkpoint left"):
-        checkpoint.load_latest(tmp_path, Log())
+        checkpoint.load_latest(tmp_path, RecordingLog())
 
 
 # -- set aside, never overwritten ----------------------------------------------------------------
@@ -237,7 +229,7 @@ def test_the_same_step_set_aside_twice_keeps_both(tmp_path):
     save(tmp_path, 10)
     for _ in range(2):
         plant_sharded(tmp_path, 20, lambda p: (p / ".metadata").write_bytes(b"not a pickle"))
-        assert checkpoint.load_latest(tmp_path, Log())[0].step == 10
+        assert checkpoint.load_latest(tmp_path, RecordingLog())[0].step == 10
     names = sorted(p.name for p in (tmp_path / "corrupt").iterdir())
     assert names == ["refused.json", "step_00000020.1.dcp", "step_00000020.1.json", "step_00000020.dcp",
                      "step_00000020.json"]

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import PROD_TOML, write_config
+from conftest import PROD_TOML, RecordingLog, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -113,23 +113,15 @@ def test_compile_auto_compiles_when_the_steps_left_pay_for_it():
     assert speed.compile_pays(200, 8.0)          # a T4's slow steps pay for it sooner
 
 
-class Log:
-    def __init__(self):
-        self.records = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.records.append((event, kw))
-
-
 @pytest.mark.parametrize("value, want", [("auto", False), (True, True), (False, False)])
 def test_the_worker_never_compiles_by_auto_on_the_cpu_and_says_so(tmp_path, value, want):
     cfg = load_config(write_config(tmp_path))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=value))
     layout = speed.layout_for(cfg, SMALL, "fp32", None)
-    log = Log()
+    log = RecordingLog()
     assert setup.wants_compile(cfg, SMALL, layout, "fp32", torch.device("cpu"), 1, 10**6, log) is want
     if value == "auto":
-        assert log.records[0][0] == "train.compile" and "CPU" in log.records[0][1]["reason"]
+        assert log.names()[0] == "train.compile" and "CPU" in log.events[0][2]["reason"]
 
 
 @pytest.mark.slow
