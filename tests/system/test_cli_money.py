@@ -122,8 +122,11 @@ def test_status_watch_renders_until_interrupted(tmp_path):
     assert two.stdout.count("amapiano-train status, every 0.2s") == 2 and two.stdout.count("RUNNING") == 2
     assert "\x1b[2J" not in two.stdout  # no screen clearing into a pipe
     # Until Ctrl-C: SIGINT ends it with 0 and no traceback.
+    # As from a terminal: SIGINT at its default. A background job of a non-interactive shell (as CI
+    # runs this tier) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt.
     proc = subprocess.Popen([*AMAPIANO_TRAIN, "status", "--config", str(config), "--watch", "0.2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     first = proc.stdout.readline()  # the first screen's header: it is watching
     assert "every 0.2s" in first and time.monotonic() < deadline
