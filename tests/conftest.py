@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import contextlib
 import os
 import socket
 import subprocess
@@ -114,6 +115,22 @@ class RecordingLog:
     def pairs(self) -> list[tuple[str, str]]:
         """(level, event) of every record, in order."""
         return [(lv, ev) for lv, ev, _ in self.events]
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, options: str, why: str = "mounting a tmpfs needs root"):
+    """A tmpfs mounted at `where` (made here) for a full or read-only disk; the test is skipped
+    without root. Unmounted however the test ends, until nothing is mounted there (a test may have
+    stacked another mount on it)."""
+    if os.geteuid() != 0:
+        pytest.skip(why)
+    where.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        while subprocess.run(["mountpoint", "-q", str(where)], check=False).returncode == 0:
+            subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, write_config
+from conftest import Daemon, tmpfs, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(720)]
 
@@ -643,14 +643,8 @@ def draw_faults(rng: random.Random, n: int) -> list[str]:
 
 @pytest.fixture
 def state_tmpfs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("a full and a read-only state directory need a tmpfs mount (root)")
-    where = tmp_path / "state"
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(where)], check=True)
-    yield where
-    while subprocess.run(["mountpoint", "-q", str(where)], check=False).returncode == 0:
-        subprocess.run(["umount", "-l", str(where)], check=False)
+    with tmpfs(tmp_path / "state", "size=32m", "a full and a read-only state directory need a tmpfs mount (root)") as where:
+        yield where
 
 
 def test_chaos(tmp_path, state_tmpfs, aws, imds, smtp_sink, notify_socket, fault_report):

@@ -2,25 +2,17 @@
 and the supervisor says what is wrong (FAILED with the error, at error level) instead of looping."""
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 
-from conftest import write_config
+from conftest import tmpfs, write_config
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    where = tmp_path / "state" / "checkpoints"
-    where.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(where)], check=True)
-    yield where
-    subprocess.run(["umount", "-l", str(where)], check=False)
+    with tmpfs(tmp_path / "state" / "checkpoints", "size=6m") as where:
+        yield where
 
 
 def test_disk_full_during_a_checkpoint(tmp_path, small_disk, daemons, fault_report):

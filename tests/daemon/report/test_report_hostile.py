@@ -7,6 +7,7 @@ never a file outside the reports folder read or written."""
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import subprocess
 import time
@@ -14,7 +15,7 @@ import zipfile
 
 import pytest
 
-from conftest import AMAPIANO_TRAIN, cli
+from conftest import AMAPIANO_TRAIN, cli, tmpfs
 from daemon.common import exits
 from daemon.report.build import build
 from daemon.tensorboard import ScalarWriter
@@ -152,19 +153,8 @@ def test_clip_paths_to_a_fifo_a_device_a_loop_or_outside_copy_nothing_and_never_
 @pytest.fixture
 def mount(tmp_path):
     """A tmpfs of a given size and options at a folder (root only): a full or read-only --out."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = []
-
-    def make(name: str, options: str):
-        where = tmp_path / name
-        where.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
-        mounted.append(where)
-        return where
-    yield make
-    for where in mounted:
-        subprocess.run(["umount", "-l", str(where)], check=False)
+    with contextlib.ExitStack() as mounts:
+        yield lambda name, options: mounts.enter_context(tmpfs(tmp_path / name, options))
 
 
 def test_a_full_disk_at_out_is_one_line_and_65_and_leaves_no_temp_file(tmp_path, mount):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RecordingLog
+from conftest import RecordingLog, tmpfs
 from trainer.worker.async_save import GIB, host_available
 
 MIB = 1 << 20
@@ -165,13 +165,8 @@ def test_a_sigkill_at_each_stage_of_the_background_commit_leaves_one_newest_chec
 
 @pytest.fixture
 def small_disk(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    where = tmp_path / "ckpt"
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)], check=True)
-    yield where
-    subprocess.run(["umount", "-l", str(where)], check=False)
+    with tmpfs(tmp_path / "ckpt", "size=3m") as where:
+        yield where
 
 
 def test_a_disk_that_fills_during_the_background_write_is_raised_in_the_loop_and_the_previous_checkpoint_stays(
